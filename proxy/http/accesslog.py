@@ -1,0 +1,65 @@
+"""The per-request access-log line, built from a bytes template.
+
+`json.dumps` of a dict costs several microseconds per request; formatting
+bytes and escaping only the fields that can carry client text is several
+times cheaper, and the line reads the same.
+"""
+
+from __future__ import annotations
+
+import time
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING
+
+from proxy.log import JsonLog
+
+if TYPE_CHECKING:
+    from proxy.http.client import ClientConnection
+    from proxy.http.request import Request
+
+# Printable ASCII that needs no escaping inside a JSON string.
+_PLAIN = bytes(sorted(set(range(0x20, 0x7F)) - {ord('"'), ord("\\")}))
+
+
+def json_bytes(value: bytes) -> bytes:
+    """`value` as a JSON string literal; plain ASCII (the usual case) skips the encoder."""
+    if not value.translate(None, _PLAIN):
+        return b'"%s"' % value
+    return encode_basestring_ascii(value.decode("utf-8", "replace")).encode()
+
+
+class AccessLog:
+    """Formats one JSON line per finished request into the server's log buffer."""
+
+    def __init__(self, log: JsonLog, port: int) -> None:
+        self.log = log
+        self.port = port
+
+    def write(self, client: ClientConnection, request: Request) -> None:
+        now = time.time()
+        path, _, query = request.url.partition(b"?")
+        pool = request.pool
+        line = (
+            b'{"time":"%s","level":"INFO","msg":"Request","host":%s,"port":%d,"path":%s,'
+            b'"request_id":%s,"status":%d,"service":%s,"target":"%s","duration":%d,"method":%s,'
+            b'"resp_content_length":%d,"client_addr":"%s","user_agent":%s,"proto":"%s",'
+            b'"scheme":"%s","query":%s}\n'
+        ) % (
+            self.log.timestamp(now),
+            json_bytes(request.host),
+            self.port,
+            json_bytes(path),
+            json_bytes(request.request_id or b""),
+            request.status or 200,
+            json_bytes(request.service),
+            pool.address_bytes if pool is not None else b"",
+            int((now - request.started_at) * 1e9),
+            json_bytes(request.method),
+            request.response_bytes,
+            client.client_ip,
+            json_bytes(request.user_agent),
+            b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
+            client.server.scheme,
+            json_bytes(query),
+        )
+        self.log.write_buffered(line)

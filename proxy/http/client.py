@@ -1,0 +1,508 @@
+"""Client side of the data plane: one HTTP/1.1 connection from a browser or load balancer.
+
+Requests are parsed with httptools. Each request head is filtered as its
+headers arrive, so forwarding it is one join. Pipelined requests are queued
+and answered in order. Bodies stream to the target as they arrive, re-framed
+when chunked so the target never sees the client's framing (no smuggling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.http import headers as h
+from proxy.http.request import Request
+from proxy.http.responses import error_response
+from proxy.http.upstream import WRITE_HIGH_WATER
+
+if TYPE_CHECKING:
+    from proxy.http.server import HttpServer
+    from proxy.http.upstream import UpstreamConnection
+
+MAX_PIPELINED = 16
+MAX_BUFFERED_BODY = 1024 * 1024
+
+# Why the client's socket is not being read (a bit each).
+_PAUSE_UPSTREAM = 1  # the target is not taking the request body fast enough
+_PAUSE_QUEUE = 2  # too many pipelined requests waiting
+_PAUSE_BODY = 4  # body arriving before the target connection is ready
+
+# What the connection's deadline is for.
+IDLE = 1
+HEADER = 2
+RESPONSE = 3
+LINGER = 4
+
+# After a final error response, how long a client that is still sending may go on
+# before the connection closes (so it reads the response rather than a reset).
+LINGER_SECONDS = 2.0
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to answer the request with `status` and close."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class ClientConnection(asyncio.Protocol):
+    """Reads requests, hands them to targets, and writes responses back in order."""
+
+    __slots__ = (
+        "client_ip",
+        "closed",
+        "closing",
+        "deadline",
+        "deadline_kind",
+        "forwarded_plain",
+        "head_read",
+        "head_size",
+        "in_head",
+        "parser",
+        "pause_reasons",
+        "queue",
+        "reading",
+        "server",
+        "transport",
+        "tunnel",
+        "tunnel_backlog",
+        "upgraded",
+        "write_paused",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.reading: Request | None = None
+        self.in_head = False
+        self.head_read = 0
+        self.head_size = 0
+        self.closed = False
+        self.closing = False
+        self.write_paused = False
+        self.pause_reasons = 0
+        self.deadline = 0.0
+        self.deadline_kind = 0
+        self.upgraded = False
+        self.tunnel: UpstreamConnection | None = None
+        self.tunnel_backlog: list[bytes] = []
+
+    # -- connection events --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "").encode()
+        self.forwarded_plain = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+            self.client_ip,
+            self.server.scheme,
+        )
+        self.server.connections.add(self)
+        self._await_next()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        if self.closed:
+            return
+        if self.upgraded:
+            self._buffer_for_tunnel(data)
+            return
+        if self.in_head:
+            self.head_read += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data[exc.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._reject(cause.status if isinstance(cause, _Reject) else 400)
+            return
+        except httptools.HttpParserError:
+            self._reject(400)
+            return
+        if self.in_head and self.head_read > self.server.max_head_bytes:
+            # A head still unfinished after this much: do not keep buffering it.
+            self._reject(431)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel = None
+            tunnel.transport.close()
+        queue = self.queue
+        if queue:
+            first = queue[0]
+            upstream = first.upstream
+            if upstream is not None and upstream.client is self:
+                upstream.client_gone()
+            if not first.status:
+                first.status = 499
+            self.server.log_request(self, first)
+            queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        if upstream is not None and upstream.attached:
+            upstream.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        if upstream is not None:
+            upstream.resume()
+
+    def _pause(self, reason: int) -> None:
+        if not self.pause_reasons and not self.closed:
+            self.transport.pause_reading()
+        self.pause_reasons |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.pause_reasons & reason:
+            self.pause_reasons &= ~reason
+            if not self.pause_reasons and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_reading_for_upstream(self) -> None:
+        self._pause(_PAUSE_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
+
+    def body_flushed(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    # -- httptools callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.reading = Request(time.time())
+        self.in_head = True
+        self.head_read = 0
+        self.head_size = 0
+        if not self.queue:
+            self._set_deadline(HEADER, self.server.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        request = self.reading
+        request.url += url
+        if len(request.url) > self.server.max_url_bytes:
+            raise _Reject(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.reading
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.server.max_head_bytes:
+            raise _Reject(431)
+        if len(name) in h.REQUEST_SPECIAL_LENGTHS:
+            kind = h.REQUEST_SPECIAL.get(name.lower())
+            if kind is not None:
+                self._special_header(request, kind, name, value)
+                return
+        request.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def _special_header(self, request: Request, kind: int, name: bytes, value: bytes) -> None:
+        if kind == h.HOST:
+            if request.host:
+                raise _Reject(400)
+            request.host = value
+        elif kind == h.USER_AGENT:
+            request.user_agent = value
+        elif kind == h.REQUEST_ID:
+            request.request_id = value
+        elif kind == h.REQUEST_START:
+            request.request_start = True
+        elif kind == h.CONNECTION:
+            previous = request.connection
+            request.connection = value if previous is None else previous + b"," + value
+            return
+        elif kind == h.UPGRADE:
+            request.upgrade = value
+            return
+        elif kind == h.TRANSFER_ENCODING:
+            if value.strip().lower() != b"chunked":
+                raise _Reject(501)
+            request.chunked = True
+            return
+        elif kind == h.FORWARDED_FOR:
+            request.xff = value if request.xff is None else request.xff + b", " + value
+            return
+        elif kind == h.FORWARDED_PROTO:
+            request.xfp = request.xfp or value
+            return
+        elif kind == h.FORWARDED_HOST:
+            request.xfh = request.xfh or value
+            return
+        else:
+            return
+        request.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.reading
+        parser = self.parser
+        self.in_head = False
+        version = parser.get_http_version()
+        if version == "1.1":
+            request.http10 = False
+        elif version == "1.0":
+            request.http10 = True
+        else:
+            raise _Reject(400)
+        if not request.host and not request.http10:
+            raise _Reject(400)
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Reject(405)
+        request.method = method
+        request.is_head = method == b"HEAD"
+        request.keep_alive = parser.should_keep_alive()
+        if request.connection is not None:
+            self._apply_connection_header(request)
+        elif request.upgrade is not None:
+            request.upgrade = None
+        queue = self.queue
+        queue.append(request)
+        if len(queue) == 1:
+            self._start(request)
+        elif len(queue) >= MAX_PIPELINED:
+            self._pause(_PAUSE_QUEUE)
+
+    def _apply_connection_header(self, request: Request) -> None:
+        tokens = h.connection_tokens(request.connection)
+        if request.upgrade is not None and b"upgrade" not in tokens:
+            request.upgrade = None
+        if request.upgrade is not None:
+            request.keep_alive = False
+        extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
+        if extra:
+            request.headers = [
+                line for line in request.headers if line.split(b":", 1)[0].lower() not in extra
+            ]
+
+    def on_body(self, body: bytes) -> None:
+        request = self.reading
+        request.had_body = True
+        upstream = request.upstream
+        if upstream is not None and upstream.attached and upstream.request is request:
+            if request.chunked:
+                upstream.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
+            else:
+                upstream.transport.write(body)
+            return
+        if request.chunked:
+            body = b"%x\r\n%s\r\n" % (len(body), body)
+        self._buffer_body(request, body)
+
+    def _buffer_body(self, request: Request, data: bytes) -> None:
+        if request.body is None:
+            request.body = [data]
+        else:
+            request.body.append(data)
+        request.body_size += len(data)
+        if request.body_size > MAX_BUFFERED_BODY:
+            self._pause(_PAUSE_BODY)
+
+    def on_message_complete(self) -> None:
+        request = self.reading
+        self.reading = None
+        request.complete = True
+        if request.chunked:
+            upstream = request.upstream
+            if upstream is not None and upstream.attached and upstream.request is request:
+                upstream.transport.write(b"0\r\n\r\n")
+            else:
+                self._buffer_body(request, b"0\r\n\r\n")
+        if self.queue and self.queue[0] is request and not request.response_started and request.pool:
+            self._set_deadline(RESPONSE, request.target_timeout)
+
+    # -- dispatching ----------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        status = self.server.dispatcher.route(request)
+        if status:
+            self._respond_error(request, status)
+            return
+        request.head = self._upstream_head(request)
+        if request.complete:
+            self._set_deadline(RESPONSE, request.target_timeout)
+        else:
+            self._clear_deadline()
+        request.pool.acquire(request, self)
+
+    def _upstream_head(self, request: Request) -> bytes:
+        if request.forward_headers:
+            xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
+            forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
+                xff,
+                request.xfp or self.server.scheme,
+                request.xfh or request.host,
+            )
+        else:
+            forwarded = self.forwarded_plain + b"X-Forwarded-Host: %s\r\n" % request.host
+        extra = [forwarded]
+        if request.request_id is None:
+            request.request_id = self.server.new_request_id()
+            extra.append(b"X-Request-ID: %s\r\n" % request.request_id)
+        if not request.request_start:
+            extra.append(b"X-Request-Start: t=%d\r\n" % (request.started_at * 1000))
+        if request.upgrade is not None:
+            extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade)
+        elif request.http10:
+            extra.append(b"Connection: keep-alive\r\n")
+        if request.chunked:
+            extra.append(b"Transfer-Encoding: chunked\r\n")
+        line = b"%s %s %s\r\n" % (
+            request.method,
+            request.path,
+            b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
+        )
+        return line + b"".join(request.headers) + b"".join(extra) + b"\r\n"
+
+    def response_finished(self, request: Request) -> None:
+        """The target finished the response to the request at the head of the queue."""
+        queue = self.queue
+        if queue and queue[0] is request:
+            queue.popleft()
+        self.server.log_request(self, request)
+        if self.closed:
+            return
+        if not request.keep_alive or not request.complete or self.closing:
+            self._close()
+            return
+        if self.pause_reasons & _PAUSE_QUEUE and len(queue) < MAX_PIPELINED:
+            self._resume(_PAUSE_QUEUE)
+        if queue:
+            self._start(queue[0])
+        else:
+            self._await_next()
+
+    def upstream_failed(self, request: Request, status: int) -> None:
+        """The target could not be reached or did not answer in time."""
+        if self.closed:
+            return
+        self._respond_error(request, status)
+
+    def _respond_error(self, request: Request, status: int) -> None:
+        request.status = status
+        if self.queue and self.queue[0] is request:
+            self.queue.popleft()
+        self.server.log_request(self, request)
+        self._send_last(error_response(status, head_only=request.is_head))
+
+    def _reject(self, status: int) -> None:
+        """Answer a request the proxy cannot parse or accept, then close."""
+        if self.closed:
+            return
+        queue = self.queue
+        if queue:
+            first = queue[0]
+            if first.response_started or first is not self.reading:
+                # A response is on its way; an error must not interleave with it.
+                self.abort()
+                return
+            # The broken request is the one being forwarded: the target must not
+            # see the rest of it.
+            if first.upstream is not None:
+                first.upstream.client_gone()
+            queue.clear()
+        request = self.reading or Request(time.time())
+        request.status = status
+        self.server.log_request(self, request)
+        self._send_last(error_response(status))
+
+    def _send_last(self, response: bytes) -> None:
+        """Write a final response, then half-close and discard what the client still sends.
+
+        Closing at once with unread input makes the kernel send a reset, and a
+        client still uploading would lose the response in it.
+        """
+        self.closed = True
+        transport = self.transport
+        transport.write(response)
+        transport.write_eof()
+        if self.pause_reasons:
+            self.pause_reasons = 0
+            transport.resume_reading()
+        self._set_deadline(LINGER, LINGER_SECONDS)
+
+    def _close(self) -> None:
+        self.closed = True
+        self.deadline = 0.0
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection at once (a response broke off midway)."""
+        if not self.closed:
+            self.closed = True
+            self.deadline = 0.0
+            self.transport.abort()
+
+    # -- upgrades (WebSocket) -----------------------------------------------------
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        self.upgraded = True
+        if rest:
+            self._buffer_for_tunnel(rest)
+
+    def _buffer_for_tunnel(self, data: bytes) -> None:
+        """Hold what the client sends after its upgrade request until the target switches."""
+        self.tunnel_backlog.append(data)
+        if sum(map(len, self.tunnel_backlog)) > MAX_BUFFERED_BODY:
+            self._pause(_PAUSE_BODY)
+
+    def tunnel_opened(self, request: Request, upstream: UpstreamConnection) -> None:
+        """The target switched protocols: relay raw bytes both ways from now on."""
+        self.tunnel = upstream
+        self.deadline = 0.0
+        self.queue.clear()
+        self.server.log_request(self, request)
+        if self.tunnel_backlog:
+            upstream.transport.writelines(self.tunnel_backlog)
+            self.tunnel_backlog = []
+            self._resume(_PAUSE_BODY)
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        self._close()
+
+    # -- deadlines ------------------------------------------------------------------
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.server.loop.time() + seconds
+
+    def _clear_deadline(self) -> None:
+        self.deadline = 0.0
+
+    def _await_next(self) -> None:
+        if self.in_head:
+            self._set_deadline(HEADER, self.server.header_timeout)
+        else:
+            self._set_deadline(IDLE, self.server.idle_timeout)
+
+    def deadline_expired(self) -> None:
+        """Called by the server's sweeper once `deadline` has passed."""
+        self.deadline = 0.0
+        kind = self.deadline_kind
+        if kind in (IDLE, LINGER):
+            self._close()
+        elif kind == HEADER:
+            self._reject(408)
+        elif kind == RESPONSE and self.queue:
+            upstream = self.queue[0].upstream
+            if upstream is not None:
+                upstream.cancel(504)

@@ -1,0 +1,99 @@
+"""One client request as the data plane sees it, and the dispatcher contract.
+
+A `Request` lives from the first byte of the request to the last byte of its
+response. It holds the request head already filtered for forwarding (so the
+upstream head is built with one join), the client-supplied values the
+forwarding rules need, and the routing decision the dispatcher writes into it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from proxy.http.upstream import UpstreamConnection, UpstreamPool
+
+
+class Request:
+    """Per-request state shared by the client and upstream connections."""
+
+    __slots__ = (
+        "body",
+        "body_size",
+        "chunked",
+        "complete",
+        "connection",
+        "forward_headers",
+        "had_body",
+        "head",
+        "headers",
+        "host",
+        "http10",
+        "is_head",
+        "keep_alive",
+        "method",
+        "path",
+        "pool",
+        "request_id",
+        "request_start",
+        "response_bytes",
+        "response_started",
+        "retried",
+        "service",
+        "started_at",
+        "status",
+        "target_timeout",
+        "upgrade",
+        "upstream",
+        "url",
+        "user_agent",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.method = b""
+        self.url = b""
+        self.path = b""
+        self.head = b""
+        self.http10 = False
+        self.is_head = False
+        self.keep_alive = False
+        self.connection: bytes | None = None
+        self.headers: list[bytes] = []
+        self.host = b""
+        self.xff: bytes | None = None
+        self.xfp: bytes | None = None
+        self.xfh: bytes | None = None
+        self.request_id: bytes | None = None
+        self.request_start = False
+        self.user_agent = b""
+        self.upgrade: bytes | None = None
+        self.chunked = False
+        self.complete = False
+        self.had_body = False
+        self.body: list[bytes] | None = None
+        self.body_size = 0
+        self.upstream: UpstreamConnection | None = None
+        self.pool: UpstreamPool | None = None
+        self.service = b""
+        self.forward_headers = False
+        self.target_timeout = 0.0
+        self.response_started = False
+        self.response_bytes = 0
+        self.retried = False
+        self.status = 0
+
+
+class Dispatcher(Protocol):
+    """What the data plane asks the control plane for each request.
+
+    `route` reads `request.host`, `request.url` and `request.method`, and either
+    fills in `pool`, `path`, `forward_headers`, `target_timeout` and `service`
+    and returns 0, or returns the status of the response the proxy must give
+    itself (404 when nothing matches, 503 when no target is healthy).
+    """
+
+    def route(self, request: Request) -> int: ...

@@ -1,0 +1,122 @@
+"""The HTTP/1.1 listener: connection bookkeeping, timeouts and graceful shutdown.
+
+Timeouts are not timers per request: each connection carries one deadline
+(an attribute), and a sweep ten times a second handles the expired ones. A
+request costs one clock read instead of creating and cancelling a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+from proxy.http.accesslog import AccessLog
+from proxy.http.client import ClientConnection
+from proxy.http.request import Dispatcher, Request
+from proxy.log import JsonLog
+
+SWEEP_INTERVAL = 0.1
+
+
+class RequestObserver(Protocol):
+    """Told about every finished request (metrics)."""
+
+    def observe(self, request: Request) -> None: ...
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Protections against slow or oversized requests."""
+
+    header_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_url_bytes: int = 8 * 1024
+    max_head_bytes: int = 64 * 1024
+
+
+class HttpServer:
+    """Accepts HTTP/1.1 connections and serves them through a dispatcher."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        log: JsonLog,
+        port: int,
+        limits: HttpLimits | None = None,
+        scheme: bytes = b"http",
+        metrics: RequestObserver | None = None,
+    ) -> None:
+        limits = limits or HttpLimits()
+        self.loop = asyncio.get_running_loop()
+        self.dispatcher = dispatcher
+        self.log = log
+        self.access_log = AccessLog(log, port)
+        self.metrics = metrics
+        self.scheme = scheme
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.max_url_bytes = limits.max_url_bytes
+        self.max_head_bytes = limits.max_head_bytes
+        self.connections: set[ClientConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        prefix = os.urandom(10).hex()
+        self._request_id_prefix = f"{prefix[:8]}-{prefix[8:12]}-4{prefix[12:15]}-a{prefix[15:18]}-".encode()
+        self._request_ids = itertools.count()
+
+    def new_request_id(self) -> bytes:
+        """A UUID-shaped id, unique per process: random prefix plus a counter (no syscall)."""
+        return b"%s%012x" % (self._request_id_prefix, next(self._request_ids))
+
+    def log_request(self, client: ClientConnection, request: Request) -> None:
+        self.access_log.write(client, request)
+        if self.metrics is not None:
+            self.metrics.observe(request)
+
+    async def listen(self, host: str | None, port: int) -> asyncio.Server:
+        """Start accepting on host:port (all addresses when host is None)."""
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            family=socket.AF_UNSPEC,
+        )
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return server
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        expired = [c for c in self.connections if c.deadline and c.deadline <= now]
+        for client in expired:
+            client.deadline_expired()
+        self.log.flush()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let requests in progress finish within `grace`, then cut the rest."""
+        for server in self.servers:
+            server.close()
+        for client in list(self.connections):
+            client.closing = True
+            if not client.queue and not client.in_head and client.tunnel is None:
+                client.transport.close()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            busy = [c for c in self.connections if c.queue or c.in_head]
+            if not busy:
+                break
+            await asyncio.sleep(SWEEP_INTERVAL)
+        for client in list(self.connections):
+            client.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.log.flush()

@@ -1,0 +1,492 @@
+"""Upstream side of the data plane: keep-alive connection pools and response relaying.
+
+Response bytes are read into a reused buffer and written to the client
+transport unchanged once the head has been rewritten: chunked framing and
+trailers pass through as they are, and the parser only watches the stream to
+find where the response ends. This avoids a bytes object and a copy per read,
+which is what makes large responses as cheap as nginx's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.http.headers import FRAMING, RESPONSE_DROP, RESPONSE_SPECIAL_LENGTHS, status_line
+
+if TYPE_CHECKING:
+    from proxy.http.client import ClientConnection
+    from proxy.http.request import Request
+
+READ_BUFFER_SIZE = 256 * 1024
+WRITE_HIGH_WATER = 256 * 1024
+MAX_RESPONSE_HEAD = 64 * 1024
+MAX_IDLE_PER_TARGET = 100
+
+
+class UpstreamPool:
+    """Keep-alive connections to one target, LIFO, plus what is in flight there.
+
+    `busy` holds every connection serving a request (including ones still
+    connecting): its size is the target's in-flight count, and draining waits
+    for it to empty.
+    """
+
+    __slots__ = (
+        "address",
+        "address_bytes",
+        "busy",
+        "closed",
+        "connect_timeout",
+        "drained",
+        "host",
+        "idle",
+        "loop",
+        "on_error",
+        "port",
+        "tunnels",
+    )
+
+    def __init__(self, host: str, port: int, connect_timeout: float = 10.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.address_bytes = self.address.encode()
+        self.connect_timeout = connect_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.busy: set[UpstreamConnection] = set()
+        self.tunnels: set[UpstreamConnection] = set()
+        self.closed = False
+        self.drained: asyncio.Future[None] | None = None
+        self.on_error = _ignore_error
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.busy)
+
+    def acquire(self, request: Request, client: ClientConnection) -> None:
+        """Start `request` on an idle connection, or on a new one."""
+        idle = self.idle
+        while idle:
+            upstream = idle.pop()
+            if not upstream.closed:
+                self.busy.add(upstream)
+                upstream.start(request, client, reused=True)
+                return
+        upstream = UpstreamConnection(self)
+        self.busy.add(upstream)
+        upstream.request = request
+        upstream.client = client
+        request.upstream = upstream
+        self.loop.create_task(self._connect(upstream))
+
+    async def _connect(self, upstream: UpstreamConnection) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(lambda: upstream, self.host, self.port)
+        except (OSError, TimeoutError) as exc:
+            self.busy.discard(upstream)
+            self._check_drained()
+            self.on_error(self.address, exc)
+            upstream.connect_failed()
+            return
+        upstream.connected()
+
+    def release(self, upstream: UpstreamConnection, reusable: bool) -> None:
+        """Take back a connection whose exchange ended."""
+        self.busy.discard(upstream)
+        if reusable and not self.closed and not upstream.closed and len(self.idle) < MAX_IDLE_PER_TARGET:
+            self.idle.append(upstream)
+        elif not upstream.closed:
+            upstream.transport.close()
+        self._check_drained()
+
+    def forget(self, upstream: UpstreamConnection) -> None:
+        """A connection closed: it serves nothing any more."""
+        self.busy.discard(upstream)
+        self.tunnels.discard(upstream)
+        if upstream in self.idle:
+            self.idle.remove(upstream)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        drained = self.drained
+        if drained is not None and not self.busy and not drained.done():
+            drained.set_result(None)
+
+    def close(self) -> None:
+        """Stop pooling: idle connections close now, busy ones when their exchange ends."""
+        self.closed = True
+        while self.idle:
+            self.idle.pop().transport.close()
+
+    async def drain(self, timeout: float) -> int:
+        """Let in-flight requests finish within `timeout`, then cut the rest.
+
+        Returns how many requests had to be cut. Upgraded connections
+        (WebSockets) are not waited for; they are closed once the requests
+        are done, as the old target is about to go away.
+        """
+        self.close()
+        if self.busy:
+            self.drained = self.loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.drained), timeout)
+        cut = list(self.busy)
+        for upstream in cut:
+            upstream.cancel(504)
+        for upstream in list(self.tunnels):
+            upstream.transport.close()
+        return len(cut)
+
+
+def _ignore_error(address: str, exc: BaseException) -> None:
+    """Default for `UpstreamPool.on_error` until the owner installs a logger."""
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
+    """One connection to a target, relaying one response at a time to a client."""
+
+    __slots__ = (
+        "attached",
+        "client",
+        "close_delimited",
+        "closed",
+        "framed",
+        "got_any",
+        "head_buffer",
+        "head_end",
+        "headers",
+        "in_head",
+        "keep_alive",
+        "parser",
+        "paused",
+        "pool",
+        "read_buffer",
+        "read_view",
+        "reason",
+        "request",
+        "response_done",
+        "reused",
+        "scan_buffer",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.request: Request | None = None
+        self.client: ClientConnection | None = None
+        self.closed = False
+        self.attached = False
+        self.paused = False
+        self.reused = False
+        self.tunnel: ClientConnection | None = None
+        self.read_buffer: bytearray | None = None
+        self.read_view: memoryview | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.in_head = True
+        self.head_buffer = b""
+        self.scan_buffer = b""
+        self.head_end = 0
+        self.headers: list[bytes] = []
+        self.reason = b""
+        self.response_done = False
+        self.keep_alive = True
+        self.framed = False
+        self.got_any = False
+        self.close_delimited = False
+
+    # -- starting an exchange -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def connected(self) -> None:
+        client = self.client
+        if client is None or client.closed:
+            # Cancelled or abandoned while connecting.
+            self.client = self.request = None
+            self.closed = True
+            self.transport.close()
+            self.pool.forget(self)
+            return
+        self.start(self.request, client, reused=False)
+
+    def connect_failed(self) -> None:
+        client, request = self.client, self.request
+        self.client = self.request = None
+        self.closed = True
+        if client is not None:
+            client.upstream_failed(request, 502)
+
+    def start(self, request: Request, client: ClientConnection, reused: bool) -> None:
+        """Send the request head and whatever body arrived before the connection did."""
+        self.request = request
+        self.client = client
+        self.reused = reused
+        self.attached = True
+        request.upstream = self
+        body = request.body
+        if body:
+            request.body = None
+            request.body_size = 0
+            self.transport.writelines([request.head, *body])
+            client.body_flushed()
+        else:
+            self.transport.write(request.head)
+        if client.write_paused:
+            self.pause()
+
+    # -- flow control -----------------------------------------------------------
+
+    def pause(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        peer = self.tunnel or self.client
+        if peer is not None:
+            peer.resume_reading_for_upstream()
+
+    # -- reading the response ---------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.read_buffer is None:
+            self.read_buffer = bytearray(READ_BUFFER_SIZE)
+            self.read_view = memoryview(self.read_buffer)
+        return self.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.read_view[:nbytes]
+        tunnel = self.tunnel
+        if tunnel is not None:
+            out = tunnel.transport
+            out.write(data)
+        else:
+            client = self.client
+            if client is None:
+                # Bytes on a connection with no request: the target is broken.
+                self.transport.abort()
+                return
+            out = client.transport
+            self.got_any = True
+            if self.in_head:
+                self._head_data(data)
+            else:
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserError:
+                    self.keep_alive = False
+                    self._fail_midway()
+                    return
+                out.write(data)
+                self.request.response_bytes += nbytes
+            if self.response_done:
+                self._finish()
+        if out.get_write_buffer_size():
+            # The transport still holds a view of our buffer: leave it that one.
+            self.read_buffer = None
+
+    def _head_data(self, data: memoryview) -> None:
+        buffered = self.head_buffer
+        self.scan_buffer = buffered + data if buffered else data
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(exc.args[0])
+            return
+        except httptools.HttpParserError:
+            self._fail_head(502)
+            return
+        if self.in_head:
+            if len(self.scan_buffer) > MAX_RESPONSE_HEAD:
+                self._fail_head(502)
+                return
+            self.head_buffer = bytes(self.scan_buffer[self.head_end :])
+            self.head_end = 0
+            return
+        head = self._response_head()
+        request = self.request
+        request.response_started = True
+        client = self.client
+        client.deadline = 0.0
+        rest = len(self.scan_buffer) - self.head_end
+        out = client.transport
+        if request.is_head:
+            self.response_done = True
+            self.parser = httptools.HttpResponseParser(self)
+            out.write(head)
+        elif rest <= 0:
+            out.write(head)
+        elif rest <= 65536:
+            out.write(head + self.scan_buffer[self.head_end :])
+        else:
+            out.writelines((head, self.scan_buffer[self.head_end :]))
+        request.response_bytes += max(rest, 0)
+        self.head_buffer = b""
+        self.scan_buffer = b""
+
+    def _upgraded(self, offset: int) -> None:
+        """The target answered 101: from now on both sides are a byte tunnel."""
+        client, request = self.client, self.request
+        if not request.upgrade or self.parser.get_status_code() != 101:
+            self._fail_head(502)
+            return
+        head = self._response_head()
+        request.response_started = True
+        rest = self.scan_buffer[self.head_end :] if len(self.scan_buffer) > self.head_end else b""
+        client.transport.write(head + bytes(rest))
+        self.pool.busy.discard(self)
+        self.pool.tunnels.add(self)
+        self.pool._check_drained()
+        self.client = self.request = None
+        self.response_done = False
+        self.tunnel = client
+        client.tunnel_opened(request, self)
+
+    # -- httptools callbacks ------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in RESPONSE_SPECIAL_LENGTHS:
+            lower = name.lower()
+            if lower in RESPONSE_DROP:
+                return
+            if lower in FRAMING:
+                self.framed = True
+        self.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def on_headers_complete(self) -> None:
+        scan = self.scan_buffer
+        if isinstance(scan, memoryview):
+            # A view of the start of read_buffer: search the buffer itself, without a copy.
+            self.head_end = self.read_buffer.find(b"\r\n\r\n", self.head_end, len(scan)) + 4
+        else:
+            self.head_end = scan.find(b"\r\n\r\n", self.head_end) + 4
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim response (100 Continue, 103 Early Hints): relay, keep reading.
+            self.client.transport.write(status_line(status, self.reason) + b"".join(self.headers) + b"\r\n")
+            self.headers = []
+            self.reason = b""
+            self.framed = False
+            return
+        self.in_head = False
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        if not self.in_head:
+            self.response_done = True
+
+    def _response_head(self) -> bytes:
+        request = self.request
+        status = self.parser.get_status_code()
+        request.status = status
+        if not self.framed and not request.is_head and status >= 200 and status not in (204, 304):
+            self.close_delimited = True
+            request.keep_alive = False
+        if status == 101:
+            tail = b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % request.upgrade
+        elif not request.keep_alive or self.client.closing:
+            tail = b"Connection: close\r\n\r\n"
+        elif request.http10:
+            tail = b"Connection: keep-alive\r\n\r\n"
+        else:
+            tail = b"\r\n"
+        return status_line(status, self.reason) + b"".join(self.headers) + tail
+
+    # -- ending the exchange ------------------------------------------------------
+
+    def _finish(self) -> None:
+        client, request = self.client, self.request
+        reusable = self.keep_alive and request.complete and not self.close_delimited
+        self.client = self.request = None
+        self.attached = False
+        self._reset()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self.pool.release(self, reusable)
+        client.response_finished(request)
+
+    def _fail_head(self, status: int) -> None:
+        client, request = self.client, self.request
+        self.client = self.request = None
+        self.transport.abort()
+        client.upstream_failed(request, status)
+
+    def _fail_midway(self) -> None:
+        client = self.client
+        self.client = self.request = None
+        self.transport.abort()
+        client.abort()
+
+    def cancel(self, status: int) -> None:
+        """Give up on this exchange (target timeout, drain deadline)."""
+        client, request = self.client, self.request
+        self.client = self.request = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.forget(self)
+        if client is not None:
+            if request.response_started:
+                client.abort()
+            else:
+                client.upstream_failed(request, status)
+
+    def client_gone(self) -> None:
+        """The client disconnected mid-exchange: this connection's state is unknown."""
+        self.client = self.request = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.forget(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel_closed()
+            return
+        client, request = self.client, self.request
+        if client is None:
+            return
+        self.client = self.request = None
+        if self.close_delimited and not self.in_head:
+            request.keep_alive = False
+            client.response_finished(request)
+        elif not self.got_any and self.reused and not request.retried and not request.had_body:
+            # A pooled connection the target had closed: try once more on a fresh one.
+            request.retried = True
+            request.upstream = None
+            self.pool.acquire(request, client)
+        elif request.response_started:
+            client.abort()
+        else:
+            client.upstream_failed(request, 502)

@@ -1,0 +1,78 @@
+"""JSON log lines on stdout, shaped like kamal-proxy's (`time`, `level`, `msg`, attributes).
+
+Control-plane events are written at once. Access-log lines are hot: they are
+appended to a buffer that `flush` writes out, at least every sweep of the
+server (a tenth of a second) and whenever it grows large.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+_FLUSH_AT = 64 * 1024
+
+
+class JsonLog:
+    """Writes log lines to a file descriptor (stdout unless told otherwise)."""
+
+    def __init__(self, fd: int | None = None, debug: bool = False) -> None:
+        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.debug_enabled = debug
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self._second = -1
+        self._second_text = b""
+
+    def timestamp(self, now: float) -> bytes:
+        """RFC 3339 UTC with milliseconds; the per-second part is formatted once a second."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%s.%03dZ" % (self._second_text, int((now - second) * 1000))
+
+    def event(self, level: str, msg: str, **attrs: Any) -> None:
+        """Write one control-plane line now."""
+        fields = {"time": self.timestamp(time.time()).decode(), "level": level, "msg": msg, **attrs}
+        self.buffer.append(json.dumps(fields, default=str).encode() + b"\n")
+        self.flush()
+
+    def info(self, msg: str, **attrs: Any) -> None:
+        self.event("INFO", msg, **attrs)
+
+    def warn(self, msg: str, **attrs: Any) -> None:
+        self.event("WARN", msg, **attrs)
+
+    def error(self, msg: str, **attrs: Any) -> None:
+        self.event("ERROR", msg, **attrs)
+
+    def debug(self, msg: str, **attrs: Any) -> None:
+        if self.debug_enabled:
+            self.event("DEBUG", msg, **attrs)
+
+    def write_buffered(self, line: bytes) -> None:
+        """Queue a ready-made line; written by the next `flush`."""
+        self.buffer.append(line)
+        self.buffered += len(line)
+        if self.buffered > _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.buffered = 0
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            view = view[written:]
