@@ -1,0 +1,86 @@
+"""`pyproxy run`: restore state, open the listeners and the admin socket, serve until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+
+from proxy.admin import AdminApi
+from proxy.dispatcher import ServiceDispatcher
+from proxy.http.server import HttpLimits, HttpServer
+from proxy.log import JsonLog
+from proxy.manager import ServiceManager
+from proxy.metrics import Metrics
+from proxy.paths import socket_path, state_path
+from proxy.state import StateStore
+
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    http_port: int = 80
+    https_port: int = 443
+    metrics_port: int = 0
+    bind: str = ""
+    debug: bool = False
+    limits: HttpLimits = field(default_factory=HttpLimits)
+
+
+def run(settings: RunSettings) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status for the process."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_serve(settings))
+    return uvloop.run(_serve(settings))
+
+
+async def _serve(settings: RunSettings) -> int:
+    log = JsonLog(debug=settings.debug)
+    bind = settings.bind or None
+    dispatcher = ServiceDispatcher()
+    store = StateStore(state_path())
+    manager = ServiceManager(dispatcher, store, log)
+    try:
+        saved = store.load()
+    except ValueError as exc:
+        log.error("Could not read saved state; starting empty", error=str(exc))
+        saved = []
+    if not saved:
+        log.info("No previous state", path=str(store.path))
+    manager.restore(saved)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    metrics = Metrics.start(bind, settings.metrics_port) if settings.metrics_port else None
+    http = HttpServer(dispatcher, log, settings.http_port, settings.limits, metrics=metrics)
+    admin = AdminApi(manager)
+    try:
+        server = await http.listen(bind, settings.http_port)
+        await admin.start(socket_path())
+    except OSError as exc:
+        log.error("Could not start", error=str(exc))
+        await manager.close()
+        return 1
+    log.info(
+        "Server started",
+        http_port=server.sockets[0].getsockname()[1],
+        metrics_port=settings.metrics_port,
+        socket=str(socket_path()),
+    )
+
+    await stopping.wait()
+
+    log.info("Shutting down", grace=f"{SHUTDOWN_GRACE:g}s")
+    await admin.stop()
+    await http.shutdown(SHUTDOWN_GRACE)
+    await manager.close()
+    if metrics is not None:
+        metrics.stop()
+    log.info("Stopped")
+    return 0

@@ -1,0 +1,129 @@
+"""The command line as an operator meets it: bad flags, progress output, env-configured run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import pytest
+
+from tests.conftest import PYPROXY, proxy_env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    import subprocess
+
+    done = subprocess.run([*PYPROXY, *args], capture_output=True, text=True, env=env, timeout=30)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["deploy", "web", "--target=a:1", "--frobnicate"], "pyproxy deploy: unknown flag: --frobnicate"),
+        (["deploy", "web", "--targ=a:1"], "pyproxy deploy: unknown flag: --targ"),
+        (["deploy", "web"], "pyproxy deploy: required flag --target not set"),
+        (
+            ["deploy", "web", "--target=a:1", "--deploy-timeout=10x"],
+            'invalid duration "10x" for --deploy-timeout',
+        ),
+        (["deploy", "web", "--target=a:1", "--force=maybe"], 'invalid boolean "maybe" for --force'),
+        (["run", "--http-port=eighty"], 'invalid integer "eighty" for --http-port'),
+        (["run", "--tls"], "pyproxy run: unknown flag: --tls"),
+        (["launch"], "pyproxy: unknown command: launch"),
+    ],
+)
+def test_bad_flags_get_one_line_and_exit_2(args, message):
+    status, stdout, stderr = run_cli(*args)
+    assert status == 2
+    assert stdout == ""
+    assert stderr.count("\n") == 1
+    assert message in stderr
+
+
+def test_help_lists_commands_and_flags():
+    status, stdout, _ = run_cli("--help")
+    assert status == 0
+    for command in ("run", "deploy", "remove", "list"):
+        assert command in stdout
+    status, stdout, _ = run_cli("deploy", "--help")
+    assert status == 0
+    assert "--drain-timeout" in stdout
+    assert "(default 30s)" in stdout
+
+
+def test_cli_without_a_running_proxy_says_so(tmp_path):
+    status, _, stderr = run_cli("list", env=proxy_env(tmp_path))
+    assert status == 1
+    assert "cannot reach pyproxy" in stderr
+    assert str(tmp_path / "pyproxy.sock") in stderr
+
+
+async def test_deploy_prints_its_progress(proxy, upstreams):
+    blue, green = upstreams
+    assert (await proxy.deploy("web", blue.address)).status == 0
+    result = await proxy.deploy("web", green.address)
+    assert result.status == 0
+    assert result.stdout.splitlines() == [
+        f"Waiting for {green.address} to become healthy (timeout 30s)",
+        "Healthy",
+        "Switched traffic to the new target",
+        "Draining 0 in-flight request(s) from the old target (timeout 30s)",
+        "Drained",
+        "Deployed",
+    ]
+
+
+async def test_kamal_style_invocation_is_accepted(proxy, upstreams):
+    blue, _ = upstreams
+    result = await proxy.cli(
+        "deploy",
+        "web",
+        f"--target={blue.address}",
+        "--host=a.test",
+        "--host=b.test,c.test",
+        "--deploy-timeout=30s",
+        "--drain-timeout=30s",
+        "--target-timeout=30s",
+        "--health-check-path=/up",
+        "--health-check-interval=100ms",
+        "--health-check-timeout=5s",
+        "--forward-headers=true",
+        "--strip-path-prefix=false",
+    )
+    assert result.status == 0, result.stderr
+    listing = await proxy.cli("ls")
+    assert "a.test,b.test,c.test" in listing.stdout
+
+
+async def test_run_reads_ports_from_the_environment(tmp_path):
+    env = proxy_env(tmp_path)
+    env["HTTP_PORT"] = "1"  # the prefixed variable must win over this one
+    env["PYPROXY_HTTP_PORT"] = "0"
+    process = await asyncio.create_subprocess_exec(
+        *PYPROXY, "run", "--bind=127.0.0.1", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    line = await asyncio.wait_for(process.stdout.readline(), 10)
+    while b"Server started" not in line and b"Could not start" not in line and line:
+        line = await asyncio.wait_for(process.stdout.readline(), 10)
+    process.terminate()
+    assert await process.wait() == 0
+    started = json.loads(line)
+    assert started["msg"] == "Server started"
+    assert started["http_port"] not in (1, 80)
+
+
+def test_admin_socket_is_private(tmp_path):
+    assert sys.platform.startswith("linux")
+    # checked on the socket of a live server in test_admin.py; here only the default path rules
+    env = {k: v for k, v in os.environ.items() if k not in ("PYPROXY_SOCKET", "XDG_RUNTIME_DIR")}
+    code = "from proxy.paths import socket_path; print(socket_path())"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().endswith("/pyproxy.sock")
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(tmp_path / "pyproxy.sock")
