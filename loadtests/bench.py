@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""Load test: wrk against the upstream directly, nginx and pyproxy, in one run.
+
+Every proxy runs pinned to CPU 1; wrk and the upstream nginx share CPU 0. Results are printed as a table
+with each proxy's req/s and p99 latency and pyproxy's ratio to nginx measured in the same run.
+See loadtests/README.md.
+"""
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOAD_CPU = "0"  # wrk and the upstream
+PROXY_CPU = "1"  # the proxy under test
+TOOLS = ("wrk", "nginx", "taskset")
+INSTALL_HINT = "apt-get install -y wrk nginx"
+BODY_PATTERN = b"Hello, world\n"  # 13 bytes: the smallest body is exactly this
+PYPROXY_CMD_ENV = "BENCH_PYPROXY_CMD"
+WARMUP_SECONDS = 1
+READY_TIMEOUT = 15.0
+DEPLOY_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+TARGETS = ("direct", "nginx", "pyproxy")
+LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+class BenchError(Exception):
+    """A setup step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row of the table: a response size, over keep-alive or a new connection per request."""
+
+    size: int
+    close: bool
+
+    @property
+    def label(self) -> str:
+        """Human-readable row name."""
+        text = format_size(self.size)
+        return f"new connection per request {text}" if self.close else text
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one wrk run reported, plus the CPU time the server under test used meanwhile."""
+
+    rps: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_seconds: float
+
+    @property
+    def rps_per_core(self) -> float:
+        """Requests per CPU-second of the measured server."""
+        return self.requests / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median over the rounds of one (scenario, target) cell."""
+
+    rps: float
+    p99_ms: float
+    cpu_share: float
+    rps_per_core: float
+    errors: int
+
+
+def format_size(size: int) -> str:
+    """13 -> '13 B', 16384 -> '16 KiB', 1048576 -> '1 MiB'."""
+    for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def body_for(size: int) -> bytes:
+    """The response body served for a given size."""
+    return (BODY_PATTERN * (size // len(BODY_PATTERN) + 1))[:size]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file, or a note that it is missing."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path.name} not found)"
+
+
+class Processes:
+    """Starts servers in their own process groups and ends every one of them by its PID."""
+
+    def __init__(self) -> None:
+        """No process started yet."""
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              stdout: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start argv; stderr (and stdout unless given) go to the log file."""
+        with open(log, "ab") as err, open(stdout or log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                    start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """SIGTERM each process group (group id = the started PID), then SIGKILL what is left."""
+        for proc in reversed(self._procs):
+            stop_group(proc)
+        self._procs.clear()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """End the process group that proc leads, including children that outlive their parent."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        proc.poll()
+        if proc.returncode is not None and not group_alive(proc.pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds used so far by the live processes of a process group."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], name: str, log: Path,
+               extra: Callable[[], bool] = lambda: True) -> None:
+    """Poll until the port accepts connections (and extra() holds); fail if the process exits."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with status {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            if extra():
+                return
+        time.sleep(0.02)
+    raise BenchError(f"{name} not ready on port {port} after {READY_TIMEOUT:.0f}s:\n{tail(log)}")
+
+
+def check_body(port: int, size: int, name: str) -> None:
+    """One GET through the target, to be sure it serves the right body before it is measured."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", f"/{size}")
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise BenchError(f"{name}: GET /{size} failed: {exc}") from exc
+    finally:
+        conn.close()
+    if resp.status != 200 or body != body_for(size):
+        raise BenchError(f"{name}: GET /{size} answered {resp.status} with {len(body)} bytes, "
+                         f"expected 200 with {size}")
+
+
+def render(template: str, **values: object) -> str:
+    """Fill a config template from this directory."""
+    text = (HERE / template).read_text()
+    return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def start_nginx(procs: Processes, tmp: Path, name: str, template: str, cpu: str,
+                **values: object) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an nginx master (daemon off) from a template, pinned to a CPU; return it and its port."""
+    port = free_port()
+    conf = tmp / f"{name}.conf"
+    temp = tmp / f"{name}-temp"
+    temp.mkdir(mode=0o755)
+    conf.write_text(render(template, dir=tmp, temp=temp, port=port, **values))
+    log = tmp / f"{name}-error.log"
+    argv = ["taskset", "-c", cpu, "nginx", "-p", str(tmp), "-e", str(log), "-c", str(conf)]
+    proc = procs.start(argv, log)
+    wait_ready(port, proc, name, log)
+    return proc, port
+
+
+def pyproxy_script() -> list[str]:
+    """The pyproxy console script next to this interpreter, else `python -m proxy`."""
+    script = Path(sys.executable).parent / "pyproxy"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "proxy"]
+
+
+def start_pyproxy(procs: Processes, tmp: Path,
+                  upstream_port: int) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, port, cmd."""
+    port = free_port()
+    log = tmp / "pyproxy.log"
+    custom = os.environ.get(PYPROXY_CMD_ENV)
+    if custom:
+        argv = [part.format(python=sys.executable, port=port, upstream=upstream_port)
+                for part in shlex.split(custom)]
+        proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, stdout=Path(os.devnull))
+        wait_ready(port, proc, "pyproxy stand-in", log)
+        return proc, port, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}"
+
+    socket_path = tmp / "pyproxy.sock"
+    env = {**os.environ, "PYPROXY_SOCKET": str(socket_path), "XDG_CONFIG_HOME": str(tmp / "config")}
+    cli = pyproxy_script()
+    argv = [*cli, "run", "--http-port", str(port), "--https-port", str(free_port()), "--bind", "127.0.0.1"]
+    # The access log (JSON lines on stdout) still costs pyproxy its formatting and write(), but no disk.
+    proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, env=env, stdout=Path(os.devnull))
+    wait_ready(port, proc, "pyproxy", log, extra=socket_path.exists)
+    deploy = [*cli, "deploy", "bench", f"--target=127.0.0.1:{upstream_port}", "--health-check-path=/up"]
+    try:
+        done = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"pyproxy deploy did not finish in {DEPLOY_TIMEOUT:.0f}s:\n{tail(log)}") from exc
+    if done.returncode != 0:
+        raise BenchError(f"{shlex.join(deploy)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
+                         f"{tail(log)}")
+    return proc, port, shlex.join(argv)
+
+
+def parse_wrk(output: str) -> tuple[float, float, int, int]:
+    """Requests/sec, p99 in ms, request count and error count from `wrk --latency` output."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+    count = re.search(r"^\s+(\d+) requests in", output, re.M)
+    if not (rps and p99 and count):
+        raise BenchError(f"could not parse wrk output:\n{output}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    p99_ms = float(p99.group(1)) * LATENCY_UNITS_MS[p99.group(2)]
+    return float(rps.group(1)), p99_ms, int(count.group(1)), errors
+
+
+def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int) -> str:
+    """One wrk run on CPU 0, bounded in time; returns its output."""
+    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
+            "--latency"]
+    if scenario.close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk did not finish: {shlex.join(argv)}") from exc
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {shlex.join(argv)}\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def measure(port: int, pgid: int, scenario: Scenario, args: argparse.Namespace) -> Measurement:
+    """Warm up for a second, then one measured wrk run with the server's CPU time around it."""
+    run_wrk(port, scenario, WARMUP_SECONDS, args.connections)
+    cpu_before = group_cpu_seconds(pgid)
+    output = run_wrk(port, scenario, args.duration, args.connections)
+    cpu = group_cpu_seconds(pgid) - cpu_before
+    rps, p99_ms, requests, errors = parse_wrk(output)
+    return Measurement(rps, p99_ms, requests, errors, cpu)
+
+
+def summarise(runs: list[Measurement], duration: int) -> Summary:
+    """Medians over rounds; errors are summed."""
+    return Summary(
+        rps=statistics.median(m.rps for m in runs),
+        p99_ms=statistics.median(m.p99_ms for m in runs),
+        cpu_share=statistics.median(m.cpu_seconds / duration for m in runs),
+        rps_per_core=statistics.median(m.rps_per_core for m in runs),
+        errors=sum(m.errors for m in runs),
+    )
+
+
+def fmt_rps(value: float) -> str:
+    """Requests per second with thousands separators."""
+    return f"{value:,.0f}"
+
+
+def fmt_ms(value: float) -> str:
+    """Milliseconds with two decimals."""
+    return f"{value:.2f} ms"
+
+
+def fmt_ratio(value: float) -> str:
+    """A ratio like 0.74x."""
+    return f"{value:.2f}x"
+
+
+def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """A plain-text table aligned on columns, or a GitHub markdown table."""
+    if markdown:
+        lines = [headers, ["---"] * len(headers), *rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(cells, widths, strict=True)))
+                     for cells in lines)
+
+
+def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool) -> str:
+    """The throughput/latency table and the per-proxy-core table."""
+    main_rows, core_rows = [], []
+    for sc in scenarios:
+        direct, ngx, pyp = (results[sc, t] for t in TARGETS)
+        main_rows.append([sc.label, fmt_rps(direct.rps), fmt_rps(ngx.rps), fmt_ms(ngx.p99_ms),
+                          fmt_rps(pyp.rps), fmt_ms(pyp.p99_ms), fmt_ratio(pyp.rps / ngx.rps),
+                          fmt_ratio(pyp.p99_ms / ngx.p99_ms)])
+        core_rows.append([sc.label, f"{ngx.cpu_share:.0%}", fmt_rps(ngx.rps_per_core), f"{pyp.cpu_share:.0%}",
+                          fmt_rps(pyp.rps_per_core), fmt_ratio(pyp.rps_per_core / ngx.rps_per_core)])
+    main = table(["scenario", "direct req/s", "nginx req/s", "nginx p99", "pyproxy req/s", "pyproxy p99",
+                  "pyproxy/nginx req/s", "pyproxy/nginx p99"], main_rows, markdown)
+    core = table(["scenario", "nginx CPU", "nginx req/CPU-s", "pyproxy CPU", "pyproxy req/CPU-s",
+                  "pyproxy/nginx per core"], core_rows, markdown)
+    return f"{main}\n\nPer proxy core (requests per CPU-second the proxy used):\n\n{core}"
+
+
+def cpu_model() -> str:
+    """The 'model name' line of /proc/cpuinfo."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line a tool prints about its version."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def preflight() -> str | None:
+    """Why this machine cannot run the benchmark, or None."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"missing {', '.join(missing)}; install with: {INSTALL_HINT}"
+    if not {int(LOAD_CPU), int(PROXY_CPU)} <= os.sched_getaffinity(0):
+        return f"needs CPUs {LOAD_CPU} and {PROXY_CPU} available (have {sorted(os.sched_getaffinity(0))})"
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=8, help="seconds per measured wrk run (default 8)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are reported")
+    ap.add_argument("--sizes", default="13,16384,1048576",
+                    help="response body sizes in bytes, comma-separated (default 13,16384,1048576)")
+    ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
+    args = ap.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        ap.error("--sizes takes integers, e.g. 13,16384,1048576")
+    if min(args.sizes) < 1 or args.duration < 1 or args.connections < 1 or args.rounds < 1:
+        ap.error("sizes, duration, connections and rounds must be positive")
+    return args
+
+
+@contextlib.contextmanager
+def servers(tmp: Path, sizes: list[int]) -> Iterator[tuple[dict[str, tuple[int, int]], str]]:
+    """Start upstream, nginx proxy and pyproxy; yield {target: (port, pgid)} and pyproxy's command."""
+    www = tmp / "www"
+    www.mkdir()
+    for size in sizes:
+        (www / str(size)).write_bytes(body_for(size))
+    # nginx workers may run as an unprivileged user: they must be able to read the bodies.
+    for path in (tmp, www, *www.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    procs = Processes()
+    try:
+        upstream, up_port = start_nginx(procs, tmp, "upstream", "nginx-upstream.conf", LOAD_CPU)
+        ngx, ngx_port = start_nginx(procs, tmp, "proxy", "nginx-proxy.conf", PROXY_CPU, upstream_port=up_port)
+        pyp, pyp_port, pyp_cmd = start_pyproxy(procs, tmp, up_port)
+        ports = {"direct": (up_port, upstream.pid), "nginx": (ngx_port, ngx.pid),
+                 "pyproxy": (pyp_port, pyp.pid)}
+        for name, (port, _) in ports.items():
+            for size in sizes:
+                check_body(port, size, name)
+        yield ports, pyp_cmd
+    finally:
+        procs.stop_all()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so that the servers are stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario against every target and print the tables."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    problem = preflight()
+    if problem:
+        print(f"bench.py: {problem}", file=sys.stderr)
+        return 2
+    scenarios = [Scenario(size, close=False) for size in args.sizes] + [Scenario(min(args.sizes), close=True)]
+    runs: dict[tuple[Scenario, str], list[Measurement]] = {(sc, t): [] for sc in scenarios for t in TARGETS}
+    tmp = Path(tempfile.mkdtemp(prefix="pyproxy-bench-"))
+    try:
+        with servers(tmp, args.sizes) as (ports, pyproxy_cmd):
+            for sc in scenarios:
+                for rnd in range(1, args.rounds + 1):
+                    for target in TARGETS:
+                        port, pgid = ports[target]
+                        m = measure(port, pgid, sc, args)
+                        runs[sc, target].append(m)
+                        errors = f", {m.errors} ERRORS" if m.errors else ""
+                        print(f"  {sc.label:<36} round {rnd}  {target:<8} {fmt_rps(m.rps):>9} req/s  "
+                              f"p99 {fmt_ms(m.p99_ms):>10}  cpu {m.cpu_seconds / args.duration:4.0%}{errors}",
+                              file=sys.stderr, flush=True)
+    except BenchError as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench.py: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    results = {key: summarise(ms, args.duration) for key, ms in runs.items()}
+    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(f"cpu: {cpu_model()} ({os.cpu_count()} cores); proxies on CPU {PROXY_CPU}, wrk + upstream on "
+          f"CPU {LOAD_CPU}")
+    print(f"wrk -t 1 -c {args.connections} -d {args.duration}s, {args.rounds} round(s), medians; "
+          f"{tool_version(['nginx', '-v'])}")
+    print(f"pyproxy: {pyproxy_cmd}\n")
+    print(report(results, scenarios, args.markdown))
+    failed = {key: s.errors for key, s in results.items() if s.errors}
+    for (sc, target), count in failed.items():
+        print(f"WARNING: {target} / {sc.label}: {count} socket errors or non-2xx responses", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
