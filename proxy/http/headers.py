@@ -39,24 +39,52 @@ REQUEST_SPECIAL_LENGTHS = frozenset(len(name) for name in REQUEST_SPECIAL)
 
 # Response headers never relayed; Transfer-Encoding stays because the body is
 # relayed with its framing unchanged.
-RESPONSE_DROP = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"upgrade"]
-)
-FRAMING = frozenset([b"content-length", b"transfer-encoding"])
-RESPONSE_SPECIAL_LENGTHS = frozenset(len(name) for name in RESPONSE_DROP | FRAMING)
-
-_status_lines: dict[tuple[int, bytes], bytes] = {}
+RESPONSE_DROP = (b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"upgrade")
 
 
-def status_line(status: int, reason: bytes) -> bytes:
-    """`HTTP/1.1 <status> <reason>\\r\\n`, cached for the few pairs a target uses."""
-    key = (status, reason)
-    line = _status_lines.get(key)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        if len(_status_lines) < 512:
-            _status_lines[key] = line
-    return line
+def relay_response_head(raw: bytes) -> tuple[bytes, bool]:
+    """A target's response head made ready for the client, and whether it frames its body.
+
+    `raw` is the status line and header lines as received, each ending in CRLF,
+    without the blank line. Hop-by-hop headers (and any the Connection header
+    names) are cut out of it, and an HTTP/1.0 status line becomes HTTP/1.1.
+    The checks are substring tests on one lower-cased copy ("\r\n" anchors a
+    header name): much cheaper than a Python call per header. They run on str
+    because `bytes in bytes` first tries its argument as an int (CPython 3.11).
+    """
+    text = raw.decode("latin-1").lower()
+    framed = "\r\ncontent-length:" in text or "\r\ntransfer-encoding:" in text
+    if (
+        "\r\nconnection:" in text
+        or "\r\nkeep-alive:" in text
+        or "\r\nproxy-" in text
+        or "\r\nupgrade:" in text
+    ):
+        raw = _without_hop_headers(raw, text)
+    if raw.startswith(b"HTTP/1.0"):
+        raw = b"HTTP/1.1" + raw[8:]
+    return raw, framed
+
+
+def _without_hop_headers(raw: bytes, text: str) -> bytes:
+    plain = text.find("\r\nconnection: keep-alive\r\n")
+    if (
+        plain >= 0
+        and text.count("\r\nconnection:") == 1
+        and not ("\r\nkeep-alive:" in text or "\r\nproxy-" in text or "\r\nupgrade:" in text)
+    ):
+        # The usual case (nginx, Node): one "Connection: keep-alive" line.
+        return raw[: plain + 2] + raw[plain + 26 :]
+    lines = raw.split(b"\r\n")
+    names = [line.partition(b":")[0].strip().lower() for line in lines]
+    drop = set(RESPONSE_DROP)
+    for line, name in zip(lines, names, strict=True):
+        if name == b"connection":
+            drop.update(connection_tokens(line.partition(b":")[2]))
+    kept = [lines[0]] + [
+        line for line, name in zip(lines[1:-1], names[1:-1], strict=True) if name not in drop
+    ]
+    return b"\r\n".join(kept) + b"\r\n"
 
 
 def connection_tokens(value: bytes) -> list[bytes]:

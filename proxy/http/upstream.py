@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from proxy.http.headers import FRAMING, RESPONSE_DROP, RESPONSE_SPECIAL_LENGTHS, status_line
+from proxy.http.headers import relay_response_head
 
 if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
@@ -156,11 +156,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "client",
         "close_delimited",
         "closed",
-        "framed",
         "got_any",
         "head_buffer",
         "head_end",
-        "headers",
+        "head_start",
         "in_head",
         "keep_alive",
         "parser",
@@ -168,7 +167,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "pool",
         "read_buffer",
         "read_view",
-        "reason",
         "request",
         "response_done",
         "reused",
@@ -196,12 +194,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.in_head = True
         self.head_buffer = b""
         self.scan_buffer = b""
+        self.head_start = 0
         self.head_end = 0
-        self.headers: list[bytes] = []
-        self.reason = b""
         self.response_done = False
         self.keep_alive = True
-        self.framed = False
         self.got_any = False
         self.close_delimited = False
 
@@ -367,32 +363,21 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks ------------------------------------------------------
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) in RESPONSE_SPECIAL_LENGTHS:
-            lower = name.lower()
-            if lower in RESPONSE_DROP:
-                return
-            if lower in FRAMING:
-                self.framed = True
-        self.headers.append(b"%s: %s\r\n" % (name, value))
-
     def on_headers_complete(self) -> None:
+        # The head is taken from the raw bytes rather than rebuilt from per-header
+        # callbacks: a few C-level searches instead of a Python call per header.
         scan = self.scan_buffer
+        start = self.head_end
         if isinstance(scan, memoryview):
             # A view of the start of read_buffer: search the buffer itself, without a copy.
-            self.head_end = self.read_buffer.find(b"\r\n\r\n", self.head_end, len(scan)) + 4
+            end = self.read_buffer.find(b"\r\n\r\n", start, len(scan)) + 4
         else:
-            self.head_end = scan.find(b"\r\n\r\n", self.head_end) + 4
+            end = scan.find(b"\r\n\r\n", start) + 4
+        self.head_start, self.head_end = start, end
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            # Interim response (100 Continue, 103 Early Hints): relay, keep reading.
-            self.client.transport.write(status_line(status, self.reason) + b"".join(self.headers) + b"\r\n")
-            self.headers = []
-            self.reason = b""
-            self.framed = False
+            # Interim response (100 Continue, 103 Early Hints): relay as is, keep reading.
+            self.client.transport.write(bytes(scan[start:end]))
             return
         self.in_head = False
         self.keep_alive = self.parser.should_keep_alive()
@@ -405,7 +390,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         request = self.request
         status = self.parser.get_status_code()
         request.status = status
-        if not self.framed and not request.is_head and status >= 200 and status not in (204, 304):
+        head, framed = relay_response_head(bytes(self.scan_buffer[self.head_start : self.head_end - 2]))
+        if not framed and not request.is_head and status >= 200 and status not in (204, 304):
             self.close_delimited = True
             request.keep_alive = False
         if status == 101:
@@ -416,7 +402,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             tail = b"Connection: keep-alive\r\n\r\n"
         else:
             tail = b"\r\n"
-        return status_line(status, self.reason) + b"".join(self.headers) + tail
+        return head + tail
 
     # -- ending the exchange ------------------------------------------------------
 
