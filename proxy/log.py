@@ -24,16 +24,20 @@ class JsonLog:
         self.debug_enabled = debug
         self.buffer: list[bytes] = []
         self.buffered = 0
-        self._second = -1
-        self._second_text = b""
+        self._millis = -1
+        self._millis_text = b""
 
     def timestamp(self, now: float) -> bytes:
-        """RFC 3339 UTC with milliseconds; the per-second part is formatted once a second."""
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        return b"%s.%03dZ" % (self._second_text, int((now - second) * 1000))
+        """RFC 3339 UTC with milliseconds, formatted once per millisecond (many requests share one)."""
+        millis = int(now * 1000)
+        if millis != self._millis:
+            self._millis = millis
+            second, fraction = divmod(millis, 1000)
+            self._millis_text = b"%s.%03dZ" % (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode(),
+                fraction,
+            )
+        return self._millis_text
 
     def event(self, level: str, msg: str, **attrs: Any) -> None:
         """Write one control-plane line now."""

@@ -37,29 +37,40 @@ class AccessLog:
 
     def write(self, client: ClientConnection, request: Request) -> None:
         now = time.time()
-        path, _, query = request.url.partition(b"?")
+        host, url, request_id = request.host, request.url, request.request_id or b""
+        method, user_agent, service = request.method, request.user_agent, request.service
+        if b"".join((host, url, request_id, method, user_agent, service)).translate(None, _PLAIN):
+            # Something needs escaping (rare): escape field by field, then strip the quotes
+            # the template already has.
+            host, url, request_id, method, user_agent, service = (
+                json_bytes(value)[1:-1] for value in (host, url, request_id, method, user_agent, service)
+            )
+        path, _, query = url.partition(b"?")
         pool = request.pool
-        line = (
-            b'{"time":"%s","level":"INFO","msg":"Request","host":%s,"port":%d,"path":%s,'
-            b'"request_id":%s,"status":%d,"service":%s,"target":"%s","duration":%d,"method":%s,'
-            b'"resp_content_length":%d,"client_addr":"%s","user_agent":%s,"proto":"%s",'
-            b'"scheme":"%s","query":%s}\n'
-        ) % (
+        line = _TEMPLATE % (
             self.log.timestamp(now),
-            json_bytes(request.host),
+            host,
             self.port,
-            json_bytes(path),
-            json_bytes(request.request_id or b""),
+            path,
+            request_id,
             request.status or 200,
-            json_bytes(request.service),
+            service,
             pool.address_bytes if pool is not None else b"",
             int((now - request.started_at) * 1e9),
-            json_bytes(request.method),
+            method,
             request.response_bytes,
             client.client_ip,
-            json_bytes(request.user_agent),
+            user_agent,
             b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
             client.server.scheme,
-            json_bytes(query),
+            query,
         )
         self.log.write_buffered(line)
+
+
+_TEMPLATE = (
+    b'{"time":"%s","level":"INFO","msg":"Request","host":"%s","port":%d,"path":"%s",'
+    b'"request_id":"%s","status":%d,"service":"%s","target":"%s","duration":%d,"method":"%s",'
+    b'"resp_content_length":%d,"client_addr":"%s","user_agent":"%s","proto":"%s",'
+    b'"scheme":"%s","query":"%s"}\n'
+)

@@ -63,6 +63,8 @@ class ClientConnection(asyncio.Protocol):
         "head_read",
         "head_size",
         "in_head",
+        "last_host",
+        "last_host_line",
         "parser",
         "pause_reasons",
         "queue",
@@ -93,6 +95,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgraded = False
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_backlog: list[bytes] = []
+        self.last_host = None
+        self.last_host_line = b""
 
     # -- connection events --------------------------------------------------------
 
@@ -132,9 +136,13 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._reject(400)
             return
-        if self.in_head and self.head_read > self.server.max_head_bytes:
-            # A head still unfinished after this much: do not keep buffering it.
-            self._reject(431)
+        if self.in_head:
+            if self.head_read > self.server.max_head_bytes:
+                # A head still unfinished after this much: do not keep buffering it.
+                self._reject(431)
+            elif self.deadline_kind != HEADER and not self.queue:
+                # Set once per head, when it does not arrive whole: a trickle cannot extend it.
+                self._set_deadline(HEADER, self.server.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -194,8 +202,6 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_read = 0
         self.head_size = 0
-        if not self.queue:
-            self._set_deadline(HEADER, self.server.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         request = self.reading
@@ -282,6 +288,8 @@ class ClientConnection(asyncio.Protocol):
             self._pause(_PAUSE_QUEUE)
 
     def _apply_connection_header(self, request: Request) -> None:
+        if request.upgrade is None and request.connection.lower() in (b"keep-alive", b"close"):
+            return  # what browsers send: nothing to do beyond what the parser did
         tokens = h.connection_tokens(request.connection)
         if request.upgrade is not None and b"upgrade" not in tokens:
             request.upgrade = None
@@ -344,33 +352,42 @@ class ClientConnection(asyncio.Protocol):
         request.pool.acquire(request, self)
 
     def _upstream_head(self, request: Request) -> bytes:
-        if request.forward_headers:
-            xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
-            forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (
-                xff,
-                request.xfp or self.server.scheme,
-                request.xfh or request.host,
-            )
-        else:
-            forwarded = self.forwarded_plain + b"X-Forwarded-Host: %s\r\n" % request.host
-        extra = [forwarded]
-        if request.request_id is None:
-            request.request_id = self.server.new_request_id()
-            extra.append(b"X-Request-ID: %s\r\n" % request.request_id)
-        if not request.request_start:
-            extra.append(b"X-Request-Start: t=%d\r\n" % (request.started_at * 1000))
-        if request.upgrade is not None:
-            extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade)
-        elif request.http10:
-            extra.append(b"Connection: keep-alive\r\n")
-        if request.chunked:
-            extra.append(b"Transfer-Encoding: chunked\r\n")
-        line = b"%s %s %s\r\n" % (
+        # request.headers[0] was reserved for the request line: the head is one join.
+        headers = request.headers
+        headers[0] = b"%s %s %s\r\n" % (
             request.method,
             request.path,
             b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
         )
-        return line + b"".join(request.headers) + b"".join(extra) + b"\r\n"
+        if request.forward_headers and (request.xff or request.xfp or request.xfh):
+            xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
+            headers.append(
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+                % (xff, request.xfp or self.server.scheme, request.xfh or request.host)
+            )
+        else:
+            headers.append(self.forwarded_plain)
+            headers.append(self._forwarded_host(request.host))
+        if request.request_id is None:
+            request.request_id = self.server.new_request_id()
+            headers.append(b"X-Request-ID: " + request.request_id + b"\r\n")
+        if not request.request_start:
+            headers.append(b"X-Request-Start: t=%d\r\n" % int(request.started_at * 1000))
+        if request.upgrade is not None:
+            headers.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade)
+        elif request.http10:
+            headers.append(b"Connection: keep-alive\r\n")
+        if request.chunked:
+            headers.append(b"Transfer-Encoding: chunked\r\n")
+        headers.append(b"\r\n")
+        return b"".join(headers)
+
+    def _forwarded_host(self, host: bytes) -> bytes:
+        """The X-Forwarded-Host line; a connection's requests nearly always share one Host."""
+        if host != self.last_host:
+            self.last_host = host
+            self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
+        return self.last_host_line
 
     def response_finished(self, request: Request) -> None:
         """The target finished the response to the request at the head of the queue."""
@@ -486,6 +503,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = self.server.loop.time() + seconds
 
     def _clear_deadline(self) -> None:
+        self.deadline_kind = 0
         self.deadline = 0.0
 
     def _await_next(self) -> None:

@@ -62,7 +62,7 @@ class Request:
         self.is_head = False
         self.keep_alive = False
         self.connection: bytes | None = None
-        self.headers: list[bytes] = []
+        self.headers: list[bytes] = [b""]  # [0] is the request line, filled in when forwarding
         self.host = b""
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
