@@ -38,7 +38,14 @@ WARMUP_SECONDS = 1
 READY_TIMEOUT = 15.0
 DEPLOY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
-TARGETS = ("direct", "nginx", "pyproxy")
+TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy")
+# The baseline is nginx as the issue defines it: 1 worker, upstream keep-alive, default proxy buffering.
+# "nginx-tuned" streams through one 256 KiB buffer with no spooling to disk, as pyproxy does: with the
+# default 8 x 4 KiB buffers nginx proxies 1 MiB bodies at about half that rate per CPU-second.
+NGINX_BUFFERING = {
+    "nginx": "",
+    "nginx-tuned": "proxy_buffering off; proxy_buffer_size 256k; proxy_buffers 4 256k;",
+}
 LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -122,12 +129,14 @@ class Processes:
         """No process started yet."""
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-              stdout: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: list[str], log: Path, env: dict[str, str] | None = None, stdout: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start argv; stderr (and stdout unless given) go to the log file."""
         with open(log, "ab") as err, open(stdout or log, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+            )
         self._procs.append(proc)
         return proc
 
@@ -172,14 +181,15 @@ def group_cpu_seconds(pgid: int) -> float:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
         if int(fields[2]) == pgid:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], name: str, log: Path,
-               extra: Callable[[], bool] = lambda: True) -> None:
+def wait_ready(
+    port: int, proc: subprocess.Popen[bytes], name: str, log: Path, extra: Callable[[], bool] = lambda: True
+) -> None:
     """Poll until the port accepts connections (and extra() holds); fail if the process exits."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -204,8 +214,9 @@ def check_body(port: int, size: int, name: str) -> None:
     finally:
         conn.close()
     if resp.status != 200 or body != body_for(size):
-        raise BenchError(f"{name}: GET /{size} answered {resp.status} with {len(body)} bytes, "
-                         f"expected 200 with {size}")
+        raise BenchError(
+            f"{name}: GET /{size} answered {resp.status} with {len(body)} bytes, expected 200 with {size}"
+        )
 
 
 def render(template: str, **values: object) -> str:
@@ -214,8 +225,9 @@ def render(template: str, **values: object) -> str:
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
-def start_nginx(procs: Processes, tmp: Path, name: str, template: str, cpu: str,
-                **values: object) -> tuple[subprocess.Popen[bytes], int]:
+def start_nginx(
+    procs: Processes, tmp: Path, name: str, template: str, cpu: str, **values: object
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start an nginx master (daemon off) from a template, pinned to a CPU; return it and its port."""
     port = free_port()
     conf = tmp / f"{name}.conf"
@@ -235,15 +247,18 @@ def pyproxy_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "proxy"]
 
 
-def start_pyproxy(procs: Processes, tmp: Path,
-                  upstream_port: int) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_pyproxy(
+    procs: Processes, tmp: Path, upstream_port: int
+) -> tuple[subprocess.Popen[bytes], int, str]:
     """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, port, cmd."""
     port = free_port()
     log = tmp / "pyproxy.log"
     custom = os.environ.get(PYPROXY_CMD_ENV)
     if custom:
-        argv = [part.format(python=sys.executable, port=port, upstream=upstream_port)
-                for part in shlex.split(custom)]
+        argv = [
+            part.format(python=sys.executable, port=port, upstream=upstream_port)
+            for part in shlex.split(custom)
+        ]
         proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, stdout=Path(os.devnull))
         wait_ready(port, proc, "pyproxy stand-in", log)
         return proc, port, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}"
@@ -257,13 +272,15 @@ def start_pyproxy(procs: Processes, tmp: Path,
     wait_ready(port, proc, "pyproxy", log, extra=socket_path.exists)
     deploy = [*cli, "deploy", "bench", f"--target=127.0.0.1:{upstream_port}", "--health-check-path=/up"]
     try:
-        done = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
-                              check=False)
+        done = subprocess.run(
+            deploy, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"pyproxy deploy did not finish in {DEPLOY_TIMEOUT:.0f}s:\n{tail(log)}") from exc
     if done.returncode != 0:
-        raise BenchError(f"{shlex.join(deploy)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
-                         f"{tail(log)}")
+        raise BenchError(
+            f"{shlex.join(deploy)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n{tail(log)}"
+        )
     return proc, port, shlex.join(argv)
 
 
@@ -283,8 +300,19 @@ def parse_wrk(output: str) -> tuple[float, float, int, int]:
 
 def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int) -> str:
     """One wrk run on CPU 0, bounded in time; returns its output."""
-    argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
-            "--latency"]
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--latency",
+    ]
     if scenario.close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
@@ -340,25 +368,72 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
         return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(cells, widths, strict=True)))
-                     for cells in lines)
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        for cells in lines
+    )
 
 
 def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool) -> str:
-    """The throughput/latency table and the per-proxy-core table."""
+    """The throughput/latency table and the per-proxy-core table, pyproxy as a ratio to both nginx setups."""
     main_rows, core_rows = [], []
     for sc in scenarios:
-        direct, ngx, pyp = (results[sc, t] for t in TARGETS)
-        main_rows.append([sc.label, fmt_rps(direct.rps), fmt_rps(ngx.rps), fmt_ms(ngx.p99_ms),
-                          fmt_rps(pyp.rps), fmt_ms(pyp.p99_ms), fmt_ratio(pyp.rps / ngx.rps),
-                          fmt_ratio(pyp.p99_ms / ngx.p99_ms)])
-        core_rows.append([sc.label, f"{ngx.cpu_share:.0%}", fmt_rps(ngx.rps_per_core), f"{pyp.cpu_share:.0%}",
-                          fmt_rps(pyp.rps_per_core), fmt_ratio(pyp.rps_per_core / ngx.rps_per_core)])
-    main = table(["scenario", "direct req/s", "nginx req/s", "nginx p99", "pyproxy req/s", "pyproxy p99",
-                  "pyproxy/nginx req/s", "pyproxy/nginx p99"], main_rows, markdown)
-    core = table(["scenario", "nginx CPU", "nginx req/CPU-s", "pyproxy CPU", "pyproxy req/CPU-s",
-                  "pyproxy/nginx per core"], core_rows, markdown)
+        direct, ngx, tuned, pyp = (results[sc, t] for t in TARGETS)
+        main_rows.append(
+            [
+                sc.label,
+                fmt_rps(direct.rps),
+                fmt_rps(ngx.rps),
+                fmt_ms(ngx.p99_ms),
+                fmt_rps(tuned.rps),
+                fmt_rps(pyp.rps),
+                fmt_ms(pyp.p99_ms),
+                fmt_ratio(pyp.rps / ngx.rps),
+                fmt_ratio(pyp.rps / tuned.rps),
+            ]
+        )
+        core_rows.append(
+            [
+                sc.label,
+                fmt_rps(ngx.rps_per_core),
+                fmt_rps(tuned.rps_per_core),
+                f"{pyp.cpu_share:.0%}",
+                fmt_rps(pyp.rps_per_core),
+                fmt_ratio(pyp.rps_per_core / ngx.rps_per_core),
+                fmt_ratio(pyp.rps_per_core / tuned.rps_per_core),
+            ]
+        )
+    main = table(
+        [
+            "scenario",
+            "direct req/s",
+            "nginx req/s",
+            "nginx p99",
+            "nginx-tuned req/s",
+            "pyproxy req/s",
+            "pyproxy p99",
+            "pyproxy/nginx",
+            "pyproxy/nginx-tuned",
+        ],
+        main_rows,
+        markdown,
+    )
+    core = table(
+        [
+            "scenario",
+            "nginx req/CPU-s",
+            "nginx-tuned req/CPU-s",
+            "pyproxy CPU",
+            "pyproxy req/CPU-s",
+            "pyproxy/nginx per core",
+            "pyproxy/nginx-tuned per core",
+        ],
+        core_rows,
+        markdown,
+    )
     return f"{main}\n\nPer proxy core (requests per CPU-second the proxy used):\n\n{core}"
 
 
@@ -394,8 +469,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=int, default=8, help="seconds per measured wrk run (default 8)")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are reported")
-    ap.add_argument("--sizes", default="13,16384,1048576",
-                    help="response body sizes in bytes, comma-separated (default 13,16384,1048576)")
+    ap.add_argument(
+        "--sizes",
+        default="13,16384,1048576",
+        help="response body sizes in bytes, comma-separated (default 13,16384,1048576)",
+    )
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
     args = ap.parse_args(argv)
     try:
@@ -420,10 +498,14 @@ def servers(tmp: Path, sizes: list[int]) -> Iterator[tuple[dict[str, tuple[int, 
     procs = Processes()
     try:
         upstream, up_port = start_nginx(procs, tmp, "upstream", "nginx-upstream.conf", LOAD_CPU)
-        ngx, ngx_port = start_nginx(procs, tmp, "proxy", "nginx-proxy.conf", PROXY_CPU, upstream_port=up_port)
+        ports = {"direct": (up_port, upstream.pid)}
+        for name, buffering in NGINX_BUFFERING.items():
+            ngx, ngx_port = start_nginx(
+                procs, tmp, name, "nginx-proxy.conf", PROXY_CPU, upstream_port=up_port, buffering=buffering
+            )
+            ports[name] = (ngx_port, ngx.pid)
         pyp, pyp_port, pyp_cmd = start_pyproxy(procs, tmp, up_port)
-        ports = {"direct": (up_port, upstream.pid), "nginx": (ngx_port, ngx.pid),
-                 "pyproxy": (pyp_port, pyp.pid)}
+        ports["pyproxy"] = (pyp_port, pyp.pid)
         for name, (port, _) in ports.items():
             for size in sizes:
                 check_body(port, size, name)
@@ -457,9 +539,12 @@ def main(argv: list[str] | None = None) -> int:
                         m = measure(port, pgid, sc, args)
                         runs[sc, target].append(m)
                         errors = f", {m.errors} ERRORS" if m.errors else ""
-                        print(f"  {sc.label:<36} round {rnd}  {target:<8} {fmt_rps(m.rps):>9} req/s  "
-                              f"p99 {fmt_ms(m.p99_ms):>10}  cpu {m.cpu_seconds / args.duration:4.0%}{errors}",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"  {sc.label:<36} round {rnd}  {target:<11} {fmt_rps(m.rps):>9} req/s  "
+                            f"p99 {fmt_ms(m.p99_ms):>10}  cpu {m.cpu_seconds / args.duration:4.0%}{errors}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     except BenchError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1
@@ -471,10 +556,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {key: summarise(ms, args.duration) for key, ms in runs.items()}
     print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} cores); proxies on CPU {PROXY_CPU}, wrk + upstream on "
-          f"CPU {LOAD_CPU}")
-    print(f"wrk -t 1 -c {args.connections} -d {args.duration}s, {args.rounds} round(s), medians; "
-          f"{tool_version(['nginx', '-v'])}")
+    print(
+        f"cpu: {cpu_model()} ({os.cpu_count()} cores); proxies on CPU {PROXY_CPU}, wrk + upstream on "
+        f"CPU {LOAD_CPU}"
+    )
+    print(
+        f"wrk -t 1 -c {args.connections} -d {args.duration}s, {args.rounds} round(s), medians; "
+        f"{tool_version(['nginx', '-v'])}"
+    )
     print(f"pyproxy: {pyproxy_cmd}\n")
     print(report(results, scenarios, args.markdown))
     failed = {key: s.errors for key, s in results.items() if s.errors}
