@@ -149,8 +149,8 @@ class AdminApi:
             except DeployError as exc:
                 events.put_nowait({"error": str(exc)})
             except Exception as exc:
+                self.manager.log.error("Deploy failed", service=deploy.service, error=repr(exc))
                 events.put_nowait({"error": f"internal error: {exc!r}"})
-                raise
             finally:
                 events.put_nowait(None)
 

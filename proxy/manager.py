@@ -199,7 +199,11 @@ class ServiceManager:
         self.dispatcher.table = RoutingTable.build(self.services.values())
 
     async def _persist(self) -> None:
-        await self.store.save(lambda: [s.to_json() for s in self.services.values()])
+        """Save the services; a failure is logged, not raised: the change it records already happened."""
+        try:
+            await self.store.save(lambda: [s.to_json() for s in self.services.values()])
+        except OSError as exc:
+            self.log.error("Could not save state", path=str(self.store.path), error=str(exc))
 
     def _start_checks(self, balancer: LoadBalancer, options: ServiceOptions) -> None:
         self._healthy_events[balancer] = asyncio.Event()

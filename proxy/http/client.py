@@ -67,6 +67,7 @@ class ClientConnection(asyncio.Protocol):
         "last_host_line",
         "parser",
         "pause_reasons",
+        "pending_reject",
         "queue",
         "reading",
         "server",
@@ -90,6 +91,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.pause_reasons = 0
+        self.pending_reject = 0
         self.deadline = 0.0
         self.deadline_kind = 0
         self.upgraded = False
@@ -117,7 +119,7 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.transport.write(data)
             return
-        if self.closed:
+        if self.closed or self.pending_reject:
             return
         if self.upgraded:
             self._buffer_for_tunnel(data)
@@ -146,7 +148,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self.server.connection_closed(self)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -210,6 +212,8 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer of a chunked body: not forwarded
         request = self.reading
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.server.max_head_bytes:
@@ -232,6 +236,8 @@ class ClientConnection(asyncio.Protocol):
             request.request_id = value
         elif kind == h.REQUEST_START:
             request.request_start = True
+        elif kind == h.CONTENT_LENGTH:
+            request.content_length = value
         elif kind == h.CONNECTION:
             previous = request.connection
             request.connection = value if previous is None else previous + b"," + value
@@ -270,6 +276,8 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(400)
         if not request.host and not request.http10:
             raise _Reject(400)
+        if request.http10 and request.chunked:
+            raise _Reject(400)  # chunked framing does not exist in HTTP/1.0 (RFC 9112 6.1)
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Reject(405)
@@ -294,6 +302,10 @@ class ClientConnection(asyncio.Protocol):
         if request.upgrade is not None and b"upgrade" not in tokens:
             request.upgrade = None
         if request.upgrade is not None:
+            if request.chunked or request.content_length not in (None, b"0"):
+                # The parser ends an upgrade request at its head: a body would reach the
+                # target only as tunnel bytes, or be taken as the next request.
+                raise _Reject(400)
             request.keep_alive = False
         extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
         if extra:
@@ -398,12 +410,14 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         if not request.keep_alive or not request.complete or self.closing:
-            self._close()
+            self.close()
             return
         if self.pause_reasons & _PAUSE_QUEUE and len(queue) < MAX_PIPELINED:
             self._resume(_PAUSE_QUEUE)
         if queue:
             self._start(queue[0])
+        elif self.pending_reject:
+            self._reject(self.pending_reject)
         else:
             self._await_next()
 
@@ -427,8 +441,12 @@ class ClientConnection(asyncio.Protocol):
         queue = self.queue
         if queue:
             first = queue[0]
-            if first.response_started or first is not self.reading:
-                # A response is on its way; an error must not interleave with it.
+            if first is not self.reading:
+                # Requests before the broken one are still being answered: answer
+                # them, then the error (see response_finished), and read no more.
+                self.pending_reject = status
+                return
+            if first.response_started:
                 self.abort()
                 return
             # The broken request is the one being forwarded: the target must not
@@ -456,7 +474,8 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         self._set_deadline(LINGER, LINGER_SECONDS)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close once what is buffered for the client has been sent."""
         self.closed = True
         self.deadline = 0.0
         self.transport.close()
@@ -494,7 +513,7 @@ class ClientConnection(asyncio.Protocol):
 
     def tunnel_closed(self) -> None:
         self.tunnel = None
-        self._close()
+        self.close()
 
     # -- deadlines ------------------------------------------------------------------
 
@@ -517,7 +536,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         kind = self.deadline_kind
         if kind in (IDLE, LINGER):
-            self._close()
+            self.close()
         elif kind == HEADER:
             self._reject(408)
         elif kind == RESPONSE and self.queue:

@@ -1,7 +1,7 @@
-"""Header names the data plane treats specially, and status-line caching.
+"""Header names the data plane treats specially, and the rewriting of response heads.
 
-Checks are by length first: most headers have a length no special name has,
-so they are forwarded without being lower-cased.
+Request headers are checked by length first: most have a length no special
+name has, so they are forwarded without being lower-cased.
 """
 
 # Request headers, lower-cased, mapped to what the client connection does with them.
@@ -16,6 +16,7 @@ FORWARDED_HOST = 8
 REQUEST_ID = 9
 REQUEST_START = 10
 USER_AGENT = 11
+CONTENT_LENGTH = 12
 
 REQUEST_SPECIAL = {
     b"host": HOST,
@@ -34,6 +35,7 @@ REQUEST_SPECIAL = {
     b"x-request-id": REQUEST_ID,
     b"x-request-start": REQUEST_START,
     b"user-agent": USER_AGENT,
+    b"content-length": CONTENT_LENGTH,
 }
 REQUEST_SPECIAL_LENGTHS = frozenset(len(name) for name in REQUEST_SPECIAL)
 

@@ -23,6 +23,7 @@ class Request:
         "chunked",
         "complete",
         "connection",
+        "content_length",
         "forward_headers",
         "had_body",
         "head",
@@ -62,6 +63,7 @@ class Request:
         self.is_head = False
         self.keep_alive = False
         self.connection: bytes | None = None
+        self.content_length: bytes | None = None
         self.headers: list[bytes] = [b""]  # [0] is the request line, filled in when forwarding
         self.host = b""
         self.xff: bytes | None = None

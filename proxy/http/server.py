@@ -8,6 +8,7 @@ request costs one clock read instead of creating and cancelling a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -64,6 +65,7 @@ class HttpServer:
         self.connections: set[ClientConnection] = set()
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._all_closed: asyncio.Future[None] | None = None
         prefix = os.urandom(10).hex()
         self._request_id_prefix = f"{prefix[:8]}-{prefix[8:12]}-4{prefix[12:15]}-a{prefix[15:18]}-".encode()
         self._request_ids = itertools.count()
@@ -101,22 +103,30 @@ class HttpServer:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
-        """Stop accepting, let requests in progress finish within `grace`, then cut the rest."""
+        """Stop accepting, let requests in progress finish within `grace`, then cut the rest.
+
+        Idle connections close at once (after their buffered output is sent);
+        busy ones close when their response is done; WebSocket tunnels are not
+        waited for.
+        """
         for server in self.servers:
             server.close()
+        self._all_closed = self.loop.create_future()
         for client in list(self.connections):
             client.closing = True
-            if not client.queue and not client.in_head and client.tunnel is None:
-                client.transport.close()
-        deadline = self.loop.time() + grace
-        while self.connections and self.loop.time() < deadline:
-            busy = [c for c in self.connections if c.queue or c.in_head]
-            if not busy:
-                break
-            await asyncio.sleep(SWEEP_INTERVAL)
+            if client.tunnel is not None or (not client.queue and not client.in_head and not client.closed):
+                client.close()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed, grace)
         for client in list(self.connections):
             client.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         self.log.flush()
+
+    def connection_closed(self, client: ClientConnection) -> None:
+        self.connections.discard(client)
+        if self._all_closed is not None and not self.connections and not self._all_closed.done():
+            self._all_closed.set_result(None)

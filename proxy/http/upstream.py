@@ -162,6 +162,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "head_start",
         "in_head",
         "keep_alive",
+        "overrun",
         "parser",
         "paused",
         "pool",
@@ -197,6 +198,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_start = 0
         self.head_end = 0
         self.response_done = False
+        self.overrun = False
         self.keep_alive = True
         self.got_any = False
         self.close_delimited = False
@@ -293,7 +295,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 try:
                     self.parser.feed_data(data)
                 except httptools.HttpParserError:
-                    self.keep_alive = False
+                    self._fail_midway()
+                    return
+                if self.overrun:
                     self._fail_midway()
                     return
                 out.write(data)
@@ -313,6 +317,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._upgraded(exc.args[0])
             return
         except httptools.HttpParserError:
+            self._fail_head(502)
+            return
+        if self.overrun:
             self._fail_head(502)
             return
         if self.in_head:
@@ -382,6 +389,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.in_head = False
         self.keep_alive = self.parser.should_keep_alive()
 
+    def on_message_begin(self) -> None:
+        if self.response_done:
+            # Bytes after the end of the response: the target is out of step with
+            # us, and relaying them would let it split the client's stream.
+            self.overrun = True
+
     def on_message_complete(self) -> None:
         if not self.in_head:
             self.response_done = True
@@ -408,7 +421,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def _finish(self) -> None:
         client, request = self.client, self.request
-        reusable = self.keep_alive and request.complete and not self.close_delimited
+        reusable = (
+            self.keep_alive
+            and request.complete
+            and not self.close_delimited
+            and request.upgrade is None
+            and not self.transport.get_write_buffer_size()
+        )
         self.client = self.request = None
         self.attached = False
         self._reset()
@@ -416,6 +435,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.paused = False
             self.transport.resume_reading()
         self.pool.release(self, reusable)
+        # This connection may have paused the client's reading (request body
+        # backlog); it no longer writes for this client.
+        client.resume_reading_for_upstream()
         client.response_finished(request)
 
     def _fail_head(self, status: int) -> None:
@@ -467,7 +489,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self.close_delimited and not self.in_head:
             request.keep_alive = False
             client.response_finished(request)
-        elif not self.got_any and self.reused and not request.retried and not request.had_body:
+        elif (
+            not self.got_any
+            and self.reused
+            and not request.retried
+            and not request.had_body
+            and not request.chunked
+        ):
             # A pooled connection the target had closed: try once more on a fresh one.
             request.retried = True
             request.upstream = None
