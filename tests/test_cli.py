@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import subprocess
 import sys
 
+import aiohttp
 import pytest
 
 from tests.conftest import PYPROXY, proxy_env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    import subprocess
-
     done = subprocess.run([*PYPROXY, *args], capture_output=True, text=True, env=env, timeout=30)
     return done.returncode, done.stdout, done.stderr
 
@@ -115,15 +116,30 @@ async def test_run_reads_ports_from_the_environment(tmp_path):
     assert started["http_port"] not in (1, 80)
 
 
-def test_admin_socket_is_private(tmp_path):
-    assert sys.platform.startswith("linux")
-    # checked on the socket of a live server in test_admin.py; here only the default path rules
+def test_socket_path_follows_the_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYPROXY_SOCKET", "XDG_RUNTIME_DIR")}
     code = "from proxy.paths import socket_path; print(socket_path())"
-    import subprocess
-
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().endswith("/pyproxy.sock")
     env["XDG_RUNTIME_DIR"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(tmp_path / "pyproxy.sock")
+    env["PYPROXY_SOCKET"] = str(tmp_path / "other.sock")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(tmp_path / "other.sock")
+
+
+async def test_metrics_port_serves_request_counts(make_proxy, upstreams):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    proxy = await make_proxy(f"--metrics-port={metrics_port}")
+    assert (await proxy.deploy("web", upstreams[0].address)).status == 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(proxy.url) as response:
+                assert response.status == 200
+        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            text = await response.text()
+    assert 'pyproxy_http_requests_total{method="GET",service="web",status="200"} 3.0' in text
+    assert "pyproxy_http_request_duration_seconds_bucket" in text
