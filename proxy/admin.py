@@ -18,7 +18,7 @@ from aiohttp import web
 
 from proxy.health import HealthCheckConfig
 from proxy.manager import DeployError, DeployRequest, ServiceManager, ServiceNotFound
-from proxy.service import ServiceOptions
+from proxy.service import ServiceOptions, TlsOptions
 from proxy.target import parse_target
 
 
@@ -40,6 +40,19 @@ def _string_list(payload: dict[str, Any], name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f'"{name}" must be a list of strings')
     return value
+
+
+def _tls_options(tls: dict[str, Any]) -> TlsOptions:
+    return TlsOptions(
+        enabled=_field(tls, "enabled", bool, False),
+        certificate_path=_field(tls, "certificate_path", str, ""),
+        private_key_path=_field(tls, "private_key_path", str, ""),
+        redirect=_field(tls, "redirect", bool, True),
+        acme_directory=_field(tls, "acme_directory", str, ""),
+        acme_cache_path=_field(tls, "acme_cache_path", str, ""),
+        acme_eab_kid=_field(tls, "acme_eab_kid", str, ""),
+        acme_eab_hmac_key=_field(tls, "acme_eab_hmac_key", str, ""),
+    )
 
 
 def parse_deploy(payload: Any) -> DeployRequest:
@@ -64,13 +77,16 @@ def parse_deploy(payload: Any) -> DeployRequest:
             port=_field(hc, "port", int, 0),
             host=_field(hc, "host", str, ""),
         )
+        tls = _tls_options(_field(payload, "tls", dict, {}))
         options = ServiceOptions.create(
             hosts=_string_list(payload, "hosts"),
             path_prefixes=_string_list(payload, "path_prefixes"),
             strip_prefix=_field(payload, "strip_path_prefix", bool, True),
             health_check=health_check,
             target_timeout=_field(payload, "target_timeout", float, 30.0),
-            forward_headers=_field(payload, "forward_headers", bool, True),
+            forward_headers=_field(payload, "forward_headers", bool, not tls.enabled),
+            tls=tls,
+            canonical_host=_field(payload, "canonical_host", str, "").lower(),
         )
     except BadRequest:
         raise

@@ -7,6 +7,7 @@ import signal
 from dataclasses import dataclass, field
 
 from proxy.admin import AdminApi
+from proxy.autocert import AutoCertificates
 from proxy.dispatcher import ServiceDispatcher
 from proxy.http.server import HttpLimits, HttpServer
 from proxy.log import JsonLog
@@ -14,6 +15,7 @@ from proxy.manager import ServiceManager
 from proxy.metrics import Metrics
 from proxy.paths import socket_path, state_path
 from proxy.state import StateStore
+from proxy.tls import TlsTerminator
 
 SHUTDOWN_GRACE = 10.0
 
@@ -40,9 +42,11 @@ def run(settings: RunSettings) -> int:
 async def _serve(settings: RunSettings) -> int:
     log = JsonLog(debug=settings.debug)
     bind = settings.bind or None
-    dispatcher = ServiceDispatcher()
     store = StateStore(state_path())
-    manager = ServiceManager(dispatcher, store, log)
+    tls = TlsTerminator()
+    auto = AutoCertificates(log)
+    dispatcher = ServiceDispatcher(auto.tokens)
+    manager = ServiceManager(dispatcher, tls, auto, store, log)
     try:
         saved = store.load()
     except ValueError as exc:
@@ -58,10 +62,11 @@ async def _serve(settings: RunSettings) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     metrics = Metrics.start(bind, settings.metrics_port) if settings.metrics_port else None
-    http = HttpServer(dispatcher, log, settings.http_port, settings.limits, metrics=metrics)
+    http = HttpServer(dispatcher, log, settings.limits, metrics=metrics)
     admin = AdminApi(manager)
     try:
-        server = await http.listen(bind, settings.http_port)
+        server = await http.listen(bind, settings.http_port, report_port=settings.http_port)
+        secure = await http.listen(bind, settings.https_port, tls.context, report_port=settings.https_port)
         await admin.start(socket_path())
     except OSError as exc:
         log.error("Could not start", error=str(exc))
@@ -70,6 +75,7 @@ async def _serve(settings: RunSettings) -> int:
     log.info(
         "Server started",
         http_port=server.sockets[0].getsockname()[1],
+        https_port=secure.sockets[0].getsockname()[1],
         metrics_port=settings.metrics_port,
         socket=str(socket_path()),
     )

@@ -7,12 +7,15 @@ kamal-proxy (Kamal) can drive pyproxy the same way.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from proxy import admin_client
+from proxy.acme import LETS_ENCRYPT_STAGING
 from proxy.flags import FlagParser
+from proxy.paths import data_dir
 
 COMMANDS = {
     "run": "Run the proxy server",
@@ -53,7 +56,7 @@ def _run(argv: list[str]) -> int:
         "--https-port",
         default=443,
         env="HTTPS_PORT",
-        help="Port for HTTPS traffic (reserved: TLS is not implemented yet)",
+        help="Port for HTTPS traffic",
     )
     parser.add_int(
         "--metrics-port",
@@ -118,6 +121,20 @@ def _deploy_parser() -> FlagParser:
         "--forward-headers", default=True, help="Trust and extend X-Forwarded-* headers from the client"
     )
     parser.add_bool("--force", help="Switch without waiting for the target to become healthy")
+    parser.add_bool("--tls", help="Serve this service over HTTPS (needs --host)")
+    parser.add_str("--tls-certificate-path", help="PEM certificate (chain) to serve instead of an ACME one")
+    parser.add_str("--tls-private-key-path", help="PEM private key for --tls-certificate-path")
+    parser.add_bool("--tls-redirect", default=True, help="Redirect HTTP requests to HTTPS when TLS is on")
+    parser.add_bool("--tls-staging", help="Use Let's Encrypt's staging CA")
+    parser.add_str("--tls-acme-directory", help="ACME directory URL of another CA (default: Let's Encrypt)")
+    parser.add_str(
+        "--tls-acme-cache-path",
+        default=str(data_dir() / "certs"),
+        help="Where ACME certificates and the account key are kept",
+    )
+    parser.add_str("--tls-acme-eab-kid", help="External Account Binding key id (CAs that need one)")
+    parser.add_str("--tls-acme-eab-hmac-key", help="External Account Binding HMAC key (base64url)")
+    parser.add_str("--canonical-host", help="Redirect every other host of this service to this one")
     return parser
 
 
@@ -128,6 +145,12 @@ def _deploy(argv: list[str]) -> int:
         parser.error("--health-check-interval and --health-check-timeout must be positive")
     if not 0 <= ns.health_check_port < 65536:
         parser.error(f"invalid port {ns.health_check_port} for --health-check-port")
+    if bool(ns.tls_certificate_path) != bool(ns.tls_private_key_path):
+        parser.error("--tls-certificate-path and --tls-private-key-path must be given together")
+    explicit = parser.explicit(ns)
+    # As kamal-proxy: when pyproxy terminates TLS it is the edge, and must not trust client headers.
+    forward_headers = ns.forward_headers if "forward_headers" in explicit else not ns.tls
+    acme_directory = ns.tls_acme_directory or (LETS_ENCRYPT_STAGING if ns.tls_staging else "")
     payload = {
         "service": ns.service,
         "targets": ns.target,
@@ -144,10 +167,26 @@ def _deploy(argv: list[str]) -> int:
             "host": ns.health_check_host,
         },
         "target_timeout": ns.target_timeout,
-        "forward_headers": ns.forward_headers,
+        "forward_headers": forward_headers,
         "force": ns.force,
+        "tls": {
+            "enabled": ns.tls,
+            "certificate_path": _absolute(ns.tls_certificate_path),
+            "private_key_path": _absolute(ns.tls_private_key_path),
+            "redirect": ns.tls_redirect,
+            "acme_directory": acme_directory,
+            "acme_cache_path": ns.tls_acme_cache_path,
+            "acme_eab_kid": ns.tls_acme_eab_kid,
+            "acme_eab_hmac_key": ns.tls_acme_eab_hmac_key,
+        },
+        "canonical_host": ns.canonical_host,
     }
     return _call(admin_client.deploy(payload, _print_progress))
+
+
+def _absolute(path: str) -> str:
+    """The server may run in another directory: send it absolute paths."""
+    return os.path.abspath(path) if path else ""
 
 
 def _print_progress(event: dict[str, Any]) -> None:
@@ -164,6 +203,8 @@ def _print_progress(event: dict[str, Any]) -> None:
     elif kind == "drained":
         cut = event.get("cut", 0)
         text = f"Drained; {cut} request(s) cut at the drain timeout" if cut else "Drained"
+    elif kind == "certificate":
+        text = f"Certificate for {event['host']}: {event['state']}"
     elif kind == "done":
         text = "Deployed"
     else:
@@ -193,17 +234,23 @@ def _list(argv: list[str]) -> int:
 
 
 def format_table(services: list[dict[str, Any]]) -> str:
-    """kamal-proxy's `list` columns, padded with two spaces."""
+    """kamal-proxy's `list` columns, padded with two spaces, then each TLS host's certificate."""
     rows = [["Service", "Host", "Path", "Target", "State", "TLS"]]
     for s in services:
         targets = ", ".join(f"{t['address']} ({t['state']})" for t in s["targets"])
+        tls = "yes" if s["tls"] else "no"
         rows.append(
-            [s["service"], ",".join(s["hosts"]) or "*", ",".join(s["paths"]), targets, "running", "no"]
+            [s["service"], ",".join(s["hosts"]) or "*", ",".join(s["paths"]), targets, "running", tls]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+    certificates = [c for s in services for c in s.get("certificates", [])]
+    if not certificates:
+        return table
+    lines = [f"  {c['host']}  {c['issuer']}  expires {c['expires']}" for c in certificates]
+    return "\n".join([table, "", "Certificates:", *lines])
 
 
 def _call(coroutine: Any) -> int:

@@ -8,12 +8,15 @@ swap, then drains the targets it replaced, and only then reports done: when
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from proxy.acme import expires_at, issuer_name
+from proxy.autocert import AutoCertificates
 from proxy.balancer import LoadBalancer
 from proxy.dispatcher import ServiceDispatcher
 from proxy.flags import format_duration
@@ -23,8 +26,13 @@ from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
 from proxy.state import StateStore
 from proxy.target import Target, TargetState
+from proxy.tls import CertificateMap, TlsTerminator, load_certificate
 
 Progress = Callable[..., None]
+
+
+def _no_progress(event: str, **details: Any) -> None:
+    """Progress sink for changes nobody is watching (restore at start)."""
 
 
 class DeployError(Exception):
@@ -47,8 +55,18 @@ class DeployRequest:
 
 
 class ServiceManager:
-    def __init__(self, dispatcher: ServiceDispatcher, store: StateStore, log: JsonLog) -> None:
+    def __init__(
+        self,
+        dispatcher: ServiceDispatcher,
+        tls: TlsTerminator,
+        auto: AutoCertificates,
+        store: StateStore,
+        log: JsonLog,
+    ) -> None:
         self.dispatcher = dispatcher
+        self.tls = tls
+        self.auto = auto
+        auto.on_change = self._publish_certificates
         self.store = store
         self.log = log
         self.services: dict[str, Service] = {}
@@ -64,6 +82,7 @@ class ServiceManager:
         return self._session
 
     async def close(self) -> None:
+        await self.auto.close()
         for balancer in list(self._checkers):
             self._stop_checks(balancer)
         if self._session is not None:
@@ -80,6 +99,7 @@ class ServiceManager:
     async def _deploy(self, request: DeployRequest, progress: Progress) -> None:
         name, options = request.service, request.options
         self._check_conflicts(name, options)
+        certificate = _load_certificate(options)
         balancer = LoadBalancer(self._new_target(a) for a in request.targets)
         self._start_checks(balancer, options)
         if not request.force:
@@ -100,7 +120,7 @@ class ServiceManager:
             self._discard(balancer)
             raise
         old = self.services.get(name)
-        self.services[name] = Service(name, options, balancer)
+        self.services[name] = Service(name, options, balancer, certificate)
         self._publish()
         self.log.info(
             "Deployed",
@@ -110,6 +130,7 @@ class ServiceManager:
             paths=list(options.path_prefixes),
         )
         progress("switched")
+        self._request_certificates(self.services[name], progress)
         await self._persist()
         if old is not None:
             await self._drain(old.balancer, request.drain_timeout, progress)
@@ -160,6 +181,10 @@ class ServiceManager:
             raise ServiceNotFound(name)
         self._publish()
         self._discard(service.balancer)
+        wanted = {h for s in self.services.values() if s.acme for h in s.hosts}
+        for host in service.hosts:
+            if host not in wanted:
+                self.auto.forget(host)
         self.log.info("Removed", service=name)
         await self._persist()
 
@@ -169,10 +194,28 @@ class ServiceManager:
                 "service": s.name,
                 "hosts": [h for h in s.options.hosts if h],
                 "paths": list(s.options.path_prefixes),
+                "tls": s.tls_enabled,
+                "certificates": self._certificate_details(s),
                 "targets": [{"address": t.address, "state": t.state.value} for t in s.balancer.targets],
             }
             for s in sorted(self.services.values(), key=lambda s: s.name)
         ]
+
+    def _certificate_details(self, service: Service) -> list[dict[str, str]]:
+        """Issuer and expiry of what each TLS host is served with, for `pyproxy list`."""
+        details = []
+        for host in service.hosts if service.tls_enabled else ():
+            if service.certificate is not None:
+                with open(service.options.tls.certificate_path, "rb") as pem:
+                    chain = pem.read()
+            else:
+                chain = self.auto.chains.get(host)
+            if chain is None:
+                details.append({"host": host, "issuer": "(not issued yet)", "expires": "-"})
+            else:
+                expires = expires_at(chain).strftime("%Y-%m-%d %H:%M UTC")
+                details.append({"host": host, "issuer": issuer_name(chain), "expires": expires})
+        return details
 
     def restore(self, entries: list[dict[str, Any]]) -> None:
         """Reinstall saved services; their targets are trusted healthy at once, as before the restart."""
@@ -181,14 +224,16 @@ class ServiceManager:
             try:
                 options = ServiceOptions.from_json(entry)
                 self._check_conflicts(name, options)
+                certificate = _load_certificate(options)
                 balancer = LoadBalancer(self._new_target(a) for a in entry.get("active_targets") or [])
             except (ValueError, TypeError, DeployError) as exc:
                 self.log.error("Skipping saved service", service=name, error=str(exc))
                 continue
             for target in balancer.targets:
                 balancer.set_state(target, TargetState.HEALTHY)
-            self.services[name] = Service(name, options, balancer)
+            self.services[name] = Service(name, options, balancer, certificate)
             self._publish()
+            self._request_certificates(self.services[name], _no_progress)
             if len(balancer.targets) > 1:
                 self._start_checks(balancer, options)
             self.log.info("Restored", service=name, targets=[t.address for t in balancer.targets])
@@ -197,6 +242,24 @@ class ServiceManager:
 
     def _publish(self) -> None:
         self.dispatcher.table = RoutingTable.build(self.services.values())
+        self._publish_certificates()
+
+    def _publish_certificates(self) -> None:
+        self.tls.certificates = CertificateMap.build(self._certificates())
+
+    def _certificates(self) -> Iterator[tuple[str, ssl.SSLContext]]:
+        for service in self.services.values():
+            if not service.tls_enabled:
+                continue
+            for host in service.hosts:
+                context = service.certificate or self.auto.contexts.get(host)
+                if context is not None:
+                    yield host, context
+
+    def _request_certificates(self, service: Service, progress: Progress) -> None:
+        if service.acme:
+            for host in service.hosts:
+                progress("certificate", host=host, state=self.auto.ensure(host, service.options.tls))
 
     async def _persist(self) -> None:
         """Save the services; a failure is logged, not raised: the change it records already happened."""
@@ -244,3 +307,14 @@ class ServiceManager:
         self._stop_checks(balancer)
         for target in balancer.targets:
             target.pool.close()
+
+
+def _load_certificate(options: ServiceOptions) -> ssl.SSLContext | None:
+    """The operator's certificate for a TLS service, checked now so a bad pair fails the deploy."""
+    tls = options.tls
+    if not tls.enabled or not tls.custom:
+        return None
+    try:
+        return load_certificate(tls.certificate_path, tls.private_key_path)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None

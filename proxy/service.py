@@ -6,6 +6,7 @@ names (durations in nanoseconds) so its operators recognise them.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,24 @@ _NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
+class TlsOptions:
+    """How a service gets its certificate: files given by the operator, or an ACME CA."""
+
+    enabled: bool = False
+    certificate_path: str = ""
+    private_key_path: str = ""
+    redirect: bool = True
+    acme_directory: str = ""  # "" is Let's Encrypt production, as in kamal-proxy
+    acme_cache_path: str = ""
+    acme_eab_kid: str = ""
+    acme_eab_hmac_key: str = ""
+
+    @property
+    def custom(self) -> bool:
+        return bool(self.certificate_path)
+
+
+@dataclass(frozen=True)
 class ServiceOptions:
     hosts: tuple[str, ...] = ("",)
     path_prefixes: tuple[str, ...] = ("/",)
@@ -24,6 +43,8 @@ class ServiceOptions:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     target_timeout: float = 30.0
     forward_headers: bool = True
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    canonical_host: str = ""
 
     @classmethod
     def create(cls, hosts: list[str], path_prefixes: list[str], **rest: Any) -> ServiceOptions:
@@ -31,7 +52,38 @@ class ServiceOptions:
         normalized_hosts = normalize_hosts(hosts)
         for host in normalized_hosts:
             validate_host(host)
-        return cls(hosts=normalized_hosts, path_prefixes=normalize_prefixes(path_prefixes), **rest)
+        options = cls(hosts=normalized_hosts, path_prefixes=normalize_prefixes(path_prefixes), **rest)
+        problem = options._problem()
+        if problem:
+            raise ValueError(f"service options invalid: {problem}")
+        return options
+
+    def _problem(self) -> str | None:
+        """kamal-proxy's option rules (spec 4.4), with its messages."""
+        tls = self.tls
+        if bool(tls.certificate_path) != bool(tls.private_key_path):
+            return "--tls-certificate-path and --tls-private-key-path must be given together"
+        if tls.enabled and "" in self.hosts:
+            return "host must be set when using TLS"
+        if tls.enabled and "/" not in self.path_prefixes:
+            return "TLS settings must be specified on the root path service"
+        if tls.enabled and not tls.custom and any("*" in h for h in self.hosts):
+            return "automatic TLS does not support wildcards"
+        named = [h for h in self.hosts if h]
+        if self.canonical_host and named and self.canonical_host.lower() not in named:
+            listed = " ".join(named)
+            return f"canonical-host '{self.canonical_host}' must be present in the hosts list: [{listed}]"
+        return None
+
+    @property
+    def answers_first(self) -> bool:
+        """Whether some requests are answered by the proxy itself (redirects, ACME challenges)."""
+        return self.tls.enabled or bool(self.canonical_host)
+
+    @property
+    def acme(self) -> bool:
+        """TLS with certificates from an ACME CA rather than the operator's files."""
+        return self.tls.enabled and not self.tls.custom
 
     def to_json(self) -> dict[str, Any]:
         hc = self.health_check
@@ -40,6 +92,15 @@ class ServiceOptions:
                 "hosts": [h for h in self.hosts if h],
                 "path_prefixes": list(self.path_prefixes),
                 "strip_prefix": self.strip_prefix,
+                "tls_enabled": self.tls.enabled,
+                "tls_certificate_path": self.tls.certificate_path,
+                "tls_private_key_path": self.tls.private_key_path,
+                "tls_redirect": self.tls.redirect,
+                "canonical_host": self.canonical_host,
+                "acme_directory": self.tls.acme_directory,
+                "acme_cache_path": self.tls.acme_cache_path,
+                "acme_eab_kid": self.tls.acme_eab_kid,
+                "acme_eab_hmac_key": self.tls.acme_eab_hmac_key,
             },
             "target_options": {
                 "health_check_config": {
@@ -73,6 +134,17 @@ class ServiceOptions:
             ),
             target_timeout=target_options.get("response_timeout", 30 * _NS) / _NS,
             forward_headers=target_options.get("forward_headers", True),
+            tls=TlsOptions(
+                enabled=options.get("tls_enabled", False),
+                certificate_path=options.get("tls_certificate_path", ""),
+                private_key_path=options.get("tls_private_key_path", ""),
+                redirect=options.get("tls_redirect", True),
+                acme_directory=options.get("acme_directory", ""),
+                acme_cache_path=options.get("acme_cache_path", ""),
+                acme_eab_kid=options.get("acme_eab_kid", ""),
+                acme_eab_hmac_key=options.get("acme_eab_hmac_key", ""),
+            ),
+            canonical_host=options.get("canonical_host", ""),
         )
 
 
@@ -83,10 +155,18 @@ class Service:
     name: str
     options: ServiceOptions
     balancer: LoadBalancer
-    name_bytes: bytes = b""
+    certificate: ssl.SSLContext | None = None  # loaded from the operator's files, when given
+    # Read per request, so computed once here.
+    name_bytes: bytes = field(init=False)
+    tls_enabled: bool = field(init=False)
+    acme: bool = field(init=False)
+    checks_first: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name_bytes", self.name.encode())
+        object.__setattr__(self, "tls_enabled", self.options.tls.enabled)
+        object.__setattr__(self, "acme", self.options.acme)
+        object.__setattr__(self, "checks_first", self.options.answers_first)
 
     # The routing table reads these three.
     @property

@@ -33,6 +33,7 @@ class ProxyProcess:
     extra_args: list[str]
     process: asyncio.subprocess.Process | None = None
     port: int = 0
+    https_port: int = 0
     lines: list[dict[str, Any]] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
     _started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -47,8 +48,8 @@ class ProxyProcess:
         self.process = await asyncio.create_subprocess_exec(
             *PYPROXY,
             "run",
-            "--http-port",
-            "0",
+            "--http-port=0",
+            "--https-port=0",
             "--bind",
             "127.0.0.1",
             *self.extra_args,
@@ -69,6 +70,7 @@ class ProxyProcess:
             self._new_line.set()
             if line.get("msg") == "Server started":
                 self.port = line["http_port"]
+                self.https_port = line["https_port"]
                 self._started.set()
 
     async def stop(self, sig: int = 15) -> int:

@@ -33,6 +33,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
         (["deploy", "web", "--target=a:1", "--force=maybe"], 'invalid boolean "maybe" for --force'),
         (["run", "--http-port=eighty"], 'invalid integer "eighty" for --http-port'),
         (["run", "--tls"], "pyproxy run: unknown flag: --tls"),
+        (["deploy", "web", "--target=a:1", "--tls-certificate-path=c.pem"], "must be given together"),
         (["launch"], "pyproxy: unknown command: launch"),
     ],
 )
@@ -104,7 +105,7 @@ async def test_run_reads_ports_from_the_environment(tmp_path):
     env["HTTP_PORT"] = "1"  # the prefixed variable must win over this one
     env["PYPROXY_HTTP_PORT"] = "0"
     process = await asyncio.create_subprocess_exec(
-        *PYPROXY, "run", "--bind=127.0.0.1", env=env, stdout=asyncio.subprocess.PIPE
+        *PYPROXY, "run", "--bind=127.0.0.1", "--https-port=0", env=env, stdout=asyncio.subprocess.PIPE
     )
     line = await asyncio.wait_for(process.stdout.readline(), 10)
     while b"Server started" not in line and b"Could not start" not in line and line:

@@ -31,9 +31,8 @@ def json_bytes(value: bytes) -> bytes:
 class AccessLog:
     """Formats one JSON line per finished request into the server's log buffer."""
 
-    def __init__(self, log: JsonLog, port: int) -> None:
+    def __init__(self, log: JsonLog) -> None:
         self.log = log
-        self.port = port
 
     def write(self, client: ClientConnection, request: Request) -> None:
         now = time.time()
@@ -50,7 +49,7 @@ class AccessLog:
         line = _TEMPLATE % (
             self.log.timestamp(now),
             host,
-            self.port,
+            client.port,
             path,
             request_id,
             request.status or 200,
@@ -62,7 +61,7 @@ class AccessLog:
             client.client_ip,
             user_agent,
             b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
-            client.server.scheme,
+            client.scheme,
             query,
         )
         self.log.write_buffered(line)

@@ -68,8 +68,10 @@ class ClientConnection(asyncio.Protocol):
         "parser",
         "pause_reasons",
         "pending_reject",
+        "port",
         "queue",
         "reading",
+        "scheme",
         "server",
         "transport",
         "tunnel",
@@ -78,8 +80,10 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, scheme: bytes, port: int) -> None:
         self.server = server
+        self.scheme = scheme
+        self.port = port
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Request] = deque()
@@ -109,7 +113,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = (peer[0] if peer else "").encode()
         self.forwarded_plain = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
             self.client_ip,
-            self.server.scheme,
+            self.scheme,
         )
         self.server.connections.add(self)
         self._await_next()
@@ -200,7 +204,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.reading = Request(time.time())
+        self.reading = Request(time.time(), self.scheme)
         self.in_head = True
         self.head_read = 0
         self.head_size = 0
@@ -352,9 +356,12 @@ class ClientConnection(asyncio.Protocol):
     # -- dispatching ----------------------------------------------------------------
 
     def _start(self, request: Request) -> None:
-        status = self.server.dispatcher.route(request)
-        if status:
-            self._respond_error(request, status)
+        answer = self.server.dispatcher.route(request)
+        if answer:
+            if answer.__class__ is int:
+                self._respond_error(request, answer)
+            else:
+                self._respond_with(request, int(answer[9:12]), answer)
             return
         request.head = self._upstream_head(request)
         if request.complete:
@@ -375,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
             xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
             headers.append(
                 b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-                % (xff, request.xfp or self.server.scheme, request.xfh or request.host)
+                % (xff, request.xfp or self.scheme, request.xfh or request.host)
             )
         else:
             headers.append(self.forwarded_plain)
@@ -428,11 +435,15 @@ class ClientConnection(asyncio.Protocol):
         self._respond_error(request, status)
 
     def _respond_error(self, request: Request, status: int) -> None:
+        self._respond_with(request, status, error_response(status, head_only=request.is_head))
+
+    def _respond_with(self, request: Request, status: int, response: bytes) -> None:
+        """Answer `request` with a response of the proxy's own, then close."""
         request.status = status
         if self.queue and self.queue[0] is request:
             self.queue.popleft()
         self.server.log_request(self, request)
-        self._send_last(error_response(status, head_only=request.is_head))
+        self._send_last(response)
 
     def _reject(self, status: int) -> None:
         """Answer a request the proxy cannot parse or accept, then close."""
@@ -454,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
             if first.upstream is not None:
                 first.upstream.client_gone()
             queue.clear()
-        request = self.reading or Request(time.time())
+        request = self.reading or Request(time.time(), self.scheme)
         request.status = status
         self.server.log_request(self, request)
         self._send_last(error_response(status))
@@ -468,6 +479,9 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         transport = self.transport
         transport.write(response)
+        if not transport.can_write_eof():  # TLS: close_notify ends the stream after the response
+            transport.close()
+            return
         transport.write_eof()
         if self.pause_reasons:
             self.pause_reasons = 0

@@ -40,6 +40,7 @@ class Request:
         "response_bytes",
         "response_started",
         "retried",
+        "scheme",
         "service",
         "started_at",
         "status",
@@ -53,8 +54,9 @@ class Request:
         "xfp",
     )
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, scheme: bytes = b"http") -> None:
         self.started_at = started_at
+        self.scheme = scheme
         self.method = b""
         self.url = b""
         self.path = b""
@@ -92,10 +94,11 @@ class Request:
 class Dispatcher(Protocol):
     """What the data plane asks the control plane for each request.
 
-    `route` reads `request.host`, `request.url` and `request.method`, and either
-    fills in `pool`, `path`, `forward_headers`, `target_timeout` and `service`
-    and returns 0, or returns the status of the response the proxy must give
-    itself (404 when nothing matches, 503 when no target is healthy).
+    `route` reads `request.host`, `request.url`, `request.method` and
+    `request.scheme`, and either fills in `pool`, `path`, `forward_headers`,
+    `target_timeout` and `service` and returns 0; or returns the status of an
+    error page the proxy must give itself (404 when nothing matches, 503 when no
+    target is healthy); or returns a complete response to send (redirects).
     """
 
-    def route(self, request: Request) -> int: ...
+    def route(self, request: Request) -> int | bytes: ...

@@ -49,3 +49,20 @@ def error_response(code: int, head_only: bool = False) -> bytes:
     table = _ERROR_HEADS if head_only else _ERRORS
     response = table.get(code)
     return response if response is not None else _build(code, head_only)
+
+
+def redirect_response(location: bytes) -> bytes:
+    """A 301 to `location` (HTTP to HTTPS, canonical host); the connection closes as in kamal-proxy."""
+    body = b'<a href="%s">Moved Permanently</a>.\n' % location.replace(b'"', b"%22")
+    return (
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s\r\nContent-Type: text/html; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (location, len(body), body)
+    )
+
+
+def text_response(body: bytes) -> bytes:
+    """A 200 with a plain-text body (ACME challenge answers)."""
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (len(body), body)
+    )

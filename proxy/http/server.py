@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,18 +47,15 @@ class HttpServer:
         self,
         dispatcher: Dispatcher,
         log: JsonLog,
-        port: int,
         limits: HttpLimits | None = None,
-        scheme: bytes = b"http",
         metrics: RequestObserver | None = None,
     ) -> None:
         limits = limits or HttpLimits()
         self.loop = asyncio.get_running_loop()
         self.dispatcher = dispatcher
         self.log = log
-        self.access_log = AccessLog(log, port)
+        self.access_log = AccessLog(log)
         self.metrics = metrics
-        self.scheme = scheme
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
@@ -79,16 +77,26 @@ class HttpServer:
         if self.metrics is not None:
             self.metrics.observe(request)
 
-    async def listen(self, host: str | None, port: int) -> asyncio.Server:
-        """Start accepting on host:port (all addresses when host is None)."""
+    async def listen(
+        self, host: str | None, port: int, tls: ssl.SSLContext | None = None, report_port: int | None = None
+    ) -> asyncio.Server:
+        """Start accepting on host:port (all addresses when host is None), over TLS when given a context.
+
+        `report_port` is the port named in access logs (the configured one when `port` is 0).
+        """
+        scheme = b"https" if tls is not None else b"http"
         server = await self.loop.create_server(
-            lambda: ClientConnection(self),
+            lambda: ClientConnection(self, scheme, logged_port),
             host,
             port,
             backlog=4096,
             reuse_address=True,
             family=socket.AF_UNSPEC,
+            ssl=tls,
+            # A TLS handshake is the first part of receiving a request: same time limit as the head.
+            ssl_handshake_timeout=self.header_timeout if tls is not None else None,
         )
+        logged_port = report_port or server.sockets[0].getsockname()[1]
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -1,0 +1,120 @@
+"""Automatic certificates for TLS services without their own: cached, ordered in the background, renewed.
+
+A certificate is ordered when a service is deployed or restored and its cache
+has none (or one close to expiry), not during a handshake: the SNI callback
+cannot wait. Until the first certificate arrives, handshakes for that host
+fail; an expiring certificate keeps being served until its replacement is
+ready. Failed orders are retried with growing delays, never hammering the CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from proxy.acme import AcmeError, AcmeIssuer, AcmeSettings, CertificateCache, Http01Tokens, needs_renewal
+from proxy.log import JsonLog
+from proxy.service import TlsOptions
+from proxy.tls import new_server_context
+
+RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+RENEWAL_CHECK_INTERVAL = 12 * 3600.0
+
+
+class AutoCertificates:
+    """Per-host certificates from ACME CAs, and the HTTP-01 tokens the proxy answers for them."""
+
+    def __init__(self, log: JsonLog, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
+        self.log = log
+        self.on_change: Callable[[], None] = lambda: None  # set by the owner: a certificate came or went
+        self.retry_delays = retry_delays
+        self.tokens = Http01Tokens()
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.chains: dict[str, bytes] = {}
+        self._issuers: dict[AcmeSettings, AcmeIssuer] = {}
+        self._orders: dict[str, asyncio.Task[None]] = {}
+        self._renewals: asyncio.Task[None] | None = None
+        self._wanted: dict[str, TlsOptions] = {}
+
+    def ensure(self, host: str, tls: TlsOptions) -> str:
+        """Serve `host` from the cache now if possible; order in the background if needed.
+
+        Returns what happened, for the deploy's progress: "cached", "ordering" or "renewing".
+        """
+        self._wanted[host] = tls
+        if self._renewals is None:
+            self._renewals = asyncio.get_running_loop().create_task(self._check_renewals())
+        issuer = self._issuer(tls)
+        cached = issuer.cache.load(host)
+        if cached is not None:
+            self._install(host, issuer.cache, cached[0])
+            if not needs_renewal(cached[0]):
+                return "cached"
+        self._order(host, issuer)
+        return "renewing" if cached is not None else "ordering"
+
+    def forget(self, host: str) -> None:
+        """No service wants this host any more: stop ordering for it (the cache stays)."""
+        self._wanted.pop(host, None)
+        order = self._orders.pop(host, None)
+        if order is not None:
+            order.cancel()
+
+    async def close(self) -> None:
+        tasks = [*self._orders.values(), *([self._renewals] if self._renewals else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _issuer(self, tls: TlsOptions) -> AcmeIssuer:
+        settings = AcmeSettings(
+            directory_url=tls.acme_directory,
+            cache_root=Path(tls.acme_cache_path),
+            eab_kid=tls.acme_eab_kid,
+            eab_hmac_key=tls.acme_eab_hmac_key,
+        )
+        issuer = self._issuers.get(settings)
+        if issuer is None:
+            issuer = self._issuers[settings] = AcmeIssuer(settings, self.tokens, self.log.info)
+        return issuer
+
+    def _install(self, host: str, cache: CertificateCache, chain_pem: bytes) -> None:
+        context = new_server_context()
+        context.load_cert_chain(cache.dir / host)  # the cache file holds the key, then the chain
+        self.contexts[host] = context
+        self.chains[host] = chain_pem
+        self.on_change()
+
+    def _order(self, host: str, issuer: AcmeIssuer) -> None:
+        if host not in self._orders:
+            task = asyncio.get_running_loop().create_task(self._order_until_issued(host, issuer))
+            self._orders[host] = task
+
+    async def _order_until_issued(self, host: str, issuer: AcmeIssuer) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    chain_pem, _ = await issuer.issue(host)
+                except AcmeError as exc:
+                    delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+                    attempt += 1
+                    self.log.error(
+                        "Certificate order failed", host=host, error=str(exc), retry_in=f"{delay:g}s"
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                self._install(host, issuer.cache, chain_pem)
+                return
+        finally:
+            self._orders.pop(host, None)
+
+    async def _check_renewals(self) -> None:
+        while True:
+            await asyncio.sleep(RENEWAL_CHECK_INTERVAL)
+            for host, chain_pem in list(self.chains.items()):
+                tls = self._wanted.get(host)
+                if tls is not None and needs_renewal(chain_pem):
+                    self._order(host, self._issuer(tls))
