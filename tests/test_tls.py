@@ -95,28 +95,20 @@ async def test_client_without_sni_gets_the_default_certificate(proxy, upstreams,
 async def test_mismatched_or_missing_certificate_is_refused_at_deploy(proxy, upstreams, ca, tmp_path):
     cert, _ = write_pair(ca, tmp_path, "app.test")
     _, other_key = write_pair(ca, tmp_path, "other.test")
-    result = await proxy.deploy(
-        "secure",
-        upstreams[0].address,
-        args=(
+
+    async def deploy_pair(certificate: str, key: str):
+        flags = (
             "--tls",
             "--host=app.test",
-            f"--tls-certificate-path={cert}",
-            f"--tls-private-key-path={other_key}",
-        ),
-    )
+            f"--tls-certificate-path={certificate}",
+            f"--tls-private-key-path={key}",
+        )
+        return await proxy.deploy("secure", upstreams[0].address, args=flags)
+
+    result = await deploy_pair(cert, other_key)
     assert result.status == 1
     assert "unable to load certificate: the private key does not match the certificate" in result.stderr
-    result = await proxy.deploy(
-        "secure",
-        upstreams[0].address,
-        args=(
-            "--tls",
-            "--host=app.test",
-            f"--tls-certificate-path={tmp_path}/nope.crt",
-            f"--tls-private-key-path={other_key}",
-        ),
-    )
+    result = await deploy_pair(f"{tmp_path}/nope.crt", other_key)
     assert result.status == 1
     assert "nope.crt: no such file" in result.stderr
     assert (await proxy.cli("list")).stdout.count("\n") == 1, "nothing was deployed"
