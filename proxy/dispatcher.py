@@ -59,7 +59,7 @@ class ServiceDispatcher:
 def _redirect(request: Request, service: Service, secure: bool) -> int | bytes:
     """A 301 when the request should use HTTPS or the canonical host; else 0 (proxy it)."""
     options = service.options
-    scheme = b"https" if options.tls.enabled and options.tls.redirect and not secure else request.scheme
+    scheme = b"https" if service.tls_enabled and service.tls_redirect and not secure else request.scheme
     host = request.host.partition(b":")[0] if not request.host.startswith(b"[") else request.host
     canonical = options.canonical_host.encode()
     if canonical and host.lower() != canonical:

@@ -8,6 +8,7 @@ swap, then drains the targets it replaced, and only then reports done: when
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,8 +242,21 @@ class ServiceManager:
     # -- internals ------------------------------------------------------------------
 
     def _publish(self) -> None:
+        self._inherit_tls()
         self.dispatcher.table = RoutingTable.build(self.services.values())
         self._publish_certificates()
+
+    def _inherit_tls(self) -> None:
+        """Give each sub-path service the TLS settings of the root service of its first host (spec 4.5)."""
+        roots = RoutingTable.build(s for s in self.services.values() if "/" in s.path_prefixes)
+        for name, service in list(self.services.items()):
+            if "/" in service.path_prefixes:
+                continue
+            match = roots.lookup(service.hosts[0], "/")
+            root = match.service if match is not None else None
+            inherited = (root.tls_enabled, root.tls_redirect) if root is not None else (False, True)
+            if inherited != (service.tls_enabled, service.tls_redirect):
+                self.services[name] = dataclasses.replace(service, inherited_tls=inherited)
 
     def _publish_certificates(self) -> None:
         self.tls.certificates = CertificateMap.build(self._certificates())

@@ -76,11 +76,6 @@ class ServiceOptions:
         return None
 
     @property
-    def answers_first(self) -> bool:
-        """Whether some requests are answered by the proxy itself (redirects, ACME challenges)."""
-        return self.tls.enabled or bool(self.canonical_host)
-
-    @property
     def acme(self) -> bool:
         """TLS with certificates from an ACME CA rather than the operator's files."""
         return self.tls.enabled and not self.tls.custom
@@ -156,17 +151,24 @@ class Service:
     options: ServiceOptions
     balancer: LoadBalancer
     certificate: ssl.SSLContext | None = None  # loaded from the operator's files, when given
+    # A service without "/" among its prefixes follows the TLS settings (enabled, redirect) of the
+    # service serving "/" for its first host (spec 4.5); the manager fills this in.
+    inherited_tls: tuple[bool, bool] | None = None
     # Read per request, so computed once here.
     name_bytes: bytes = field(init=False)
     tls_enabled: bool = field(init=False)
+    tls_redirect: bool = field(init=False)
     acme: bool = field(init=False)
     checks_first: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        tls = self.options.tls
+        enabled, redirect = self.inherited_tls or (tls.enabled, tls.redirect)
         object.__setattr__(self, "name_bytes", self.name.encode())
-        object.__setattr__(self, "tls_enabled", self.options.tls.enabled)
+        object.__setattr__(self, "tls_enabled", enabled)
+        object.__setattr__(self, "tls_redirect", redirect)
         object.__setattr__(self, "acme", self.options.acme)
-        object.__setattr__(self, "checks_first", self.options.answers_first)
+        object.__setattr__(self, "checks_first", enabled or bool(self.options.canonical_host))
 
     # The routing table reads these three.
     @property

@@ -177,3 +177,13 @@ async def test_tls_service_survives_a_restart(make_proxy, upstreams, ca):
     second = await make_proxy()
     status, body = await https_get(second, ca, "app.test")
     assert (status, body["upstream"]) == (200, "blue")
+
+
+async def test_sub_path_service_follows_the_tls_of_its_hosts_root_service(proxy, upstreams, ca):
+    await deploy_tls(proxy, ca, upstreams[0].address, "app.test")
+    api = await proxy.deploy("api", upstreams[1].address, args=("--host=app.test", "--path-prefix=/api"))
+    assert api.status == 0, api.stderr
+    status, body = await https_get(proxy, ca, "app.test", "/api/x")
+    assert (status, body["upstream"], body["path"]) == (200, "green", "/x")
+    response = await raw_request(proxy.port, b"GET /api/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert b"\r\nLocation: https://app.test/api/x\r\n" in response
