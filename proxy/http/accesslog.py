@@ -49,7 +49,6 @@ class AccessLog:
         line = _TEMPLATE % (
             self.log.timestamp(now),
             host,
-            client.port,
             path,
             request_id,
             request.status or 200,
@@ -58,18 +57,21 @@ class AccessLog:
             int((now - request.started_at) * 1e9),
             method,
             request.response_bytes,
-            client.client_ip,
             user_agent,
             b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
-            client.scheme,
             query,
+            client.log_fields,
         )
         self.log.write_buffered(line)
 
+    @staticmethod
+    def connection_fields(port: int, client_ip: bytes, scheme: bytes) -> bytes:
+        """The part of every line that is the same for all requests of one connection."""
+        return b'"port":%d,"client_addr":"%s","scheme":"%s"' % (port, client_ip, scheme)
+
 
 _TEMPLATE = (
-    b'{"time":"%s","level":"INFO","msg":"Request","host":"%s","port":%d,"path":"%s",'
+    b'{"time":"%s","level":"INFO","msg":"Request","host":"%s","path":"%s",'
     b'"request_id":"%s","status":%d,"service":"%s","target":"%s","duration":%d,"method":"%s",'
-    b'"resp_content_length":%d,"client_addr":"%s","user_agent":"%s","proto":"%s",'
-    b'"scheme":"%s","query":"%s"}\n'
+    b'"resp_content_length":%d,"user_agent":"%s","proto":"%s","query":"%s",%s}\n'
 )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http import headers as h
+from proxy.http.accesslog import AccessLog
 from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -65,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         "in_head",
         "last_host",
         "last_host_line",
+        "log_fields",
         "parser",
         "pause_reasons",
         "pending_reject",
@@ -115,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip,
             self.scheme,
         )
+        self.log_fields = AccessLog.connection_fields(self.port, self.client_ip, self.scheme)
         self.server.connections.add(self)
         self._await_next()
 
@@ -540,10 +543,13 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
 
     def _await_next(self) -> None:
+        server = self.server
         if self.in_head:
-            self._set_deadline(HEADER, self.server.header_timeout)
+            self.deadline_kind = HEADER
+            self.deadline = server.loop.time() + server.header_timeout
         else:
-            self._set_deadline(IDLE, self.server.idle_timeout)
+            self.deadline_kind = IDLE
+            self.deadline = server.loop.time() + server.idle_timeout
 
     def deadline_expired(self) -> None:
         """Called by the server's sweeper once `deadline` has passed."""

@@ -56,6 +56,8 @@ class HttpServer:
         self.log = log
         self.access_log = AccessLog(log)
         self.metrics = metrics
+        # Called once per finished request: straight to the access log unless metrics are on.
+        self.log_request = self.access_log.write if metrics is None else self._log_and_observe
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
@@ -72,10 +74,9 @@ class HttpServer:
         """A UUID-shaped id, unique per process: random prefix plus a counter (no syscall)."""
         return b"%s%012x" % (self._request_id_prefix, next(self._request_ids))
 
-    def log_request(self, client: ClientConnection, request: Request) -> None:
+    def _log_and_observe(self, client: ClientConnection, request: Request) -> None:
         self.access_log.write(client, request)
-        if self.metrics is not None:
-            self.metrics.observe(request)
+        self.metrics.observe(request)
 
     async def listen(
         self, host: str | None, port: int, tls: ssl.SSLContext | None = None, report_port: int | None = None
