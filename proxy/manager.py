@@ -206,11 +206,14 @@ class ServiceManager:
         """Issuer and expiry of what each TLS host is served with, for `pyproxy list`."""
         details = []
         for host in service.hosts if service.tls_enabled else ():
+            chain = self.auto.chains.get(host)
             if service.certificate is not None:
-                with open(service.options.tls.certificate_path, "rb") as pem:
-                    chain = pem.read()
-            else:
-                chain = self.auto.chains.get(host)
+                try:
+                    with open(service.options.tls.certificate_path, "rb") as pem:
+                        chain = pem.read()
+                except OSError as exc:
+                    details.append({"host": host, "issuer": f"(unreadable: {exc.strerror})", "expires": "-"})
+                    continue
             if chain is None:
                 details.append({"host": host, "issuer": "(not issued yet)", "expires": "-"})
             else:
