@@ -41,6 +41,7 @@ class UpstreamPool:
         "busy",
         "closed",
         "connect_timeout",
+        "connecting",
         "drained",
         "host",
         "idle",
@@ -60,6 +61,7 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
         self.tunnels: set[UpstreamConnection] = set()
+        self.connecting: set[asyncio.Task[None]] = set()
         self.closed = False
         self.drained: asyncio.Future[None] | None = None
         self.on_error = _ignore_error
@@ -82,7 +84,10 @@ class UpstreamPool:
         upstream.request = request
         upstream.client = client
         request.upstream = upstream
-        self.loop.create_task(self._connect(upstream))
+        # The loop keeps only weak references to tasks: hold this one until it is done.
+        task = self.loop.create_task(self._connect(upstream))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
 
     async def _connect(self, upstream: UpstreamConnection) -> None:
         try:
