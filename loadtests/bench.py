@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load test: wrk against the upstream directly, nginx and pyproxy, in one run.
+"""Load test: wrk against the upstream directly, nginx and pyproxy, in one run, over HTTP and HTTPS.
 
 Every proxy runs pinned to CPU 1; wrk and the upstream nginx share CPU 0. Results are printed as a table
 with each proxy's req/s and p99 latency and pyproxy's ratio to nginx measured in the same run.
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import http.client
+import importlib.util
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import string
 import subprocess
@@ -47,6 +49,16 @@ NGINX_BUFFERING = {
     "nginx-tuned": "proxy_buffering off; proxy_buffer_size 256k; proxy_buffers 4 256k;",
 }
 LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+# HTTPS: a throwaway CA (trustme) signs a certificate for this name. wrk sends the URL's host as SNI and
+# Host, so the TLS rows request https://bench.test:<port>/ and a wrk script resolves that to 127.0.0.1.
+TLS_NAME = "bench.test"
+TLS_INSTALL_HINT = ".venv/bin/pip install trustme"
+WRK_RESOLVE_LUA = """-- bench.py: any host in the URL is 127.0.0.1, so that wrk sends that name
+-- as SNI and Host without it being in DNS.
+function wrk.resolve(host, service)
+   wrk.addrs = wrk.lookup("127.0.0.1", service)
+end
+"""
 
 
 class BenchError(Exception):
@@ -55,16 +67,44 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Scenario:
-    """One row of the table: a response size, over keep-alive or a new connection per request."""
+    """One row of the table: a response size, keep-alive or a new connection per request, HTTP or HTTPS."""
 
     size: int
     close: bool
+    tls: bool = False
 
     @property
     def label(self) -> str:
         """Human-readable row name."""
         text = format_size(self.size)
-        return f"new connection per request {text}" if self.close else text
+        if self.close:
+            text = f"new connection per request {text}"
+        elif self.tls:
+            text = f"keep-alive {text}"
+        return f"HTTPS {text}" if self.tls else text
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Who is measured: the upstream speaks plain HTTP only, so it has no HTTPS rows."""
+        return tuple(t for t in TARGETS if t != "direct") if self.tls else TARGETS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server under test: its plain HTTP port, its HTTPS port (None: no HTTPS) and its process group."""
+
+    port: int
+    tls_port: int | None
+    pgid: int
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The throwaway CA and the bench.test certificate chain and key, as PEM files in the temp directory."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -202,21 +242,49 @@ def wait_ready(
     raise BenchError(f"{name} not ready on port {port} after {READY_TIMEOUT:.0f}s:\n{tail(log)}")
 
 
-def check_body(port: int, size: int, name: str) -> None:
-    """One GET through the target, to be sure it serves the right body before it is measured."""
+def check_body(port: int, size: int, name: str, tls: TlsFiles | None = None) -> None:
+    """One GET through the target, to be sure it serves the right body before it is measured.
+
+    With tls, the GET goes over HTTPS as wrk sends it (SNI and Host bench.test, to 127.0.0.1), and the
+    certificate must verify against the throwaway CA for that name.
+    """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    scheme, headers = "http", {}
     try:
-        conn.request("GET", f"/{size}")
+        if tls is not None:
+            scheme, headers = "https", {"Host": f"{TLS_NAME}:{port}"}
+            context = ssl.create_default_context(cafile=str(tls.ca))
+            conn.sock = context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=TLS_NAME
+            )
+        conn.request("GET", f"/{size}", headers=headers)
         resp = conn.getresponse()
         body = resp.read()
-    except OSError as exc:
-        raise BenchError(f"{name}: GET /{size} failed: {exc}") from exc
+    except OSError as exc:  # ssl.SSLError included
+        raise BenchError(f"{name}: GET {scheme} /{size} failed: {exc}") from exc
     finally:
         conn.close()
     if resp.status != 200 or body != body_for(size):
         raise BenchError(
-            f"{name}: GET /{size} answered {resp.status} with {len(body)} bytes, expected 200 with {size}"
+            f"{name}: GET {scheme} /{size} answered {resp.status} with {len(body)} bytes, "
+            f"expected 200 with {size}"
         )
+
+
+def make_tls_files(tmp: Path) -> TlsFiles:
+    """A throwaway CA and a certificate for bench.test signed by it (trustme's default key type, ECDSA)."""
+    import trustme  # only a test dependency of pyproxy: imported here, after preflight() checked it
+
+    directory = tmp / "tls"
+    directory.mkdir(mode=0o755)
+    ca = trustme.CA()
+    leaf = ca.issue_cert(TLS_NAME)
+    files = TlsFiles(ca=directory / "ca.pem", cert=directory / "cert.pem", key=directory / "key.pem")
+    ca.cert_pem.write_to_path(str(files.ca))
+    files.cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    files.key.chmod(0o600)  # nginx's master (which reads it) and pyproxy run as this user
+    return files
 
 
 def render(template: str, **values: object) -> str:
@@ -248,29 +316,61 @@ def pyproxy_script() -> list[str]:
 
 
 def start_pyproxy(
-    procs: Processes, tmp: Path, upstream_port: int
-) -> tuple[subprocess.Popen[bytes], int, str]:
-    """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, port, cmd."""
-    port = free_port()
+    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None
+) -> tuple[subprocess.Popen[bytes], Endpoint, str]:
+    """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, ports, cmd.
+
+    With tls, a second service `bench-tls` serves bench.test over HTTPS from the same upstream. Without,
+    only the default service is deployed, as before the HTTPS rows existed: a named host makes pyproxy
+    match the Host header of every request, plain HTTP ones included.
+    """
+    port, tls_port = free_port(), free_port()
     log = tmp / "pyproxy.log"
     custom = os.environ.get(PYPROXY_CMD_ENV)
     if custom:
         argv = [
-            part.format(python=sys.executable, port=port, upstream=upstream_port)
+            part.format(
+                python=sys.executable,
+                port=port,
+                upstream=upstream_port,
+                tls_port=tls_port,
+                cert=tls.cert if tls else "",
+                key=tls.key if tls else "",
+            )
             for part in shlex.split(custom)
         ]
         proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, stdout=Path(os.devnull))
         wait_ready(port, proc, "pyproxy stand-in", log)
-        return proc, port, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}"
+        serves_tls = tls is not None and "{tls_port}" in custom
+        if serves_tls:
+            wait_ready(tls_port, proc, "pyproxy stand-in (HTTPS)", log)
+        endpoint = Endpoint(port, tls_port if serves_tls else None, proc.pid)
+        return proc, endpoint, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}"
 
     socket_path = tmp / "pyproxy.sock"
     env = {**os.environ, "PYPROXY_SOCKET": str(socket_path), "XDG_CONFIG_HOME": str(tmp / "config")}
     cli = pyproxy_script()
-    argv = [*cli, "run", "--http-port", str(port), "--https-port", str(free_port()), "--bind", "127.0.0.1"]
+    argv = [*cli, "run", "--http-port", str(port), "--https-port", str(tls_port), "--bind", "127.0.0.1"]
     # The access log (JSON lines on stdout) still costs pyproxy its formatting and write(), but no disk.
     proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, env=env, stdout=Path(os.devnull))
     wait_ready(port, proc, "pyproxy", log, extra=socket_path.exists)
-    deploy = [*cli, "deploy", "bench", f"--target=127.0.0.1:{upstream_port}", "--health-check-path=/up"]
+    deploy = ["bench", f"--target=127.0.0.1:{upstream_port}", "--health-check-path=/up"]
+    pyproxy_deploy(cli, env, deploy, log)
+    if tls is not None:
+        tls_options = [
+            f"--host={TLS_NAME}",
+            "--tls",
+            f"--tls-certificate-path={tls.cert}",
+            f"--tls-private-key-path={tls.key}",
+            "--tls-redirect=false",
+        ]
+        pyproxy_deploy(cli, env, ["bench-tls", *deploy[1:], *tls_options], log)
+    return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv)
+
+
+def pyproxy_deploy(cli: list[str], env: dict[str, str], args: list[str], log: Path) -> None:
+    """`pyproxy deploy ARGS`, which returns once the target is healthy; BenchError if it fails."""
+    deploy = [*cli, "deploy", *args]
     try:
         done = subprocess.run(
             deploy, env=env, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, check=False
@@ -281,7 +381,6 @@ def start_pyproxy(
         raise BenchError(
             f"{shlex.join(deploy)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n{tail(log)}"
         )
-    return proc, port, shlex.join(argv)
 
 
 def parse_wrk(output: str) -> tuple[float, float, int, int]:
@@ -298,8 +397,12 @@ def parse_wrk(output: str) -> tuple[float, float, int, int]:
     return float(rps.group(1)), p99_ms, int(count.group(1)), errors
 
 
-def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int) -> str:
-    """One wrk run on CPU 0, bounded in time; returns its output."""
+def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int, resolve_lua: Path) -> str:
+    """One wrk run on CPU 0, bounded in time; returns its output.
+
+    HTTPS runs request https://bench.test:PORT/ so that wrk sends bench.test as SNI and Host (it sends the
+    URL's host, even an IP address, as SNI); the resolve_lua script points that name at 127.0.0.1.
+    """
     argv = [
         "taskset",
         "-c",
@@ -315,7 +418,10 @@ def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int) -> st
     ]
     if scenario.close:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
+    if scenario.tls:
+        argv += ["-s", str(resolve_lua), f"https://{TLS_NAME}:{port}/{scenario.size}"]
+    else:
+        argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -325,12 +431,17 @@ def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int) -> st
     return done.stdout
 
 
-def measure(port: int, pgid: int, scenario: Scenario, args: argparse.Namespace) -> Measurement:
+def measure(
+    endpoint: Endpoint, scenario: Scenario, args: argparse.Namespace, resolve_lua: Path
+) -> Measurement:
     """Warm up for a second, then one measured wrk run with the server's CPU time around it."""
-    run_wrk(port, scenario, WARMUP_SECONDS, args.connections)
-    cpu_before = group_cpu_seconds(pgid)
-    output = run_wrk(port, scenario, args.duration, args.connections)
-    cpu = group_cpu_seconds(pgid) - cpu_before
+    port = endpoint.tls_port if scenario.tls else endpoint.port
+    if port is None:
+        raise BenchError(f"no HTTPS port for {scenario.label}")
+    run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua)
+    cpu_before = group_cpu_seconds(endpoint.pgid)
+    output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua)
+    cpu = group_cpu_seconds(endpoint.pgid) - cpu_before
     rps, p99_ms, requests, errors = parse_wrk(output)
     return Measurement(rps, p99_ms, requests, errors, cpu)
 
@@ -378,14 +489,18 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 
 def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool) -> str:
-    """The throughput/latency table and the per-proxy-core table, pyproxy as a ratio to both nginx setups."""
+    """The throughput/latency table and the per-proxy-core table, pyproxy as a ratio to both nginx setups.
+
+    HTTPS rows have no direct column ("-"): the upstream serves plain HTTP only.
+    """
     main_rows, core_rows = [], []
     for sc in scenarios:
-        direct, ngx, tuned, pyp = (results[sc, t] for t in TARGETS)
+        ngx, tuned, pyp = (results[sc, t] for t in ("nginx", "nginx-tuned", "pyproxy"))
+        direct = results.get((sc, "direct"))
         main_rows.append(
             [
                 sc.label,
-                fmt_rps(direct.rps),
+                fmt_rps(direct.rps) if direct else "-",
                 fmt_rps(ngx.rps),
                 fmt_ms(ngx.p99_ms),
                 fmt_rps(tuned.rps),
@@ -458,6 +573,8 @@ def preflight() -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"missing {', '.join(missing)}; install with: {INSTALL_HINT}"
+    if importlib.util.find_spec("trustme") is None:
+        return f"missing trustme (in the test extra), for the HTTPS setup; install with: {TLS_INSTALL_HINT}"
     if not {int(LOAD_CPU), int(PROXY_CPU)} <= os.sched_getaffinity(0):
         return f"needs CPUs {LOAD_CPU} and {PROXY_CPU} available (have {sorted(os.sched_getaffinity(0))})"
     return None
@@ -475,6 +592,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="response body sizes in bytes, comma-separated (default 13,16384,1048576)",
     )
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
+    ap.add_argument("--no-tls", dest="tls", action="store_false", help="skip the HTTPS rows")
     args = ap.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -486,8 +604,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def servers(tmp: Path, sizes: list[int]) -> Iterator[tuple[dict[str, tuple[int, int]], str]]:
-    """Start upstream, nginx proxy and pyproxy; yield {target: (port, pgid)} and pyproxy's command."""
+def servers(tmp: Path, sizes: list[int], tls: bool) -> Iterator[tuple[dict[str, Endpoint], str]]:
+    """Start upstream, nginx proxies and pyproxy; yield {target: Endpoint} and pyproxy's command.
+
+    The nginx proxies always listen for HTTPS too (the template has it); pyproxy does only if tls.
+    """
     www = tmp / "www"
     www.mkdir()
     for size in sizes:
@@ -495,21 +616,33 @@ def servers(tmp: Path, sizes: list[int]) -> Iterator[tuple[dict[str, tuple[int, 
     # nginx workers may run as an unprivileged user: they must be able to read the bodies.
     for path in (tmp, www, *www.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    tls_files = make_tls_files(tmp)
     procs = Processes()
     try:
         upstream, up_port = start_nginx(procs, tmp, "upstream", "nginx-upstream.conf", LOAD_CPU)
-        ports = {"direct": (up_port, upstream.pid)}
+        endpoints = {"direct": Endpoint(up_port, None, upstream.pid)}
         for name, buffering in NGINX_BUFFERING.items():
+            tls_port = free_port()
             ngx, ngx_port = start_nginx(
-                procs, tmp, name, "nginx-proxy.conf", PROXY_CPU, upstream_port=up_port, buffering=buffering
+                procs,
+                tmp,
+                name,
+                "nginx-proxy.conf",
+                PROXY_CPU,
+                upstream_port=up_port,
+                buffering=buffering,
+                tls_port=tls_port,
+                cert=tls_files.cert,
+                key=tls_files.key,
             )
-            ports[name] = (ngx_port, ngx.pid)
-        pyp, pyp_port, pyp_cmd = start_pyproxy(procs, tmp, up_port)
-        ports["pyproxy"] = (pyp_port, pyp.pid)
-        for name, (port, _) in ports.items():
+            endpoints[name] = Endpoint(ngx_port, tls_port if tls else None, ngx.pid)
+        _, endpoints["pyproxy"], pyp_cmd = start_pyproxy(procs, tmp, up_port, tls_files if tls else None)
+        for name, endpoint in endpoints.items():
             for size in sizes:
-                check_body(port, size, name)
-        yield ports, pyp_cmd
+                check_body(endpoint.port, size, name)
+                if endpoint.tls_port is not None:
+                    check_body(endpoint.tls_port, size, f"{name} (HTTPS)", tls_files)
+        yield endpoints, pyp_cmd
     finally:
         procs.stop_all()
 
@@ -527,20 +660,28 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"bench.py: {problem}", file=sys.stderr)
         return 2
-    scenarios = [Scenario(size, close=False) for size in args.sizes] + [Scenario(min(args.sizes), close=True)]
-    runs: dict[tuple[Scenario, str], list[Measurement]] = {(sc, t): [] for sc in scenarios for t in TARGETS}
+    smallest = min(args.sizes)
+    scenarios = [Scenario(size, close=False) for size in args.sizes] + [Scenario(smallest, close=True)]
     tmp = Path(tempfile.mkdtemp(prefix="pyproxy-bench-"))
+    resolve_lua = tmp / "wrk-resolve.lua"
     try:
-        with servers(tmp, args.sizes) as (ports, pyproxy_cmd):
+        resolve_lua.write_text(WRK_RESOLVE_LUA)
+        with servers(tmp, args.sizes, args.tls) as (endpoints, pyproxy_cmd):
+            if args.tls and endpoints["pyproxy"].tls_port is None:
+                print(f"bench.py: {PYPROXY_CMD_ENV} has no {{tls_port}}: no HTTPS rows", file=sys.stderr)
+            elif args.tls:
+                scenarios += [Scenario(smallest, close=close, tls=True) for close in (False, True)]
+            runs: dict[tuple[Scenario, str], list[Measurement]] = {
+                (sc, t): [] for sc in scenarios for t in sc.targets
+            }
             for sc in scenarios:
                 for rnd in range(1, args.rounds + 1):
-                    for target in TARGETS:
-                        port, pgid = ports[target]
-                        m = measure(port, pgid, sc, args)
+                    for target in sc.targets:
+                        m = measure(endpoints[target], sc, args, resolve_lua)
                         runs[sc, target].append(m)
                         errors = f", {m.errors} ERRORS" if m.errors else ""
                         print(
-                            f"  {sc.label:<36} round {rnd}  {target:<11} {fmt_rps(m.rps):>9} req/s  "
+                            f"  {sc.label:<38} round {rnd}  {target:<11} {fmt_rps(m.rps):>9} req/s  "
                             f"p99 {fmt_ms(m.p99_ms):>10}  cpu {m.cpu_seconds / args.duration:4.0%}{errors}",
                             file=sys.stderr,
                             flush=True,
