@@ -1,0 +1,147 @@
+"""The data path's own cost per proxied request, without the kernel: a stable figure on a noisy machine.
+
+A real ClientConnection and UpstreamConnection exchange a small GET and its
+response through fake transports that only count bytes, so no syscall and no
+event-loop wake-up is measured, only the Python, uvloop and httptools work
+pyproxy adds per request. `--callgrind` runs the loop under valgrind twice and
+prints instructions per request (the difference between a short and a long
+run, so start-up cancels out): the same count every time for the same code,
+whatever else the machine does. Compare it before and after a change.
+
+    .venv/bin/python loadtests/datapath.py               # microseconds per request
+    .venv/bin/python loadtests/datapath.py --callgrind   # instructions per request (needs valgrind)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from proxy.http.client import ClientConnection
+from proxy.http.request import Request
+from proxy.http.server import HttpServer
+from proxy.http.upstream import UpstreamConnection, UpstreamPool
+from proxy.log import JsonLog
+
+REQUEST = b"GET /13 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
+RESPONSE = (  # what nginx sends for a 13-byte file
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 22:19:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 13\r\n"
+    b"Last-Modified: Thu, 26 Nov 2026 22:18:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6a1f0"\r\nAccept-Ranges: bytes\r\n\r\naaaaaaaaaaaaa'
+)
+
+
+class CountingTransport:
+    """Accepts writes and counts bytes; everything else a transport does is a no-op."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.written += len(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None: ...
+
+
+class OneTarget:
+    """A dispatcher that sends everything to one pool, as a single default service does."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def route(self, request: Request) -> int:
+        request.pool = self.pool
+        request.service = b"bench"
+        request.forward_headers = True
+        request.target_timeout = 30.0
+        request.path = request.url
+        return 0
+
+
+async def run_requests(count: int, access_log: bool) -> float:
+    """Proxy `count` requests on one keep-alive connection; seconds per request."""
+    pool = UpstreamPool("127.0.0.1", 1)
+    log = JsonLog(fd=os.open(os.devnull, os.O_WRONLY))
+    server = HttpServer(OneTarget(pool), log)
+    if not access_log:
+        server.log_request = lambda client, request: None
+    upstream = UpstreamConnection(pool)
+    upstream.connection_made(CountingTransport())
+    pool.idle.append(upstream)
+    client = ClientConnection(server, b"http", 8080)
+    client.connection_made(CountingTransport())
+    size = len(RESPONSE)
+    started = time.perf_counter()
+    for _ in range(count):
+        client.data_received(REQUEST)
+        buffer = upstream.get_buffer(-1)
+        buffer[:size] = RESPONSE
+        upstream.buffer_updated(size)
+    elapsed = time.perf_counter() - started
+    if pool.busy or len(pool.idle) != 1:
+        raise SystemExit("datapath.py: the exchange did not complete; the harness is out of date")
+    return elapsed / count
+
+
+def instructions_per_request(access_log: bool) -> int:
+    """Run this script under callgrind for a short and a long loop; their difference per request."""
+    counts = []
+    for requests in (2000, 7000):
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+        argv += ["--requests", str(requests), *([] if access_log else ["--no-access-log"])]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        counts.append(int(re.search(r"Collected : (\d+)", done.stderr).group(1)))
+    return (counts[1] - counts[0]) // 5000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=200_000, help="requests in the timed loop")
+    parser.add_argument("--no-access-log", action="store_true", help="measure without the access-log line")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead of timing")
+    args = parser.parse_args()
+    if args.callgrind:
+        if shutil.which("valgrind") is None:
+            print("datapath.py: valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
+            return 2
+        print(f"{instructions_per_request(not args.no_access_log):,} instructions per request")
+        return 0
+    try:
+        from uvloop import run  # the loop pyproxy runs on
+    except ImportError:
+        run = asyncio.run
+    seconds = run(run_requests(args.requests, not args.no_access_log))
+    print(f"{seconds * 1e6:.2f} us per request (data path only, no syscalls)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
