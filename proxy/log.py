@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 from typing import Any
@@ -76,6 +77,7 @@ class JsonLog:
             try:
                 written = os.write(self.fd, view)
             except BlockingIOError:
+                select.select([], [self.fd], [], 1.0)  # a non-blocking pipe is full: wait, don't spin
                 continue
             except OSError:
                 return
