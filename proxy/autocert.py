@@ -49,6 +49,7 @@ class AutoCertificates:
         issuer = self._issuer(tls)
         cached = issuer.cache.load(host)
         if cached is not None:
+            self.log.debug("Certificate loaded from cache", host=host, directory=str(issuer.cache.dir))
             self._install(host, issuer.cache, cached[0])
             if not needs_renewal(cached[0]):
                 return "cached"

@@ -303,6 +303,7 @@ class ServiceManager:
     def _report(self, balancer: LoadBalancer, target: Target, error: str | None) -> bool:
         """Apply one health-check result; False stops probing that target."""
         if error is None:
+            self.log.debug("Healthcheck succeeded", target=target.address)
             if balancer.set_state(target, TargetState.HEALTHY):
                 self.log.info("Target health updated", target=target.address, state="healthy")
             if balancer.all_healthy:

@@ -144,3 +144,14 @@ async def test_metrics_port_serves_request_counts(make_proxy, upstreams):
             text = await response.text()
     assert 'pyproxy_http_requests_total{method="GET",service="web",status="200"} 3.0' in text
     assert "pyproxy_http_request_duration_seconds_bucket" in text
+
+
+async def test_debug_logs_successful_health_checks(make_proxy, upstreams):
+    quiet = await make_proxy()
+    assert (await quiet.deploy("web", upstreams[0].address)).status == 0
+    await quiet.stop()
+    assert not quiet.logs("Healthcheck succeeded")
+    verbose = await make_proxy("--debug")
+    assert (await verbose.deploy("web", upstreams[1].address)).status == 0
+    line = await verbose.wait_for_log("Healthcheck succeeded", target=upstreams[1].address)
+    assert line["level"] == "DEBUG"
