@@ -118,7 +118,9 @@ def _deploy_parser() -> FlagParser:
         "--target-timeout", default=30.0, help="Maximum time to wait for the target's response headers"
     )
     parser.add_bool(
-        "--forward-headers", default=True, help="Trust and extend X-Forwarded-* headers from the client"
+        "--forward-headers",
+        # The real default depends on --tls (see _deploy); only an explicit value is used.
+        help="Trust and extend X-Forwarded-* headers from the client (default true, or false with --tls)",
     )
     parser.add_bool("--force", help="Switch without waiting for the target to become healthy")
     parser.add_bool("--tls", help="Serve this service over HTTPS (needs --host)")
