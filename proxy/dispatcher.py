@@ -9,7 +9,7 @@ from __future__ import annotations
 from proxy.acme import Http01Tokens
 from proxy.http.request import Request
 from proxy.http.responses import redirect_response, text_response
-from proxy.routing import RoutingTable
+from proxy.routing import RoutingTable, strip_port
 from proxy.service import Service
 
 _CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
@@ -60,7 +60,7 @@ def _redirect(request: Request, service: Service, secure: bool) -> int | bytes:
     """A 301 when the request should use HTTPS or the canonical host; else 0 (proxy it)."""
     options = service.options
     scheme = b"https" if service.tls_enabled and service.tls_redirect and not secure else request.scheme
-    host = request.host.partition(b":")[0] if not request.host.startswith(b"[") else request.host
+    host = strip_port(request.host.decode("latin-1")).encode("latin-1")
     canonical = options.canonical_host.encode()
     if canonical and host.lower() != canonical:
         host = canonical

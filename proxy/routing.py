@@ -149,7 +149,7 @@ class RoutingTable:
     def _bindings_for(self, host: str) -> _Bindings | None:
         """Host-level selection (spec §4.2): exact, then one-label wildcard, then default; no fallthrough."""
         if ":" in host:
-            host = _strip_port(host)
+            host = strip_port(host)
         hosts = self._hosts
         bindings = hosts.get(host)  # keys are lower case, so a hit here needs no lower()
         if bindings is not None:
@@ -181,9 +181,9 @@ class RoutingTable:
         return self.lookup(authority or host, path if path[:1] == "/" else "/" + path)
 
 
-def _strip_port(host: str) -> str:
+def strip_port(host: str) -> str:
     """Drop a ":port" suffix, keeping IPv6 literals intact: "[::1]:8080" -> "[::1]", "a.com:80" -> "a.com"."""
-    if host[0] == "[":
+    if host.startswith("["):
         end = host.find("]")
         return host[: end + 1] if end > 0 else host
     colon = host.find(":")

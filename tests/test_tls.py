@@ -187,3 +187,12 @@ async def test_sub_path_service_follows_the_tls_of_its_hosts_root_service(proxy,
     assert (status, body["upstream"], body["path"]) == (200, "green", "/x")
     response = await raw_request(proxy.port, b"GET /api/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
     assert b"\r\nLocation: https://app.test/api/x\r\n" in response
+
+
+async def test_canonical_host_compares_hosts_without_their_port(proxy, upstreams):
+    result = await proxy.deploy("web", upstreams[0].address, args=("--canonical-host=[::1]",))
+    assert result.status == 0, result.stderr
+    same = await raw_request(proxy.port, b"GET /p HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n")
+    assert same.startswith(b"HTTP/1.1 200"), "[::1]:8080 is the canonical host [::1]: no redirect loop"
+    other = await raw_request(proxy.port, b"GET /p HTTP/1.1\r\nHost: other.test:8080\r\n\r\n")
+    assert b"\r\nLocation: http://[::1]/p\r\n" in other
