@@ -5,7 +5,7 @@ response through fake transports that only count bytes, so no syscall and no
 event-loop wake-up is measured, only the Python, uvloop and httptools work
 pyproxy adds per request. `--callgrind` runs the loop under valgrind twice and
 prints instructions per request (the difference between a short and a long
-run, so start-up cancels out): the same count every time for the same code,
+run, so start-up cancels out): within about 1 % between runs of the same code,
 whatever else the machine does. Compare it before and after a change.
 
     .venv/bin/python loadtests/datapath.py               # microseconds per request
