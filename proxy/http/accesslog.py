@@ -58,7 +58,7 @@ class AccessLog:
             method,
             request.response_bytes,
             user_agent,
-            b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
+            b"HTTP/1.0" if request.http10 else client.protocol,
             query,
             client.log_fields,
         )

@@ -17,6 +17,8 @@ import httptools
 
 from proxy.http import headers as h
 from proxy.http.accesslog import AccessLog
+from proxy.http.forwarding import Reject, RequestForwarding
+from proxy.http.http2 import Http2Connection
 from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -44,15 +46,15 @@ LINGER = 4
 LINGER_SECONDS = 2.0
 
 
-class _Reject(Exception):
-    """Raised inside a parser callback to answer the request with `status` and close."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
+def _chose_http2(transport: asyncio.BaseTransport) -> bool:
+    return transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
 
 
-class ClientConnection(asyncio.Protocol):
-    """Reads requests, hands them to targets, and writes responses back in order."""
+class ClientConnection(RequestForwarding, asyncio.Protocol):
+    """Reads requests, hands them to targets, and writes responses back in order.
+
+    Over TLS, a client that chose HTTP/2 by ALPN is handed to an `Http2Connection` at once.
+    """
 
     __slots__ = (
         "client_ip",
@@ -82,6 +84,8 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
+    protocol = b"HTTP/1.1"  # as the access log names it; HTTP/1.0 requests say so themselves
+
     def __init__(self, server: HttpServer, scheme: bytes, port: int) -> None:
         self.server = server
         self.scheme = scheme
@@ -109,14 +113,16 @@ class ClientConnection(asyncio.Protocol):
     # -- connection events --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.scheme == b"https" and _chose_http2(transport):
+            http2 = Http2Connection(self.server, self.port)
+            transport.set_protocol(http2)
+            http2.connection_made(transport)
+            return
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = (peer[0] if peer else "").encode()
-        self.forwarded_plain = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
-            self.client_ip,
-            self.scheme,
-        )
+        self.forwarded_plain = self.forwarded_plain_lines(self.client_ip, self.scheme)
         self.log_fields = AccessLog.connection_fields(self.port, self.client_ip, self.scheme)
         self.server.connections.add(self)
         self._await_next()
@@ -140,7 +146,7 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._reject(cause.status if isinstance(cause, _Reject) else 400)
+            self._reject(cause.status if isinstance(cause, Reject) else 400)
             return
         except httptools.HttpParserError:
             self._reject(400)
@@ -216,7 +222,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.reading
         request.url += url
         if len(request.url) > self.server.max_url_bytes:
-            raise _Reject(414)
+            raise Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
@@ -224,50 +230,12 @@ class ClientConnection(asyncio.Protocol):
         request = self.reading
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.server.max_head_bytes:
-            raise _Reject(431)
+            raise Reject(431)
         if len(name) in h.REQUEST_SPECIAL_LENGTHS:
             kind = h.REQUEST_SPECIAL.get(name.lower())
             if kind is not None:
                 self._special_header(request, kind, name, value)
                 return
-        request.headers.append(b"%s: %s\r\n" % (name, value))
-
-    def _special_header(self, request: Request, kind: int, name: bytes, value: bytes) -> None:
-        if kind == h.HOST:
-            if request.host:
-                raise _Reject(400)
-            request.host = value
-        elif kind == h.USER_AGENT:
-            request.user_agent = value
-        elif kind == h.REQUEST_ID:
-            request.request_id = value
-        elif kind == h.REQUEST_START:
-            request.request_start = True
-        elif kind == h.CONTENT_LENGTH:
-            request.content_length = value
-        elif kind == h.CONNECTION:
-            previous = request.connection
-            request.connection = value if previous is None else previous + b"," + value
-            return
-        elif kind == h.UPGRADE:
-            request.upgrade = value
-            return
-        elif kind == h.TRANSFER_ENCODING:
-            if value.strip().lower() != b"chunked":
-                raise _Reject(501)
-            request.chunked = True
-            return
-        elif kind == h.FORWARDED_FOR:
-            request.xff = value if request.xff is None else request.xff + b", " + value
-            return
-        elif kind == h.FORWARDED_PROTO:
-            request.xfp = request.xfp or value
-            return
-        elif kind == h.FORWARDED_HOST:
-            request.xfh = request.xfh or value
-            return
-        else:
-            return
         request.headers.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
@@ -280,14 +248,14 @@ class ClientConnection(asyncio.Protocol):
         elif version == "1.0":
             request.http10 = True
         else:
-            raise _Reject(400)
+            raise Reject(400)
         if not request.host and not request.http10:
-            raise _Reject(400)
+            raise Reject(400)
         if request.http10 and request.chunked:
-            raise _Reject(400)  # chunked framing does not exist in HTTP/1.0 (RFC 9112 6.1)
+            raise Reject(400)  # chunked framing does not exist in HTTP/1.0 (RFC 9112 6.1)
         method = parser.get_method()
         if method == b"CONNECT":
-            raise _Reject(405)
+            raise Reject(405)
         request.method = method
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()
@@ -312,7 +280,7 @@ class ClientConnection(asyncio.Protocol):
             if request.chunked or request.content_length not in (None, b"0"):
                 # The parser ends an upgrade request at its head: a body would reach the
                 # target only as tunnel bytes, or be taken as the next request.
-                raise _Reject(400)
+                raise Reject(400)
             request.keep_alive = False
         extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
         if extra:
@@ -372,44 +340,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._clear_deadline()
         request.pool.acquire(request, self)
-
-    def _upstream_head(self, request: Request) -> bytes:
-        # request.headers[0] was reserved for the request line: the head is one join.
-        headers = request.headers
-        headers[0] = b"%s %s %s\r\n" % (
-            request.method,
-            request.path,
-            b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
-        )
-        if request.forward_headers and (request.xff or request.xfp or request.xfh):
-            xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
-            headers.append(
-                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-                % (xff, request.xfp or self.scheme, request.xfh or request.host)
-            )
-        else:
-            headers.append(self.forwarded_plain)
-            headers.append(self._forwarded_host(request.host))
-        if request.request_id is None:
-            request.request_id = self.server.new_request_id()
-            headers.append(b"X-Request-ID: " + request.request_id + b"\r\n")
-        if not request.request_start:
-            headers.append(b"X-Request-Start: t=%d\r\n" % int(request.started_at * 1000))
-        if request.upgrade is not None:
-            headers.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade)
-        elif request.http10:
-            headers.append(b"Connection: keep-alive\r\n")
-        if request.chunked:
-            headers.append(b"Transfer-Encoding: chunked\r\n")
-        headers.append(b"\r\n")
-        return b"".join(headers)
-
-    def _forwarded_host(self, host: bytes) -> bytes:
-        """The X-Forwarded-Host line; a connection's requests nearly always share one Host."""
-        if host != self.last_host:
-            self.last_host = host
-            self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
-        return self.last_host_line
 
     def response_finished(self, request: Request) -> None:
         """The target finished the response to the request at the head of the queue."""
@@ -490,6 +420,12 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reasons = 0
             transport.resume_reading()
         self._set_deadline(LINGER, LINGER_SECONDS)
+
+    def begin_shutdown(self) -> None:
+        """Server stopping: close now if idle (or a tunnel), else after the response in progress."""
+        self.closing = True
+        if self.tunnel is not None or (not self.queue and not self.in_head and not self.closed):
+            self.close()
 
     def close(self) -> None:
         """Close once what is buffered for the client has been sent."""

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
+from proxy.http.http2 import Http2Connection
 from proxy.http.request import Dispatcher, Request
 from proxy.log import JsonLog
 
@@ -62,7 +63,7 @@ class HttpServer:
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
         self.max_head_bytes = limits.max_head_bytes
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection | Http2Connection] = set()
         self.servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Future[None] | None = None
@@ -122,9 +123,7 @@ class HttpServer:
             server.close()
         self._all_closed = self.loop.create_future()
         for client in list(self.connections):
-            client.closing = True
-            if client.tunnel is not None or (not client.queue and not client.in_head and not client.closed):
-                client.close()
+            client.begin_shutdown()
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed, grace)
@@ -135,7 +134,7 @@ class HttpServer:
             self._sweeper = None
         self.log.flush()
 
-    def connection_closed(self, client: ClientConnection) -> None:
+    def connection_closed(self, client: ClientConnection | Http2Connection) -> None:
         self.connections.discard(client)
         if self._all_closed is not None and not self.connections and not self._all_closed.done():
             self._all_closed.set_result(None)

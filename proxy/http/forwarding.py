@@ -1,0 +1,120 @@
+"""Turning a client's request into the HTTP/1.1 head the target receives.
+
+Shared by the HTTP/1.1 and HTTP/2 client sides, so both apply the same
+forwarding rules: hop-by-hop headers dropped, `X-Forwarded-*` rebuilt,
+`X-Request-ID` kept or generated, `X-Request-Start` added.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.http import headers as h
+
+if TYPE_CHECKING:
+    from proxy.http.request import Request
+    from proxy.http.server import HttpServer
+
+
+class Reject(Exception):
+    """Raised while reading a request head to answer it with `status` (and, on HTTP/1.1, close)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class RequestForwarding:
+    """Mixin for a client connection; it provides `server`, `client_ip`, `scheme`,
+    `forwarded_plain` (the X-Forwarded-For/-Proto lines for this client),
+    `last_host` and `last_host_line`."""
+
+    __slots__ = ()
+
+    server: HttpServer
+    client_ip: bytes
+    scheme: bytes
+    forwarded_plain: bytes
+    last_host: bytes | None
+    last_host_line: bytes
+
+    def _special_header(self, request: Request, kind: int, name: bytes, value: bytes) -> None:
+        """Note a header from `headers.REQUEST_SPECIAL`; forward it only if the rules say so."""
+        if kind == h.HOST:
+            if request.host:
+                raise Reject(400)
+            request.host = value
+        elif kind == h.USER_AGENT:
+            request.user_agent = value
+        elif kind == h.REQUEST_ID:
+            request.request_id = value
+        elif kind == h.REQUEST_START:
+            request.request_start = True
+        elif kind == h.CONTENT_LENGTH:
+            request.content_length = value
+        elif kind == h.CONNECTION:
+            previous = request.connection
+            request.connection = value if previous is None else previous + b"," + value
+            return
+        elif kind == h.UPGRADE:
+            request.upgrade = value
+            return
+        elif kind == h.TRANSFER_ENCODING:
+            if value.strip().lower() != b"chunked":
+                raise Reject(501)
+            request.chunked = True
+            return
+        elif kind == h.FORWARDED_FOR:
+            request.xff = value if request.xff is None else request.xff + b", " + value
+            return
+        elif kind == h.FORWARDED_PROTO:
+            request.xfp = request.xfp or value
+            return
+        elif kind == h.FORWARDED_HOST:
+            request.xfh = request.xfh or value
+            return
+        else:
+            return
+        request.headers.append(b"%s: %s\r\n" % (name, value))
+
+    def _upstream_head(self, request: Request) -> bytes:
+        # request.headers[0] was reserved for the request line: the head is one join.
+        headers = request.headers
+        headers[0] = b"%s %s %s\r\n" % (
+            request.method,
+            request.path,
+            b"HTTP/1.0" if request.http10 else b"HTTP/1.1",
+        )
+        if request.forward_headers and (request.xff or request.xfp or request.xfh):
+            xff = request.xff + b", " + self.client_ip if request.xff else self.client_ip
+            headers.append(
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+                % (xff, request.xfp or self.scheme, request.xfh or request.host)
+            )
+        else:
+            headers.append(self.forwarded_plain)
+            headers.append(self._forwarded_host(request.host))
+        if request.request_id is None:
+            request.request_id = self.server.new_request_id()
+            headers.append(b"X-Request-ID: " + request.request_id + b"\r\n")
+        if not request.request_start:
+            headers.append(b"X-Request-Start: t=%d\r\n" % int(request.started_at * 1000))
+        if request.upgrade is not None:
+            headers.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade)
+        elif request.http10:
+            headers.append(b"Connection: keep-alive\r\n")
+        if request.chunked:
+            headers.append(b"Transfer-Encoding: chunked\r\n")
+        headers.append(b"\r\n")
+        return b"".join(headers)
+
+    def _forwarded_host(self, host: bytes) -> bytes:
+        """The X-Forwarded-Host line; a connection's requests nearly always share one Host."""
+        if host != self.last_host:
+            self.last_host = host
+            self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
+        return self.last_host_line
+
+    @staticmethod
+    def forwarded_plain_lines(client_ip: bytes, scheme: bytes) -> bytes:
+        """The X-Forwarded-For/-Proto lines used when the client's own are not trusted."""
+        return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip, scheme)

@@ -1,0 +1,704 @@
+"""HTTP/2 client connections (TLS with ALPN `h2`), each stream forwarded as an HTTP/1.1 request.
+
+A stream becomes a `Request` that goes through the same routing, upstream
+pools and forwarding rules as on HTTP/1.1; targets never see HTTP/2. The
+target's HTTP/1.1 response is read again by a per-stream parser and sent on
+as HEADERS and DATA frames within the client's flow-control windows. When a
+client does not open its window, the stream pauses its target connection
+instead of buffering the response; request bodies are acknowledged (window
+updates) only once the target connection has taken them.
+
+The `h2` library keeps the protocol state and checks every frame against
+RFC 9113; its connection errors become a GOAWAY and a close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import hpack.exceptions
+import httptools
+import hyperframe.exceptions
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from proxy.http import headers as h
+from proxy.http.accesslog import AccessLog
+from proxy.http.forwarding import Reject, RequestForwarding
+from proxy.http.request import Request
+from proxy.http.responses import error_response
+from proxy.http.upstream import WRITE_HIGH_WATER
+
+if TYPE_CHECKING:
+    from proxy.http.server import HttpServer
+
+MAX_CONCURRENT_STREAMS = 100
+STREAM_WINDOW = 256 * 1024  # request body bytes a stream may send before the target has taken them
+CONNECTION_WINDOW = 1024 * 1024  # the same, for all streams of a connection together
+PENDING_HIGH = 256 * 1024  # response bytes held for a client's window before the target is paused
+
+# Rapid-reset protection (CVE-2023-44487): streams a client may cancel while their
+# requests are in progress, per RESET_PERIOD seconds, before the connection is closed.
+MAX_RESETS = 200
+RESET_PERIOD = 10.0
+
+# The client preface is 24 bytes of magic, then a SETTINGS frame (type 4) whose type byte is at 24 + 3.
+_PREFACE_SETTINGS_TYPE_AT = 27
+_SETTINGS_TYPE = 4
+# Length (8: no debug data) and type (7) of the GOAWAY frames h2 writes.
+_GOAWAY_HEAD = b"\x00\x00\x08\x07"
+
+# Bytes a :path may not contain (the request line to the target is space-separated), and
+# the characters of a method token (RFC 9110 5.6.2).
+_PATH_FORBIDDEN = bytes(range(0x21)) + b"\x7f"
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# Target response headers that are HTTP/1.1 framing or connection-specific (RFC 9113 8.2.2).
+_RESPONSE_DROP = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
+)
+
+
+class Http2Connection(RequestForwarding, asyncio.Protocol):
+    """One HTTP/2 client connection: frames in and out, and its streams."""
+
+    __slots__ = (
+        "client_ip",
+        "closed",
+        "closing",
+        "conn",
+        "forwarded_plain",
+        "idle_deadline",
+        "last_host",
+        "last_host_line",
+        "last_stream_id",
+        "log_fields",
+        "port",
+        "preface_left",
+        "preface_seen",
+        "reset_count",
+        "reset_period_end",
+        "scheme",
+        "server",
+        "streams",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, server: HttpServer, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.scheme = b"https"
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Http2Stream] = {}
+        self.closed = False
+        self.closing = False
+        self.write_paused = False
+        self.last_stream_id = 0
+        self.last_host = None
+        self.last_host_line = b""
+        self.idle_deadline = 0.0
+        self.reset_count = 0
+        self.reset_period_end = 0.0
+        self.preface_left = True
+        self.preface_seen = b""
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: server.max_head_bytes,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self.conn.decoder.max_header_list_size = server.max_head_bytes
+
+    # -- connection events --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "").encode()
+        self.forwarded_plain = self.forwarded_plain_lines(self.client_ip, self.scheme)
+        self.log_fields = AccessLog.connection_fields(self.port, self.client_ip, self.scheme)
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
+        self.flush()
+        self.server.connections.add(self)
+        # Until the first request, the connection is held to the time limit for a request head.
+        self.idle_deadline = self.server.loop.time() + self.server.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.preface_left:
+            data = self._check_preface(data)
+            if data is None:
+                return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for event in events:
+            handler = _HANDLERS.get(event.__class__)
+            if handler is not None:
+                handler(self, event)
+        self.flush()
+
+    def _check_preface(self, data: bytes) -> bytes | None:
+        """RFC 9113 3.4: the client's first frame after the magic must be SETTINGS (h2 does not check)."""
+        seen = self.preface_seen + data
+        if len(seen) < _PREFACE_SETTINGS_TYPE_AT + 1:
+            self.preface_seen = seen
+            return data
+        self.preface_left = False
+        self.preface_seen = b""
+        if seen[_PREFACE_SETTINGS_TYPE_AT] != _SETTINGS_TYPE:
+            self.fail(ErrorCodes.PROTOCOL_ERROR)
+            return None
+        return data
+
+    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
+        """Send the GOAWAY h2 queued for the client's error, with the code RFC 9113 names, and close.
+
+        h2 reports an undecodable header block (4.3) and a SETTINGS ack with a
+        payload (6.5) as PROTOCOL_ERROR, and sends no GOAWAY for a bad preface.
+        """
+        self.closed = True
+        data = self.conn.data_to_send()
+        if data[-17:-13] == _GOAWAY_HEAD:  # the GOAWAY (no debug data) is the last frame queued
+            cause = exc.__cause__
+            if isinstance(cause, hpack.exceptions.HPACKError):
+                data = data[:-4] + ErrorCodes.COMPRESSION_ERROR.to_bytes(4, "big")
+            elif isinstance(cause, hyperframe.exceptions.InvalidDataError) and "ack" in str(cause).lower():
+                data = data[:-4] + ErrorCodes.FRAME_SIZE_ERROR.to_bytes(4, "big")
+        else:
+            data += GoAwayFrame(0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize()
+        self.transport.write(data)
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connection_closed(self)
+        for stream in list(self.streams.values()):
+            stream.client_gone(499)
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        # The client is not reading what it asked for: stop reading from it, and
+        # stop reading its responses from the targets.
+        self.write_paused = True
+        if not self.closed:
+            self.transport.pause_reading()
+        for stream in self.streams.values():
+            stream.update_target_flow()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+        for stream in list(self.streams.values()):
+            stream.update_target_flow()
+
+    def flush(self) -> None:
+        """Write the frames h2 has queued."""
+        data = self.conn.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- frames from the client ---------------------------------------------------
+
+    def _request_received(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if self.closing:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        request = Request(time.time(), self.scheme)
+        stream = Http2Stream(self, stream_id, request)
+        self.streams[stream_id] = stream
+        self.last_stream_id = stream_id
+        self.idle_deadline = 0.0
+        request.complete = event.stream_ended is not None
+        try:
+            self._read_head(request, event.headers)
+        except Reject as reject:
+            stream.respond_error(reject.status)
+            return
+        stream.start()
+
+    def _read_head(self, request: Request, headers: list[tuple[bytes, bytes]]) -> None:
+        """Fill `request` from a header list h2 has already checked (RFC 9113 8.2, 8.3)."""
+        authority = host = b""
+        cookies = []
+        special = h.REQUEST_SPECIAL
+        lengths = h.REQUEST_SPECIAL_LENGTHS
+        lines = request.headers
+        for name, value in headers:
+            if name[0] == 58:  # b":"
+                if name == b":method":
+                    request.method = value
+                elif name == b":path":
+                    request.url = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"cookie":
+                cookies.append(value)  # HTTP/2 may split cookies; HTTP/1.1 wants one line (8.2.3)
+            elif len(name) in lengths and name in special:
+                kind = special[name]
+                if kind == h.HOST:
+                    host = value
+                else:
+                    self._special_header(request, kind, name, value)
+            else:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        request.host = authority or host
+        if not request.host:
+            raise Reject(400)
+        lines.append(b"host: %s\r\n" % request.host)
+        if cookies:
+            lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))
+        method, url = request.method, request.url
+        if method == b"CONNECT":
+            raise Reject(405)
+        if method.translate(None, _TOKEN) or url[:1] != b"/" or url != url.translate(None, _PATH_FORBIDDEN):
+            raise Reject(400)
+        if len(url) > self.server.max_url_bytes:
+            raise Reject(414)
+        request.is_head = request.method == b"HEAD"
+        request.keep_alive = True
+        if not request.complete and request.content_length is None:
+            request.chunked = True  # a body of unknown length: chunked to the target
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            # A stream already answered: its window must still be given back.
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        stream.body_received(event.data, event.flow_controlled_length)
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.request_ended()
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        stream.client_gone(499)
+        now = self.server.loop.time()
+        if now > self.reset_period_end:
+            self.reset_period_end = now + RESET_PERIOD
+            self.reset_count = 0
+        self.reset_count += 1
+        if self.reset_count > MAX_RESETS:
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.send_pending()
+        else:
+            self._send_all_pending()
+
+    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._send_all_pending()
+
+    def _client_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        # h2 sends nothing more after a GOAWAY from the client: streams in flight end with the connection.
+        self.closed = True
+        self.transport.close()
+
+    def _send_all_pending(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.pending:
+                stream.send_pending()
+
+    # -- frames to the client -----------------------------------------------------
+
+    def send_within_window(self, stream_id: int, data: bytes) -> int:
+        """Send as much of `data` as the client's windows allow; return how much that was."""
+        conn = self.conn
+        window = conn.local_flow_control_window(stream_id)
+        frame_size = conn.max_outbound_frame_size
+        sent = 0
+        while sent < len(data) and window > 0:
+            size = min(window, frame_size, len(data) - sent)
+            conn.send_data(stream_id, data[sent : sent + size])
+            sent += size
+            window -= size
+        return sent
+
+    def stream_done(self, stream: Http2Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is None:
+            return
+        if self.streams:
+            return
+        if self.closing:
+            self.close()
+        else:
+            self.idle_deadline = self.server.loop.time() + self.server.idle_timeout
+
+    # -- ending ---------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Server stopping: tell the client no new streams will be served; close when the last ends."""
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        self.flush()
+        # Written directly so that h2 still lets the streams in flight finish.
+        goaway = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=0)
+        self.transport.write(goaway.serialize())
+        if not self.streams:
+            self.close()
+
+    def close(self) -> None:
+        """A GOAWAY without error, then close once buffered frames are sent."""
+        if self.closed:
+            return
+        self.fail(ErrorCodes.NO_ERROR)
+
+    def fail(self, error_code: ErrorCodes) -> None:
+        """GOAWAY with `error_code` (the client's misbehaviour, or none), then close."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # -- deadlines (read by the server's sweeper) ----------------------------------
+
+    @property
+    def deadline(self) -> float:
+        if not self.streams:
+            return self.idle_deadline
+        return min((s.deadline for s in self.streams.values() if s.deadline), default=0.0)
+
+    def deadline_expired(self) -> None:
+        if not self.streams:
+            self.idle_deadline = 0.0
+            self.close()
+            return
+        now = self.server.loop.time()
+        for stream in list(self.streams.values()):
+            if stream.deadline and stream.deadline <= now:
+                stream.deadline = 0.0
+                upstream = stream.request.upstream
+                if upstream is not None:
+                    upstream.cancel(504)
+        self.flush()
+
+
+class Http2Stream:
+    """One request/response exchange: the client the upstream connection relays to.
+
+    It offers what `UpstreamConnection` expects of a client connection, and is
+    its own `transport`: the HTTP/1.1 response bytes written to it are parsed
+    and become HEADERS and DATA frames.
+    """
+
+    __slots__ = (
+        "acked_later",
+        "closed",
+        "connection",
+        "deadline",
+        "ending",
+        "headers_sent",
+        "log_fields",
+        "parser",
+        "pending",
+        "pending_bytes",
+        "request",
+        "response_headers",
+        "stream_id",
+        "upload_paused",
+        "write_paused",
+    )
+
+    closing = False
+    protocol = b"HTTP/2.0"
+
+    def __init__(self, connection: Http2Connection, stream_id: int, request: Request) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.request = request
+        self.log_fields = connection.log_fields
+        self.parser = httptools.HttpResponseParser(self)
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.ending = False
+        self.closed = False
+        self.write_paused = connection.write_paused
+        self.upload_paused = False
+        self.acked_later = 0
+        self.deadline = 0.0
+
+    @property
+    def transport(self) -> Http2Stream:
+        return self
+
+    # -- the request ------------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self.request
+        connection = self.connection
+        answer = connection.server.dispatcher.route(request)
+        if answer:
+            if answer.__class__ is int:
+                self.respond_error(answer)
+            else:
+                self.respond(answer)
+            return
+        request.head = connection._upstream_head(request)
+        if request.complete:
+            self.deadline = connection.server.loop.time() + request.target_timeout
+        request.pool.acquire(request, self)
+
+    def body_received(self, data: bytes, flow_length: int) -> None:
+        request = self.request
+        request.had_body = True
+        if self.ending:
+            self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+            return
+        if request.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        upstream = request.upstream
+        if upstream is not None and upstream.attached and upstream.request is request:
+            upstream.transport.write(data)
+            if self.upload_paused:
+                self.acked_later += flow_length
+            else:
+                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+            return
+        # The target connection is not ready: hold the bytes, and their window, until it is.
+        if request.body is None:
+            request.body = [data]
+        else:
+            request.body.append(data)
+        self.acked_later += flow_length
+
+    def request_ended(self) -> None:
+        request = self.request
+        request.complete = True
+        if self.ending:
+            return
+        if request.chunked:
+            upstream = request.upstream
+            if upstream is not None and upstream.attached and upstream.request is request:
+                upstream.transport.write(b"0\r\n\r\n")
+            elif request.body is None:
+                request.body = [b"0\r\n\r\n"]
+            else:
+                request.body.append(b"0\r\n\r\n")
+        if request.pool is not None and not request.response_started:
+            self.deadline = self.connection.server.loop.time() + request.target_timeout
+
+    def _give_back_window(self) -> None:
+        if self.acked_later and not self.closed:
+            self.connection.conn.acknowledge_received_data(self.acked_later, self.stream_id)
+            self.connection.flush()
+        self.acked_later = 0
+
+    # -- what the upstream connection calls ---------------------------------------------
+
+    def pause_reading_for_upstream(self) -> None:
+        self.upload_paused = True
+
+    def resume_reading_for_upstream(self) -> None:
+        if self.upload_paused:
+            self.upload_paused = False
+            self._give_back_window()
+
+    def body_flushed(self) -> None:
+        if not self.upload_paused:
+            self._give_back_window()
+
+    def write(self, data: bytes | memoryview) -> None:
+        """HTTP/1.1 response bytes from the target (or our own error page)."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.abort()
+        self.connection.flush()
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # the bytes were copied into frames or `pending`: the target's buffer is free
+
+    def response_finished(self, request: Request) -> None:
+        self.connection.server.log_request(self, request)
+        self.ending = True
+        self._end_if_sent()
+
+    def upstream_failed(self, request: Request, status: int) -> None:
+        if not self.closed:
+            self.respond_error(status)
+
+    def abort(self) -> None:
+        """The response broke off midway: the client must not take it as complete."""
+        if self.closed:
+            return
+        self.request.status = self.request.status or 502
+        self.connection.server.log_request(self, self.request)
+        self._reset(ErrorCodes.INTERNAL_ERROR)
+
+    def client_gone(self, status: int) -> None:
+        """The client reset the stream or the connection closed: stop the exchange."""
+        if self.closed:
+            return
+        self.closed = True
+        request = self.request
+        upstream = request.upstream
+        if upstream is not None and upstream.client is self:
+            upstream.client_gone()
+        if not self.ending:
+            request.status = request.status or status
+            self.connection.server.log_request(self, request)
+        self.connection.stream_done(self)
+
+    # -- the response -------------------------------------------------------------------
+
+    def respond(self, response: bytes) -> None:
+        """Answer with a complete HTTP/1.1 response of the proxy's own (error pages, redirects)."""
+        request = self.request
+        request.status = int(response[9:12])
+        self.write(response)
+        self.response_finished(request)
+
+    def respond_error(self, status: int) -> None:
+        self.respond(error_response(status, head_only=self.request.is_head))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name not in _RESPONSE_DROP:
+            self.response_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers = [(b":status", b"%d" % status), *self.response_headers]
+        self.response_headers = []
+        if status < 200:
+            if status == 101:
+                self.abort()  # no protocol switch on an HTTP/2 stream
+                return
+            self._send_headers(headers)  # 100 Continue, 103 Early Hints
+            return
+        self.headers_sent = True
+        self._send_headers(headers)
+
+    def _send_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.closed:
+            return
+        try:
+            self.connection.conn.send_headers(self.stream_id, headers)
+        except h2.exceptions.ProtocolError:
+            self.abort()  # a header HTTP/2 cannot carry
+
+    def on_body(self, body: bytes) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self.pending.append(body)
+            self.pending_bytes += len(body)
+            self.update_target_flow()
+            return
+        sent = self.connection.send_within_window(self.stream_id, body)
+        if sent < len(body):
+            rest = body[sent:]
+            self.pending.append(rest)
+            self.pending_bytes += len(rest)
+            self.update_target_flow()
+
+    def send_pending(self) -> None:
+        """The client opened its window: send what waits, then end the stream if the response has."""
+        pending = self.pending
+        while pending and not self.closed:
+            chunk = pending[0]
+            sent = self.connection.send_within_window(self.stream_id, chunk)
+            self.pending_bytes -= sent
+            if sent < len(chunk):
+                pending[0] = chunk[sent:]
+                break
+            pending.popleft()
+        self.update_target_flow()
+        self._end_if_sent()
+
+    def update_target_flow(self) -> None:
+        """Pause the target connection while the client cannot take more, resume when it can."""
+        upstream = self.request.upstream
+        if upstream is None or not upstream.attached or upstream.client is not self:
+            return
+        self.write_paused = self.connection.write_paused or self.pending_bytes > PENDING_HIGH
+        if self.write_paused:
+            upstream.pause()
+        else:
+            upstream.resume()
+
+    def _end_if_sent(self) -> None:
+        if not self.ending or self.pending or self.closed:
+            return
+        self.closed = True
+        conn = self.connection.conn
+        try:
+            if self.headers_sent:
+                conn.end_stream(self.stream_id)
+            else:
+                conn.reset_stream(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+            if not self.request.complete:
+                # Answered before the client finished sending: ask it to stop (RFC 9113 8.1).
+                conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self.connection.flush()
+        self.connection.stream_done(self)
+
+    def _reset(self, error_code: ErrorCodes) -> None:
+        self.closed = True
+        self.ending = True
+        upstream = self.request.upstream
+        if upstream is not None and upstream.client is self:
+            upstream.client_gone()
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.connection.conn.reset_stream(self.stream_id, error_code)
+        self.connection.flush()
+        self.connection.stream_done(self)
+
+
+_HANDLERS = {
+    h2.events.RequestReceived: Http2Connection._request_received,
+    h2.events.DataReceived: Http2Connection._data_received,
+    h2.events.StreamEnded: Http2Connection._stream_ended,
+    h2.events.StreamReset: Http2Connection._stream_reset,
+    h2.events.WindowUpdated: Http2Connection._window_updated,
+    h2.events.RemoteSettingsChanged: Http2Connection._settings_changed,
+    h2.events.ConnectionTerminated: Http2Connection._client_goaway,
+}
