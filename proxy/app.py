@@ -66,7 +66,7 @@ async def _serve(settings: RunSettings) -> int:
     admin = AdminApi(manager)
     try:
         server = await http.listen(bind, settings.http_port, report_port=settings.http_port)
-        secure = await http.listen(bind, settings.https_port, tls.context, report_port=settings.https_port)
+        secure = await http.listen(bind, settings.https_port, tls, report_port=settings.https_port)
         await admin.start(socket_path())
     except OSError as exc:
         log.error("Could not start", error=str(exc))

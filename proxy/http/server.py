@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import os
 import socket
-import ssl
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,9 +19,11 @@ from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
 from proxy.http.http2 import Http2Connection
 from proxy.http.request import Dispatcher, Request
+from proxy.http.tlslistener import HandshakeGate, TlsListener
 from proxy.log import JsonLog
 
 SWEEP_INTERVAL = 0.1
+BACKLOG = 4096
 
 
 class RequestObserver(Protocol):
@@ -64,7 +65,7 @@ class HttpServer:
         self.max_url_bytes = limits.max_url_bytes
         self.max_head_bytes = limits.max_head_bytes
         self.connections: set[ClientConnection | Http2Connection] = set()
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | TlsListener] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Future[None] | None = None
         prefix = os.urandom(10).hex()
@@ -80,25 +81,29 @@ class HttpServer:
         self.metrics.observe(request)
 
     async def listen(
-        self, host: str | None, port: int, tls: ssl.SSLContext | None = None, report_port: int | None = None
-    ) -> asyncio.Server:
-        """Start accepting on host:port (all addresses when host is None), over TLS when given a context.
+        self, host: str | None, port: int, tls: HandshakeGate | None = None, report_port: int | None = None
+    ) -> asyncio.Server | TlsListener:
+        """Start accepting on host:port (all addresses when host is None), over TLS when given a gate.
 
         `report_port` is the port named in access logs (the configured one when `port` is 0).
         """
-        scheme = b"https" if tls is not None else b"http"
-        server = await self.loop.create_server(
-            lambda: ClientConnection(self, scheme, logged_port),
-            host,
-            port,
-            backlog=4096,
-            reuse_address=True,
-            family=socket.AF_UNSPEC,
-            ssl=tls,
+        if tls is not None:
+            sock = _listening_socket(host, port)
+            logged_port = report_port or sock.getsockname()[1]
             # A TLS handshake is the first part of receiving a request: same time limit as the head.
-            ssl_handshake_timeout=self.header_timeout if tls is not None else None,
-        )
-        logged_port = report_port or server.sockets[0].getsockname()[1]
+            server = TlsListener(
+                sock, tls, lambda: ClientConnection(self, b"https", logged_port), self.header_timeout
+            )
+        else:
+            server = await self.loop.create_server(
+                lambda: ClientConnection(self, b"http", logged_port),
+                host,
+                port,
+                backlog=BACKLOG,
+                reuse_address=True,
+                family=socket.AF_UNSPEC,
+            )
+            logged_port = report_port or server.sockets[0].getsockname()[1]
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -138,3 +143,15 @@ class HttpServer:
         self.connections.discard(client)
         if self._all_closed is not None and not self.connections and not self._all_closed.done():
             self._all_closed.set_result(None)
+
+
+def _listening_socket(host: str | None, port: int) -> socket.socket:
+    """A listening TCP socket on host:port; with no host, on every address (IPv6 and IPv4 when possible)."""
+    if host is None:
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(
+                ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
+            )
+        return socket.create_server(("", port), backlog=BACKLOG)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=BACKLOG)

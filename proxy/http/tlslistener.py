@@ -1,0 +1,209 @@
+"""The HTTPS listener: each connection's ClientHello is looked at before TLS starts.
+
+The SNI callback of a TLS library is synchronous, so it cannot wait for a
+certificate that does not exist yet. Peeking at the ClientHello (MSG_PEEK: the
+bytes stay in the socket for the handshake to read) tells the proxy the server
+name first, so a new on-demand host gets its certificate while that client
+waits, and its first handshake succeeds. Names that need nothing go straight
+on to the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+_TLS_HANDSHAKE_RECORD = 0x16
+_CLIENT_HELLO = 1
+_SERVER_NAME_EXTENSION = 0
+_MAX_RECORD = 16384 + 5
+_PEEK_RETRY = 0.01  # the ClientHello came in pieces: look again this much later
+_ACCEPT_BATCH = 64
+ON_DEMAND_WAIT = 120.0  # longest a handshake waits for an on-demand certificate (an ACME order)
+
+
+class HandshakeGate(Protocol):
+    """What the listener asks before each handshake."""
+
+    context: ssl.SSLContext
+
+    def prepare(self, server_name: str) -> Awaitable[None] | None:
+        """Something to wait for before the handshake for `server_name`, or None to go on at once."""
+
+
+class _Incomplete:
+    """The peeked bytes end before the ClientHello does."""
+
+
+INCOMPLETE = _Incomplete()
+
+
+def server_name(data: bytes) -> str | _Incomplete | None:
+    """The SNI host name in a TLS ClientHello record, None if it has none or is not TLS."""
+    if not data or data[0] != _TLS_HANDSHAKE_RECORD:
+        return None
+    if len(data) < 5:
+        return INCOMPLETE
+    end = 5 + int.from_bytes(data[3:5], "big")
+    if len(data) < end:
+        return INCOMPLETE
+    try:
+        return _find_server_name(data, end)
+    except IndexError:
+        return None
+
+
+def _find_server_name(data: bytes, end: int) -> str | None:
+    if data[5] != _CLIENT_HELLO:
+        return None
+    pos = 9 + 2 + 32  # record head, handshake head, legacy version, random
+    pos += 1 + data[pos]  # session id
+    pos += 2 + int.from_bytes(data[pos : pos + 2], "big")  # cipher suites
+    pos += 1 + data[pos]  # compression methods
+    extensions_end = min(end, pos + 2 + int.from_bytes(data[pos : pos + 2], "big"))
+    pos += 2
+    while pos + 4 <= extensions_end:
+        kind = int.from_bytes(data[pos : pos + 2], "big")
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += 4
+        if kind == _SERVER_NAME_EXTENSION:
+            # server_name_list: length, then (type 0 = host_name, length, name)
+            if data[pos + 2] != 0:
+                return None
+            name_length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+            name = data[pos + 5 : pos + 5 + name_length]
+            return name.decode("ascii", "replace").lower() if name else None
+        pos += length
+    return None
+
+
+class TlsListener:
+    """Accepts TCP connections and starts TLS on each once its ClientHello has been seen."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        gate: HandshakeGate,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        handshake_timeout: float,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
+        self.gate = gate
+        self.protocol_factory = protocol_factory
+        self.handshake_timeout = handshake_timeout
+        self.waiting: set[_WaitingHello] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [self.sock]
+
+    def close(self) -> None:
+        """Stop accepting; connections not yet in their handshake are dropped."""
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        for waiting in list(self.waiting):
+            waiting.drop()
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # out of descriptors, or the peer gave up: the next connection may do better
+            conn.setblocking(False)
+            self.waiting.add(_WaitingHello(self, conn))
+
+    def start_handshake(self, conn: socket.socket) -> None:
+        task = self.loop.create_task(self._handshake(conn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(
+                self.protocol_factory,
+                conn,
+                ssl=self.gate.context,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            conn.close()  # a failed handshake (unknown name, garbage, timeout) ends only this connection
+
+
+class _WaitingHello:
+    """One accepted connection whose ClientHello has not been seen yet."""
+
+    __slots__ = ("conn", "deadline", "listener", "retry")
+
+    def __init__(self, listener: TlsListener, conn: socket.socket) -> None:
+        self.listener = listener
+        self.conn = conn
+        self.retry: asyncio.TimerHandle | None = None
+        # The ClientHello and the handshake share the handshake's time limit.
+        self.deadline = listener.loop.call_later(listener.handshake_timeout, self.drop)
+        listener.loop.add_reader(conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        loop = self.listener.loop
+        try:
+            data = self.conn.recv(_MAX_RECORD, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.drop()
+            return
+        if not data:
+            self.drop()
+            return
+        name = server_name(data)
+        loop.remove_reader(self.conn.fileno())
+        if name is INCOMPLETE:
+            # Unread bytes keep the socket readable: wait a little instead of spinning.
+            self.retry = loop.call_later(_PEEK_RETRY, self._watch)
+            return
+        waiting = self.listener.gate.prepare(name) if name else None
+        if waiting is None:
+            self._go_on()
+        else:
+            self.deadline.cancel()
+            self.deadline = loop.call_later(ON_DEMAND_WAIT, self.drop)
+            task = loop.create_task(self._after(waiting))
+            self.listener.tasks.add(task)
+            task.add_done_callback(self.listener.tasks.discard)
+
+    def _watch(self) -> None:
+        self.retry = None
+        self.listener.loop.add_reader(self.conn.fileno(), self._readable)
+
+    async def _after(self, waiting: Awaitable[None]) -> None:
+        with contextlib.suppress(Exception):
+            await waiting  # failures were logged where they happened; the handshake decides
+        if self in self.listener.waiting:
+            self._go_on()
+
+    def _go_on(self) -> None:
+        self.deadline.cancel()
+        self.listener.waiting.discard(self)
+        self.listener.start_handshake(self.conn)
+
+    def drop(self) -> None:
+        self.deadline.cancel()
+        if self.retry is not None:
+            self.retry.cancel()
+        self.listener.waiting.discard(self)
+        if self.conn.fileno() >= 0:
+            self.listener.loop.remove_reader(self.conn.fileno())
+            with contextlib.suppress(OSError):
+                self.conn.recv(_MAX_RECORD)  # unread bytes would make the close a reset
+            self.conn.close()
