@@ -41,6 +41,10 @@ READY_TIMEOUT = 15.0
 DEPLOY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy")
+# The HTTP/2 row: h2load (Debian package nghttp2-client) with this many connections, each keeping this
+# many streams in flight, over TLS to the proxies' HTTPS ports. Skipped when h2load is not installed.
+H2LOAD_CONNECTIONS = 16
+H2LOAD_STREAMS = 10
 # The baseline is nginx as the issue defines it: 1 worker, upstream keep-alive, default proxy buffering.
 # "nginx-tuned" streams through one 256 KiB buffer with no spooling to disk, as pyproxy does: with the
 # default 8 x 4 KiB buffers nginx proxies 1 MiB bodies at about half that rate per CPU-second.
@@ -72,11 +76,14 @@ class Scenario:
     size: int
     close: bool
     tls: bool = False
+    http2: bool = False  # measured with h2load instead of wrk (implies tls)
 
     @property
     def label(self) -> str:
         """Human-readable row name."""
         text = format_size(self.size)
+        if self.http2:
+            return f"HTTP/2 (h2load, {H2LOAD_STREAMS} streams x {H2LOAD_CONNECTIONS} conns) {text}"
         if self.close:
             text = f"new connection per request {text}"
         elif self.tls:
@@ -438,12 +445,47 @@ def measure(
     port = endpoint.tls_port if scenario.tls else endpoint.port
     if port is None:
         raise BenchError(f"no HTTPS port for {scenario.label}")
+    if scenario.http2:
+        run_h2load(port, scenario, WARMUP_SECONDS)
+        cpu_before = group_cpu_seconds(endpoint.pgid)
+        rps, requests, errors = parse_h2load(run_h2load(port, scenario, args.duration))
+        cpu = group_cpu_seconds(endpoint.pgid) - cpu_before
+        return Measurement(rps, float("nan"), requests, errors, cpu)
     run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua)
     cpu_before = group_cpu_seconds(endpoint.pgid)
     output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua)
     cpu = group_cpu_seconds(endpoint.pgid) - cpu_before
     rps, p99_ms, requests, errors = parse_wrk(output)
     return Measurement(rps, p99_ms, requests, errors, cpu)
+
+
+def run_h2load(port: int, scenario: Scenario, seconds: int) -> str:
+    """One h2load run on CPU 0 for `seconds`: HTTP/2 over TLS with SNI and :authority bench.test."""
+    argv = [
+        "taskset", "-c", LOAD_CPU, "h2load", "-t", "1",
+        "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
+        f"--connect-to=127.0.0.1:{port}", f"https://{TLS_NAME}:{port}/{scenario.size}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"h2load did not finish: {shlex.join(argv)}") from exc
+    if done.returncode != 0 or "Application protocol: h2" not in done.stdout:
+        raise BenchError(f"h2load failed ({done.returncode}): {shlex.join(argv)}\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def parse_h2load(output: str) -> tuple[float, int, int]:
+    """Requests/sec, completed requests and failures (failed, errored or non-2xx) from h2load's summary."""
+    rps = re.search(r"^finished in [^,]+, ([\d.]+) req/s", output, re.M)
+    counts = re.search(r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                       r"(\d+) errored", output, re.M)  # fmt: skip
+    codes = re.search(r"^status codes: (\d+) 2xx", output, re.M)
+    if not (rps and counts and codes):
+        raise BenchError(f"could not parse h2load output:\n{output}")
+    done, _, failed, errored = (int(n) for n in counts.groups())
+    errors = failed + errored + done - int(codes.group(1))
+    return float(rps.group(1)), done, errors
 
 
 def summarise(runs: list[Measurement], duration: int) -> Summary:
@@ -463,8 +505,8 @@ def fmt_rps(value: float) -> str:
 
 
 def fmt_ms(value: float) -> str:
-    """Milliseconds with two decimals."""
-    return f"{value:.2f} ms"
+    """Milliseconds with two decimals; "-" where the tool reports no percentile (h2load)."""
+    return "-" if value != value else f"{value:.2f} ms"
 
 
 def fmt_ratio(value: float) -> str:
@@ -671,6 +713,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench.py: {PYPROXY_CMD_ENV} has no {{tls_port}}: no HTTPS rows", file=sys.stderr)
             elif args.tls:
                 scenarios += [Scenario(smallest, close=close, tls=True) for close in (False, True)]
+                if shutil.which("h2load"):
+                    scenarios.append(Scenario(smallest, close=False, tls=True, http2=True))
+                else:
+                    print("bench.py: no h2load (apt install nghttp2-client): no HTTP/2 row", file=sys.stderr)
             runs: dict[tuple[Scenario, str], list[Measurement]] = {
                 (sc, t): [] for sc in scenarios for t in sc.targets
             }

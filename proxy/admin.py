@@ -52,6 +52,7 @@ def _tls_options(tls: dict[str, Any]) -> TlsOptions:
         acme_cache_path=_field(tls, "acme_cache_path", str, ""),
         acme_eab_kid=_field(tls, "acme_eab_kid", str, ""),
         acme_eab_hmac_key=_field(tls, "acme_eab_hmac_key", str, ""),
+        on_demand_url=_field(tls, "on_demand_url", str, ""),
     )
 
 

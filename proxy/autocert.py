@@ -1,8 +1,8 @@
 """Automatic certificates for TLS services without their own: cached, ordered in the background, renewed.
 
 A certificate is ordered when a service is deployed or restored and its cache
-has none (or one close to expiry), not during a handshake: the SNI callback
-cannot wait. Until the first certificate arrives, handshakes for that host
+has none (or one close to expiry); for on-demand TLS (see ondemand.py), when a
+handshake for a new name arrives. Until the first certificate arrives, handshakes for that host
 fail; an expiring certificate keeps being served until its replacement is
 ready. Failed orders are retried with growing delays, never hammering the CA.
 """
@@ -43,18 +43,36 @@ class AutoCertificates:
 
         Returns what happened, for the deploy's progress: "cached", "ordering" or "renewing".
         """
+        if self.serve_cached(host, tls):
+            return "renewing" if host in self._orders else "cached"
+        self._order(host, self._issuer(tls))
+        return "ordering"
+
+    def serve_cached(self, host: str, tls: TlsOptions) -> bool:
+        """Serve `host` from the cache if it holds a certificate; one close to expiry is renewed."""
         self._wanted[host] = tls
         if self._renewals is None:
             self._renewals = asyncio.get_running_loop().create_task(self._check_renewals())
         issuer = self._issuer(tls)
         cached = issuer.cache.load(host)
-        if cached is not None:
-            self.log.debug("Certificate loaded from cache", host=host, directory=str(issuer.cache.dir))
-            self._install(host, issuer.cache, cached[0])
-            if not needs_renewal(cached[0]):
-                return "cached"
-        self._order(host, issuer)
-        return "renewing" if cached is not None else "ordering"
+        if cached is None:
+            return False
+        self.log.debug("Certificate loaded from cache", host=host, directory=str(issuer.cache.dir))
+        self._install(host, issuer.cache, cached[0])
+        if needs_renewal(cached[0]):
+            self._order(host, issuer)
+        return True
+
+    async def order_now(self, host: str, tls: TlsOptions) -> bool:
+        """Order once and wait (on-demand TLS: a handshake is waiting); False when the CA refused."""
+        issuer = self._issuer(tls)
+        try:
+            chain_pem, _ = await issuer.issue(host)
+        except AcmeError as exc:
+            self.log.error("Certificate order failed", host=host, error=str(exc))
+            return False
+        self._install(host, issuer.cache, chain_pem)
+        return True
 
     def forget(self, host: str) -> None:
         """No service wants this host any more: stop ordering for it (the cache stays)."""

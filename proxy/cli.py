@@ -136,6 +136,10 @@ def _deploy_parser() -> FlagParser:
     )
     parser.add_str("--tls-acme-eab-kid", help="External Account Binding key id (CAs that need one)")
     parser.add_str("--tls-acme-eab-hmac-key", help="External Account Binding HMAC key (base64url)")
+    parser.add_str(
+        "--tls-on-demand-url",
+        help="Issue certificates for any host this URL (or a path of the service) answers 200 for",
+    )
     parser.add_str("--canonical-host", help="Redirect every other host of this service to this one")
     return parser
 
@@ -180,6 +184,7 @@ def _deploy(argv: list[str]) -> int:
             "acme_cache_path": ns.tls_acme_cache_path,
             "acme_eab_kid": ns.tls_acme_eab_kid,
             "acme_eab_hmac_key": ns.tls_acme_eab_hmac_key,
+            "on_demand_url": ns.tls_on_demand_url,
         },
         "canonical_host": ns.canonical_host,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from proxy.dispatcher import ServiceDispatcher
 from proxy.flags import format_duration
 from proxy.health import HealthChecker
 from proxy.log import JsonLog
+from proxy.ondemand import OnDemandCertificates
 from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
 from proxy.state import StateStore
@@ -75,6 +76,7 @@ class ServiceManager:
         self._healthy_events: dict[LoadBalancer, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.on_demand = OnDemandCertificates(auto, lambda: self.session, log)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -205,7 +207,10 @@ class ServiceManager:
     def _certificate_details(self, service: Service) -> list[dict[str, str]]:
         """Issuer and expiry of what each TLS host is served with, for `pyproxy list`."""
         details = []
-        for host in service.hosts if service.tls_enabled else ():
+        hosts = service.hosts if service.tls_enabled else ()
+        if service.options.tls.on_demand_url:
+            hosts = sorted(self.on_demand.hosts)
+        for host in hosts:
             chain = self.auto.chains.get(host)
             if service.certificate is not None:
                 try:
@@ -262,7 +267,12 @@ class ServiceManager:
                 self.services[name] = dataclasses.replace(service, inherited_tls=inherited)
 
     def _publish_certificates(self) -> None:
-        self.tls.certificates = CertificateMap.build(self._certificates())
+        if any(s.options.tls.on_demand_url for s in self.services.values()):
+            self.tls.on_demand = self._prepare_on_demand
+        elif self.tls.on_demand is not None:
+            self.tls.on_demand = None
+            self.on_demand.forget_all()
+        self.tls.certificates = CertificateMap.build(self._certificates(), self._on_demand_certificates())
 
     def _certificates(self) -> Iterator[tuple[str, ssl.SSLContext]]:
         for service in self.services.values():
@@ -273,9 +283,23 @@ class ServiceManager:
                 if context is not None:
                     yield host, context
 
+    def _on_demand_certificates(self) -> Iterator[tuple[str, ssl.SSLContext]]:
+        for host in self.on_demand.hosts:
+            context = self.auto.contexts.get(host)
+            if context is not None:
+                yield host, context
+
+    def _prepare_on_demand(self, server_name: str) -> Awaitable[None] | None:
+        """A handshake for a name without a certificate: order one if an on-demand service serves it."""
+        match = self.dispatcher.table.lookup(server_name, "/")
+        service = match.service if match is not None else None
+        if service is None or not service.options.tls.on_demand_url:
+            return None
+        return self.on_demand.prepare(server_name, service)
+
     def _request_certificates(self, service: Service, progress: Progress) -> None:
         if service.acme:
-            for host in service.hosts:
+            for host in filter(None, service.hosts):  # on-demand services list none: see ondemand.py
                 progress("certificate", host=host, state=self.auto.ensure(host, service.options.tls))
 
     async def _persist(self) -> None:

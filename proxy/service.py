@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxy.balancer import LoadBalancer
 from proxy.health import HealthCheckConfig
@@ -29,6 +30,7 @@ class TlsOptions:
     acme_cache_path: str = ""
     acme_eab_kid: str = ""
     acme_eab_hmac_key: str = ""
+    on_demand_url: str = ""  # certificates for any host this URL (or path of the service) approves
 
     @property
     def custom(self) -> bool:
@@ -63,7 +65,11 @@ class ServiceOptions:
         tls = self.tls
         if bool(tls.certificate_path) != bool(tls.private_key_path):
             return "--tls-certificate-path and --tls-private-key-path must be given together"
-        if tls.enabled and "" in self.hosts:
+        if tls.on_demand_url:
+            problem = _on_demand_problem(self, tls)
+            if problem:
+                return problem
+        elif tls.enabled and "" in self.hosts:
             return "host must be set when using TLS"
         if tls.enabled and "/" not in self.path_prefixes:
             return "TLS settings must be specified on the root path service"
@@ -96,6 +102,7 @@ class ServiceOptions:
                 "acme_cache_path": self.tls.acme_cache_path,
                 "acme_eab_kid": self.tls.acme_eab_kid,
                 "acme_eab_hmac_key": self.tls.acme_eab_hmac_key,
+                "tls_on_demand_url": self.tls.on_demand_url,
             },
             "target_options": {
                 "health_check_config": {
@@ -138,9 +145,37 @@ class ServiceOptions:
                 acme_cache_path=options.get("acme_cache_path", ""),
                 acme_eab_kid=options.get("acme_eab_kid", ""),
                 acme_eab_hmac_key=options.get("acme_eab_hmac_key", ""),
+                on_demand_url=options.get("tls_on_demand_url", ""),
             ),
             canonical_host=options.get("canonical_host", ""),
         )
+
+
+def _on_demand_problem(options: ServiceOptions, tls: TlsOptions) -> str | None:
+    """kamal-proxy's rules for --tls-on-demand-url (spec 4.4)."""
+    if not tls.enabled:
+        return "TLS must be enabled to use a TLS on-demand URL"
+    if any(options.hosts):
+        return "cannot set hosts when using a TLS on-demand URL"
+    if tls.custom:
+        return "cannot use a custom TLS certificate with a TLS on-demand URL"
+    if options.canonical_host:
+        return "cannot set a canonical host when using a TLS on-demand URL"
+    url = tls.on_demand_url
+    if url.startswith("//"):
+        return "tls-on-demand-url must be a path or an absolute http(s) URL"
+    if url.startswith("/"):
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError as exc:
+        return f"unable to parse tls-on-demand-url: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f'unsupported scheme "{parts.scheme}" in tls-on-demand-url'
+    if not parts.hostname:
+        return "missing host in tls-on-demand-url"
+    return None
 
 
 @dataclass(frozen=True)

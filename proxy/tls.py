@@ -8,7 +8,7 @@ change and swaps it in; the SNI callback only reads the current one.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 
 def new_server_context() -> ssl.SSLContext:
@@ -50,14 +50,23 @@ class CertificateMap:
         self.default_name = default_name
 
     @classmethod
-    def build(cls, entries: Iterable[tuple[str, ssl.SSLContext]]) -> CertificateMap:
-        """From (host pattern, context) pairs in priority order; the first plain name is the default."""
+    def build(
+        cls,
+        entries: Iterable[tuple[str, ssl.SSLContext]],
+        on_demand: Iterable[tuple[str, ssl.SSLContext]] = (),
+    ) -> CertificateMap:
+        """From (host pattern, context) pairs in priority order; the first plain name is the default.
+
+        On-demand names come after the listed ones and never become the default (spec 11.1).
+        """
         exact: dict[str, ssl.SSLContext] = {}
         default_name = None
         for host, context in entries:
             exact.setdefault(host, context)
             if default_name is None and not host.startswith("*."):
                 default_name = host
+        for host, context in on_demand:
+            exact.setdefault(host, context)
         return cls(exact, default_name)
 
     def lookup(self, server_name: str | None) -> ssl.SSLContext | None:
@@ -84,6 +93,14 @@ class TlsTerminator:
         self.certificates = CertificateMap()
         self.context = new_server_context()
         self.context.sni_callback = self._select
+        # Set by the owner while an on-demand TLS service exists: readies a certificate for a new name.
+        self.on_demand: Callable[[str], Awaitable[None] | None] | None = None
+
+    def prepare(self, server_name: str) -> Awaitable[None] | None:
+        """What the handshake for `server_name` must wait for (an on-demand certificate), if anything."""
+        if self.on_demand is None or self.certificates.lookup(server_name) is not None:
+            return None
+        return self.on_demand(server_name)
 
     def _select(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
         context = self.certificates.lookup(server_name)

@@ -148,6 +148,24 @@ async def make_proxy(tmp_path: Path):
         await running.stop()
 
 
+@pytest.fixture
+def pebble(tmp_path: Path):
+    """A real pebble CA (and its mock DNS pointing every name at 127.0.0.1) for this test."""
+    from tests.pebble import free_port, start_pebble
+
+    with start_pebble(tmp_path / "pebble", http_port=free_port()) as running:
+        yield running
+
+
+@pytest.fixture
+async def acme_proxies(tmp_path: Path, pebble) -> AsyncIterator[list[ProxyProcess]]:
+    """Proxies on pebble's HTTP-01 port, trusting pebble's directory; started one at a time by the test."""
+    started: list[ProxyProcess] = []
+    yield started
+    for running in started:
+        await running.stop()
+
+
 class Upstream:
     """A real HTTP server on loopback that says who it is and can be slow, echo, or speak WebSocket."""
 

@@ -5,30 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import trustme
 
 from proxy.acme import AcmeSettings, CertificateCache
 from tests.conftest import ProxyProcess, proxy_env, raw_request
-from tests.pebble import Pebble, free_port, start_pebble
-
-
-@pytest.fixture
-def pebble(tmp_path: Path):
-    with start_pebble(tmp_path / "pebble", http_port=free_port()) as running:
-        yield running
-
-
-@pytest.fixture
-async def acme_proxies(tmp_path: Path, pebble: Pebble) -> AsyncIterator[list[ProxyProcess]]:
-    """Proxies on pebble's HTTP-01 port, trusting pebble's directory; started one at a time by the test."""
-    started: list[ProxyProcess] = []
-    yield started
-    for running in started:
-        await running.stop()
+from tests.pebble import Pebble
 
 
 async def start_proxy(tmp_path: Path, pebble: Pebble, started: list[ProxyProcess]) -> ProxyProcess:
