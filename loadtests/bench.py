@@ -476,15 +476,15 @@ def run_h2load(port: int, scenario: Scenario, seconds: int) -> str:
 
 
 def parse_h2load(output: str) -> tuple[float, int, int]:
-    """Requests/sec, completed requests and failures (failed, errored or non-2xx) from h2load's summary."""
+    """Requests/sec, completed requests and failures (failed, errored, 4xx or 5xx) from h2load's summary."""
     rps = re.search(r"^finished in [^,]+, ([\d.]+) req/s", output, re.M)
     counts = re.search(r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                        r"(\d+) errored", output, re.M)  # fmt: skip
-    codes = re.search(r"^status codes: (\d+) 2xx", output, re.M)
+    codes = re.search(r"^status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", output, re.M)
     if not (rps and counts and codes):
         raise BenchError(f"could not parse h2load output:\n{output}")
     done, _, failed, errored = (int(n) for n in counts.groups())
-    errors = failed + errored + done - int(codes.group(1))
+    errors = failed + errored + int(codes.group(1)) + int(codes.group(2))
     return float(rps.group(1)), done, errors
 
 

@@ -185,6 +185,60 @@ async def test_body_of_unknown_length_reaches_the_target(client):
     assert response.status == 200 and response.body == body
 
 
+class RawTarget:
+    """A target that parses chunked bodies itself, to see exactly what framing the proxy sends."""
+
+    def __init__(self) -> None:
+        self.request_lines: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self.address = ""
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> RawTarget:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0]
+                self.request_lines.append(line)
+                if not line.split(b" ", 1)[0].isalpha():
+                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    return
+                if b"transfer-encoding: chunked" in head.lower():
+                    body = b""
+                    while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                        body += (await reader.readexactly(size + 2))[:-2]
+                    await reader.readexactly(2)
+                    self.bodies.append(body)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_chunked_body_ends_once_when_the_client_ends_with_an_empty_data_frame(proxy, ca):
+    target = await RawTarget().start()
+    await deploy_tls(proxy, ca, target.address, HOST)
+    client = await H2Client.connect(proxy.https_port, HOST, client_context(ca))
+    try:
+        stream_id = client.start("/upload", method="POST", end=False)
+        await client.send_body(stream_id, b"x" * 1000)  # then END_STREAM on an empty DATA frame
+        assert (await client.response(stream_id)).status == 200
+        # A second request on the target connection: anything sent after the body's end came before it.
+        assert (await client.get("/after")).status == 200
+        methods = [line.split(b" ", 1)[0] for line in target.request_lines]
+        assert methods[-2:] == [b"POST", b"GET"], target.request_lines
+        assert target.bodies == [b"x" * 1000]
+    finally:
+        await client.close()
+        target.server.close()
+
+
 async def test_errors_are_answered_on_their_stream_and_the_connection_goes_on(client):
     unknown = await client.get("/", [])  # warm: a normal request works
     assert unknown.status == 200

@@ -76,6 +76,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "closed",
         "closing",
         "conn",
+        "flush_scheduled",
         "forwarded_plain",
         "idle_deadline",
         "last_host",
@@ -103,6 +104,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.write_paused = False
+        self.flush_scheduled = False
         self.last_stream_id = 0
         self.last_host = None
         self.last_host_line = b""
@@ -111,7 +113,14 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.reset_period_end = 0.0
         self.preface_left = True
         self.preface_seen = b""
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Outbound headers are the target's, already lower-cased and filtered by Http2Stream:
+        # h2's second pass over them would only cost time.
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.conn = h2.connection.H2Connection(config)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
@@ -215,9 +224,17 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     def flush(self) -> None:
         """Write the frames h2 has queued."""
+        self.flush_scheduled = False
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Write queued frames once this turn of the event loop is over: the responses of many
+        streams arriving together leave in one TLS write instead of one each."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.server.loop.call_soon(self.flush)
 
     # -- frames from the client ---------------------------------------------------
 
@@ -482,10 +499,12 @@ class Http2Stream:
 
     def body_received(self, data: bytes, flow_length: int) -> None:
         request = self.request
-        request.had_body = True
-        if self.ending:
+        if self.ending or not data:
+            # Answered already, or an empty DATA frame (often the one carrying END_STREAM): as a
+            # chunk it would read "0\r\n\r\n", the end of the body, and the real end would follow it.
             self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
             return
+        request.had_body = True
         if request.chunked:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         upstream = request.upstream
@@ -522,7 +541,7 @@ class Http2Stream:
     def _give_back_window(self) -> None:
         if self.acked_later and not self.closed:
             self.connection.conn.acknowledge_received_data(self.acked_later, self.stream_id)
-            self.connection.flush()
+            self.connection.flush_soon()
         self.acked_later = 0
 
     # -- what the upstream connection calls ---------------------------------------------
@@ -545,7 +564,7 @@ class Http2Stream:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.abort()
-        self.connection.flush()
+        self.connection.flush_soon()
 
     def writelines(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -678,7 +697,7 @@ class Http2Stream:
                 conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
         except h2.exceptions.StreamClosedError:
             pass
-        self.connection.flush()
+        self.connection.flush_soon()
         self.connection.stream_done(self)
 
     def _reset(self, error_code: ErrorCodes) -> None:
@@ -689,7 +708,7 @@ class Http2Stream:
             upstream.client_gone()
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.connection.conn.reset_stream(self.stream_id, error_code)
-        self.connection.flush()
+        self.connection.flush_soon()
         self.connection.stream_done(self)
 
 

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 READ_BUFFER_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
-MAX_IDLE_PER_TARGET = 100
+# Enough for the bursts of HTTP/2 clients (each connection may have 100 streams in flight): with
+# fewer, the connections of a burst beyond this are closed and reopened on the next one.
+MAX_IDLE_PER_TARGET = 256
 
 
 class UpstreamPool:
