@@ -29,10 +29,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from proxy.tlsalpn import TlsAlpnChallenges
+
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 ACCOUNT_KEY_FILE = "acme_account+key"
+HTTP_01 = "http-01"
+TLS_ALPN_01 = "tls-alpn-01"
+# RFC 8555 7.5.1: a client tells the CA to validate by posting an empty JSON object, whatever the
+# challenge type; the acme library's HTTP-01 response serializes to exactly that.
+_READY = challenges.HTTP01Response()
 ORDER_TIMEOUT = 90.0  # seconds for the CA to validate and issue, as the acme library's default
 NETWORK_TIMEOUT = 30  # seconds per request to the CA
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -138,14 +145,24 @@ class CertificateCache:
 
 
 class AcmeIssuer:
-    """Orders certificates over HTTP-01 with one account per cache directory."""
+    """Orders certificates with one account per cache directory.
+
+    HTTP-01 is tried first (port 80, as kamal-proxy's users expect it); when the CA cannot validate it
+    (port 80 closed or elsewhere), a second order is validated with TLS-ALPN-01 on the HTTPS port, if the
+    proxy answers those (`alpn_challenges`).
+    """
 
     def __init__(
-        self, settings: AcmeSettings, tokens: Http01Tokens, log: Callable[..., None] | None = None
+        self,
+        settings: AcmeSettings,
+        tokens: Http01Tokens,
+        log: Callable[..., None] | None = None,
+        alpn_challenges: TlsAlpnChallenges | None = None,
     ) -> None:
         self.settings = settings
         self.cache = CertificateCache(settings)
         self._tokens = tokens
+        self._alpn_challenges = alpn_challenges
         self._log = log or (lambda msg, **attrs: None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: client.ClientV2 | None = None
@@ -153,9 +170,9 @@ class AcmeIssuer:
         self._pending: dict[str, asyncio.Future[tuple[bytes, bytes]]] = {}
 
     async def issue(self, host: str) -> tuple[bytes, bytes]:
-        """Order a certificate for one host via HTTP-01 and return (chain_pem, key_pem); stores it in the
-        cache. Reuses the cached account key (creating and registering one on first use, terms accepted,
-        no e-mail; with EAB when configured). ECDSA P-256 certificate key.
+        """Order a certificate for one host (HTTP-01, else TLS-ALPN-01); return (chain_pem, key_pem) and
+        store it in the cache. Reuses the cached account key (creating and registering one on first use,
+        terms accepted, no e-mail; with EAB when configured). ECDSA P-256 certificate key.
         Raises AcmeError with a one-line, operator-readable reason (CA refused, challenge failed with the
         CA's detail, timeout...)."""
         _checked_host(host)
@@ -170,7 +187,13 @@ class AcmeIssuer:
     def _issue(self, host: str) -> tuple[bytes, bytes]:
         with self._one_order_at_a_time:
             try:
-                chain_pem, key_pem = self._order(host)
+                try:
+                    chain_pem, key_pem = self._order(host, HTTP_01)
+                except errors.ValidationError as exc:
+                    if self._alpn_challenges is None:
+                        raise
+                    self._note("HTTP-01 failed, trying TLS-ALPN-01", host=host, error=self._reason(exc))
+                    chain_pem, key_pem = self._order(host, TLS_ALPN_01)
                 self.cache.store(host, chain_pem, key_pem)
             except Exception as exc:
                 raise AcmeError(f"certificate for {host}: {self._reason(exc)}") from exc
@@ -182,30 +205,42 @@ class AcmeIssuer:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(functools.partial(self._log, msg, **attrs))
 
-    def _order(self, host: str) -> tuple[bytes, bytes]:
+    def _order(self, host: str, kind: str) -> tuple[bytes, bytes]:
         acme = self._account()
         key_pem = _key_pem(ec.generate_private_key(ec.SECP256R1()))
-        self._note("Ordering certificate", host=host, directory=self.settings.directory)
+        self._note("Ordering certificate", host=host, directory=self.settings.directory, challenge=kind)
         order = acme.new_order(crypto_util.make_csr(key_pem, [host]))
-        tokens = [self._answer_http01(acme, authorization) for authorization in order.authorizations]
+        withdraw = [self._answer(acme, authorization, kind) for authorization in order.authorizations]
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
         try:
             order = acme.poll_and_finalize(order, deadline)
         finally:
-            for token in tokens:
-                self._tokens.remove(token)
+            for undo in withdraw:
+                undo()
         return order.fullchain_pem.encode(), key_pem
 
-    def _answer_http01(self, acme: client.ClientV2, authorization: messages.AuthorizationResource) -> str:
-        """Publish the key authorization for the HTTP-01 challenge and tell the CA to check it."""
+    def _answer(
+        self, acme: client.ClientV2, authorization: messages.AuthorizationResource, kind: str
+    ) -> Callable[[], None]:
+        """Publish the answer to the `kind` challenge, tell the CA to check it; returns how to withdraw it."""
         for challenge in authorization.body.challenges:
-            if isinstance(challenge.chall, challenges.HTTP01):
-                response, key_authorization = challenge.response_and_validation(acme.net.key)
-                token = challenge.chall.encode("token")
-                self._tokens.put(token, key_authorization.encode())
-                acme.answer_challenge(challenge, response)
-                return token
-        raise AcmeError("the CA offered no HTTP-01 challenge")
+            chall = challenge.chall
+            # acme 5 no longer models tls-alpn-01: the CA's challenge arrives as an UnrecognizedChallenge.
+            unmodelled = isinstance(chall, challenges.UnrecognizedChallenge)
+            if (chall.jobj.get("type") if unmodelled else chall.typ) != kind:
+                continue
+            token = chall.jobj["token"] if unmodelled else chall.encode("token")
+            key_authorization = _key_authorization(token, acme.net.key)
+            if kind == HTTP_01:
+                self._tokens.put(token, key_authorization)
+                undo = functools.partial(self._tokens.remove, token)
+            else:
+                host = authorization.body.identifier.value
+                self._alpn_challenges.put(host, key_authorization)
+                undo = functools.partial(self._alpn_challenges.remove, host)
+            acme.answer_challenge(challenge, _READY)
+            return undo
+        raise AcmeError(f"the CA offered no {kind} challenge")
 
     def _account(self) -> client.ClientV2:
         """The client bound to our account: the cached key, registered (or found again) on first use."""
@@ -294,6 +329,11 @@ def _checked_host(host: str) -> str:
     if not _HOST.fullmatch(host):
         raise ValueError(f"not a host name: {host!r}")
     return host
+
+
+def _key_authorization(token: str, account_key: jose.JWK) -> bytes:
+    """RFC 8555 8.1: the token, a dot, and the base64url SHA-256 thumbprint of the account key."""
+    return f"{token}.{jose.b64encode(account_key.thumbprint()).decode()}".encode()
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -43,8 +43,8 @@ async def _serve(settings: RunSettings) -> int:
     log = JsonLog(debug=settings.debug)
     bind = settings.bind or None
     store = StateStore(state_path())
-    tls = TlsTerminator()
     auto = AutoCertificates(log)
+    tls = TlsTerminator(auto.alpn_challenges)
     dispatcher = ServiceDispatcher(auto.tokens)
     manager = ServiceManager(dispatcher, tls, auto, store, log)
     try:

@@ -18,6 +18,7 @@ from proxy.acme import AcmeError, AcmeIssuer, AcmeSettings, CertificateCache, Ht
 from proxy.log import JsonLog
 from proxy.service import TlsOptions
 from proxy.tls import new_server_context
+from proxy.tlsalpn import TlsAlpnChallenges
 
 RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 RENEWAL_CHECK_INTERVAL = 12 * 3600.0
@@ -31,6 +32,7 @@ class AutoCertificates:
         self.on_change: Callable[[], None] = lambda: None  # set by the owner: a certificate came or went
         self.retry_delays = retry_delays
         self.tokens = Http01Tokens()
+        self.alpn_challenges = TlsAlpnChallenges()
         self.contexts: dict[str, ssl.SSLContext] = {}
         self.chains: dict[str, bytes] = {}
         self._issuers: dict[AcmeSettings, AcmeIssuer] = {}
@@ -96,7 +98,8 @@ class AutoCertificates:
         )
         issuer = self._issuers.get(settings)
         if issuer is None:
-            issuer = self._issuers[settings] = AcmeIssuer(settings, self.tokens, self.log.info)
+            issuer = AcmeIssuer(settings, self.tokens, self.log.info, self.alpn_challenges)
+            self._issuers[settings] = issuer
         return issuer
 
     def _install(self, host: str, cache: CertificateCache, chain_pem: bytes) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
+from proxy.tlsalpn import TlsAlpnChallenges
+
 
 def new_server_context() -> ssl.SSLContext:
     """A server context with modern defaults (TLS 1.2+, no compression, server cipher order, ALPN h2)."""
@@ -89,7 +91,8 @@ class TlsTerminator:
     An unknown name fails the handshake: a client never sees another service's certificate.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, alpn_challenges: TlsAlpnChallenges | None = None) -> None:
+        self.alpn_challenges = alpn_challenges
         self.certificates = CertificateMap()
         self.context = new_server_context()
         self.context.sni_callback = self._select
@@ -101,6 +104,10 @@ class TlsTerminator:
         if self.on_demand is None or self.certificates.lookup(server_name) is not None:
             return None
         return self.on_demand(server_name)
+
+    def challenge_context(self, server_name: str) -> ssl.SSLContext | None:
+        """The TLS-ALPN-01 answer for `server_name` while one of its orders is being validated."""
+        return self.alpn_challenges.get(server_name) if self.alpn_challenges is not None else None
 
     def _select(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
         context = self.certificates.lookup(server_name)

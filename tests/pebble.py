@@ -74,10 +74,14 @@ def free_port(udp_too: bool = False) -> int:
 
 @contextmanager
 def start_pebble(
-    workdir: Path, http_port: int | None = None, eab_keys: dict[str, str] | None = None
+    workdir: Path,
+    http_port: int | None = None,
+    eab_keys: dict[str, str] | None = None,
+    tls_port: int | None = None,
 ) -> Iterator[Pebble]:
-    """Run pebble and its mock DNS until the block ends. With `eab_keys` ({kid: base64url HMAC key})
-    pebble requires External Account Binding."""
+    """Run pebble and its mock DNS until the block ends. It validates HTTP-01 on `http_port` and
+    TLS-ALPN-01 on `tls_port` of 127.0.0.1. With `eab_keys` ({kid: base64url HMAC key}) pebble
+    requires External Account Binding."""
     require_pebble()
     workdir.mkdir(parents=True, exist_ok=True)
     ca_bundle = _make_pki(workdir)
@@ -90,7 +94,7 @@ def start_pebble(
         "certificate": str(workdir / "pebble.crt"),
         "privateKey": str(workdir / "pebble.key"),
         "httpPort": http_port,
-        "tlsPort": free_port(),
+        "tlsPort": tls_port or free_port(),
         "ocspResponderURL": "",
         "externalAccountBindingRequired": bool(eab_keys),
         "externalAccountMACKeys": eab_keys or {},

@@ -11,7 +11,7 @@ import trustme
 
 from proxy.acme import AcmeSettings, CertificateCache
 from tests.conftest import ProxyProcess, proxy_env, raw_request
-from tests.pebble import Pebble
+from tests.pebble import Pebble, free_port, start_pebble
 
 
 async def start_proxy(tmp_path: Path, pebble: Pebble, started: list[ProxyProcess]) -> ProxyProcess:
@@ -97,3 +97,23 @@ async def test_expiring_certificate_keeps_serving_until_its_renewal_arrives(
         await asyncio.sleep(0.05)  # pacing of the client loop, not synchronisation
     assert issuers[0].startswith("trustme"), "the expiring certificate is served meanwhile"
     assert issuers[-1].startswith("Pebble Intermediate CA"), "then the renewed one, with no failed request"
+
+
+async def test_tls_alpn_01_is_used_when_port_80_does_not_reach_the_proxy(tmp_path, upstreams):
+    https_port = free_port()
+    # pebble validates HTTP-01 on a port nobody listens on, TLS-ALPN-01 on the proxy's HTTPS port.
+    with start_pebble(tmp_path / "pebble", http_port=free_port(), tls_port=https_port) as pebble:
+        env = {**proxy_env(tmp_path), "REQUESTS_CA_BUNDLE": pebble.ca_bundle}
+        proxy = ProxyProcess(tmp_path, env, [f"--https-port={https_port}"])
+        await proxy.start()
+        try:
+            args = acme_args(tmp_path, pebble, "app.test")
+            result = await proxy.deploy("app", upstreams[0].address, args=args)
+            assert result.status == 0, result.stderr
+            await proxy.wait_for_log("Certificate issued", timeout=60, host="app.test")
+            fallback = proxy.logs("HTTP-01 failed, trying TLS-ALPN-01")
+            assert fallback and "connection refused" in fallback[0]["error"].lower()
+            roots = pebble.roots_pem().decode()
+            assert (await peer_issuer(https_port, "app.test", roots)).startswith("Pebble Intermediate CA")
+        finally:
+            await proxy.stop()

@@ -22,6 +22,7 @@ from proxy.http.http2 import Http2Connection
 from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.upstream import WRITE_HIGH_WATER
+from proxy.tlsalpn import ACME_TLS_ALPN
 
 if TYPE_CHECKING:
     from proxy.http.server import HttpServer
@@ -44,10 +45,6 @@ LINGER = 4
 # After a final error response, how long a client that is still sending may go on
 # before the connection closes (so it reads the response rather than a reset).
 LINGER_SECONDS = 2.0
-
-
-def _chose_http2(transport: asyncio.BaseTransport) -> bool:
-    return transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
 
 
 class ClientConnection(RequestForwarding, asyncio.Protocol):
@@ -113,11 +110,16 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     # -- connection events --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.scheme == b"https" and _chose_http2(transport):
-            http2 = Http2Connection(self.server, self.port)
-            transport.set_protocol(http2)
-            http2.connection_made(transport)
-            return
+        if self.scheme == b"https":
+            protocol = transport.get_extra_info("ssl_object").selected_alpn_protocol()
+            if protocol == "h2":
+                http2 = Http2Connection(self.server, self.port)
+                transport.set_protocol(http2)
+                http2.connection_made(transport)
+                return
+            if protocol == ACME_TLS_ALPN:
+                transport.close()  # a CA validating TLS-ALPN-01: the handshake was the whole exchange
+                return
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")

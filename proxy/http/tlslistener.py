@@ -1,11 +1,12 @@
 """The HTTPS listener: each connection's ClientHello is looked at before TLS starts.
 
 The SNI callback of a TLS library is synchronous, so it cannot wait for a
-certificate that does not exist yet. Peeking at the ClientHello (MSG_PEEK: the
-bytes stay in the socket for the handshake to read) tells the proxy the server
-name first, so a new on-demand host gets its certificate while that client
-waits, and its first handshake succeeds. Names that need nothing go straight
-on to the handshake.
+certificate that does not exist yet, and it does not see the protocols the
+client offers. Peeking at the ClientHello (MSG_PEEK: the bytes stay in the
+socket for the handshake to read) tells the proxy both first: a new on-demand
+host gets its certificate while that client waits, and an ACME CA validating
+TLS-ALPN-01 (ALPN `acme-tls/1`) gets the challenge certificate. Everything else
+goes straight on to the handshake.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+from proxy.tlsalpn import ACME_TLS_ALPN
 
 _TLS_HANDSHAKE_RECORD = 0x16
 _CLIENT_HELLO = 1
 _SERVER_NAME_EXTENSION = 0
+_ALPN_EXTENSION = 16
+_ACME_TLS_ALPN = ACME_TLS_ALPN.encode()
 _MAX_RECORD = 16384 + 5
 _PEEK_RETRY = 0.01  # the ClientHello came in pieces: look again this much later
 _ACCEPT_BATCH = 64
@@ -34,51 +39,68 @@ class HandshakeGate(Protocol):
     def prepare(self, server_name: str) -> Awaitable[None] | None:
         """Something to wait for before the handshake for `server_name`, or None to go on at once."""
 
+    def challenge_context(self, server_name: str) -> ssl.SSLContext | None:
+        """The TLS-ALPN-01 context of an order in progress for `server_name` (the CA is calling)."""
+
+
+class ClientHello(NamedTuple):
+    server_name: str | None
+    alpn: tuple[bytes, ...]
+
 
 class _Incomplete:
     """The peeked bytes end before the ClientHello does."""
 
 
 INCOMPLETE = _Incomplete()
+_NOT_TLS = ClientHello(None, ())
 
 
-def server_name(data: bytes) -> str | _Incomplete | None:
-    """The SNI host name in a TLS ClientHello record, None if it has none or is not TLS."""
+def read_client_hello(data: bytes) -> ClientHello | _Incomplete:
+    """The server name (SNI) and offered protocols (ALPN) of a TLS ClientHello record.
+
+    Anything that is not a well-formed ClientHello reads as one without either: the
+    handshake itself then fails it with the proper alert.
+    """
     if not data or data[0] != _TLS_HANDSHAKE_RECORD:
-        return None
+        return _NOT_TLS
     if len(data) < 5:
         return INCOMPLETE
     end = 5 + int.from_bytes(data[3:5], "big")
     if len(data) < end:
         return INCOMPLETE
     try:
-        return _find_server_name(data, end)
-    except IndexError:
-        return None
+        return _read_extensions(data, end)
+    except (IndexError, UnicodeDecodeError):
+        return _NOT_TLS
 
 
-def _find_server_name(data: bytes, end: int) -> str | None:
+def _read_extensions(data: bytes, end: int) -> ClientHello:
     if data[5] != _CLIENT_HELLO:
-        return None
+        return _NOT_TLS
     pos = 9 + 2 + 32  # record head, handshake head, legacy version, random
     pos += 1 + data[pos]  # session id
     pos += 2 + int.from_bytes(data[pos : pos + 2], "big")  # cipher suites
     pos += 1 + data[pos]  # compression methods
     extensions_end = min(end, pos + 2 + int.from_bytes(data[pos : pos + 2], "big"))
     pos += 2
+    name = None
+    alpn: list[bytes] = []
     while pos + 4 <= extensions_end:
         kind = int.from_bytes(data[pos : pos + 2], "big")
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        pos += 4
-        if kind == _SERVER_NAME_EXTENSION:
+        body = data[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        if kind == _SERVER_NAME_EXTENSION and body[2] == 0:
             # server_name_list: length, then (type 0 = host_name, length, name)
-            if data[pos + 2] != 0:
-                return None
-            name_length = int.from_bytes(data[pos + 3 : pos + 5], "big")
-            name = data[pos + 5 : pos + 5 + name_length]
-            return name.decode("ascii", "replace").lower() if name else None
-        pos += length
-    return None
+            name = body[5 : 5 + int.from_bytes(body[3:5], "big")].decode("ascii").lower() or None
+        elif kind == _ALPN_EXTENSION:
+            # protocol_name_list: length, then (length, name)...
+            at = 2
+            while at < len(body):
+                alpn.append(body[at + 1 : at + 1 + body[at]])
+                at += 1 + body[at]
+    return ClientHello(name, tuple(alpn))
 
 
 class TlsListener:
@@ -124,18 +146,15 @@ class TlsListener:
             conn.setblocking(False)
             self.waiting.add(_WaitingHello(self, conn))
 
-    def start_handshake(self, conn: socket.socket) -> None:
-        task = self.loop.create_task(self._handshake(conn))
+    def start_handshake(self, conn: socket.socket, context: ssl.SSLContext) -> None:
+        task = self.loop.create_task(self._handshake(conn, context))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    async def _handshake(self, conn: socket.socket, context: ssl.SSLContext) -> None:
         try:
             await self.loop.connect_accepted_socket(
-                self.protocol_factory,
-                conn,
-                ssl=self.gate.context,
-                ssl_handshake_timeout=self.handshake_timeout,
+                self.protocol_factory, conn, ssl=context, ssl_handshake_timeout=self.handshake_timeout
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
             conn.close()  # a failed handshake (unknown name, garbage, timeout) ends only this connection
@@ -166,13 +185,20 @@ class _WaitingHello:
         if not data:
             self.drop()
             return
-        name = server_name(data)
+        hello = read_client_hello(data)
         loop.remove_reader(self.conn.fileno())
-        if name is INCOMPLETE:
+        if hello is INCOMPLETE:
             # Unread bytes keep the socket readable: wait a little instead of spinning.
             self.retry = loop.call_later(_PEEK_RETRY, self._watch)
             return
-        waiting = self.listener.gate.prepare(name) if name else None
+        gate = self.listener.gate
+        name = hello.server_name
+        if name and _ACME_TLS_ALPN in hello.alpn:
+            challenge = gate.challenge_context(name)
+            if challenge is not None:
+                self._go_on(challenge)
+                return
+        waiting = gate.prepare(name) if name else None
         if waiting is None:
             self._go_on()
         else:
@@ -192,10 +218,10 @@ class _WaitingHello:
         if self in self.listener.waiting:
             self._go_on()
 
-    def _go_on(self) -> None:
+    def _go_on(self, context: ssl.SSLContext | None = None) -> None:
         self.deadline.cancel()
         self.listener.waiting.discard(self)
-        self.listener.start_handshake(self.conn)
+        self.listener.start_handshake(self.conn, context or self.listener.gate.context)
 
     def drop(self) -> None:
         self.deadline.cancel()
