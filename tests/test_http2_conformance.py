@@ -95,6 +95,16 @@ async def expect_stream_error(client: H2RawClient, stream_id: int, *codes: Error
     )
 
 
+async def expect_only_the_stream_reset(client: H2RawClient, stream_id: int) -> None:
+    """RFC 9113 8.1.1: a malformed request is a stream error; the connection serves the next stream."""
+    frame = await client.wait_for(Frame, is_error_frame(stream_id))
+    assert isinstance(frame, RstStreamFrame), f"expected RST_STREAM({stream_id}): {client.summary()}"
+    assert frame.error_code == ErrorCodes.PROTOCOL_ERROR, client.summary()
+    client.send_headers(stream_id + 2, client.request_headers("/next"))
+    headers, _ = await client.read_response(stream_id + 2)
+    assert (":status", "200") in headers, client.summary()
+
+
 def post_headers(client: H2RawClient, path: str = "/echo", *extra: Header) -> list[Header]:
     return [*client.request_headers(path, "POST"), *extra]
 
@@ -351,7 +361,7 @@ async def test_undecodable_field_block_is_a_compression_error(h2: H2RawClient, b
 )
 async def test_malformed_field_is_a_protocol_error(h2: H2RawClient, field: Header):
     h2.send_headers(1, [*h2.request_headers(), field])
-    await expect_stream_error(h2, 1, ErrorCodes.PROTOCOL_ERROR)
+    await expect_only_the_stream_reset(h2, 1)
 
 
 async def test_te_trailers_is_allowed(h2: H2RawClient):
@@ -383,7 +393,7 @@ PSEUDO_HEADER_CASES = {
 async def test_malformed_pseudo_headers_are_a_protocol_error(h2: H2RawClient, case: str):
     headers = PSEUDO_HEADER_CASES[case](h2.request_headers())
     h2.send_headers(1, headers)
-    await expect_stream_error(h2, 1, ErrorCodes.PROTOCOL_ERROR)
+    await expect_only_the_stream_reset(h2, 1)
 
 
 # 8.1.1 Malformed messages: content-length

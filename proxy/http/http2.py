@@ -29,7 +29,7 @@ import hpack.exceptions
 import httptools
 import hyperframe.exceptions
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
 from proxy.http.accesslog import AccessLog
@@ -66,6 +66,27 @@ _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _RESPONSE_DROP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
 )
+
+
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection, answering a malformed request head with the stream error RFC 9113 8.1.1
+    names (RST_STREAM PROTOCOL_ERROR) instead of ending the connection and every stream on it.
+
+    It wraps a private h2 method (hence the pin to h2 4.x): the header block has been decoded
+    (HPACK state stays in step) and the stream opened before the fields are checked, so such an
+    error leaves a new stream behind, which is reset.
+    """
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        new = frame.stream_id not in self.streams
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.ProtocolError as exc:
+            # Subclasses (too many streams, oversized header list, closed stream) are connection errors.
+            if not new or frame.stream_id not in self.streams or type(exc) is not h2.exceptions.ProtocolError:
+                raise
+            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return [], []
 
 
 class Http2Connection(RequestForwarding, asyncio.Protocol):
@@ -121,7 +142,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.conn = h2.connection.H2Connection(config)
+        self.conn = _ServerConnection(config)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
