@@ -27,6 +27,7 @@ class RunSettings:
     metrics_port: int = 0
     bind: str = ""
     debug: bool = False
+    h2c: bool = False
     limits: HttpLimits = field(default_factory=HttpLimits)
 
 
@@ -65,7 +66,7 @@ async def _serve(settings: RunSettings) -> int:
     http = HttpServer(dispatcher, log, settings.limits, metrics=metrics)
     admin = AdminApi(manager)
     try:
-        server = await http.listen(bind, settings.http_port, report_port=settings.http_port)
+        server = await http.listen(bind, settings.http_port, report_port=settings.http_port, h2c=settings.h2c)
         secure = await http.listen(bind, settings.https_port, tls, report_port=settings.https_port)
         await admin.start(socket_path())
     except OSError as exc:

@@ -66,6 +66,9 @@ def _run(argv: list[str]) -> int:
     )
     parser.add_str("--bind", default="", env="BIND", help="Address to listen on (default: all addresses)")
     parser.add_bool("--debug", env="DEBUG", help="Include debug logs")
+    parser.add_bool(
+        "--h2c", env="H2C", help="Also accept cleartext HTTP/2 (prior knowledge) on the HTTP port"
+    )
     parser.add_duration(
         "--header-timeout",
         default=30.0,
@@ -87,6 +90,7 @@ def _run(argv: list[str]) -> int:
         metrics_port=ns.metrics_port,
         bind=ns.bind,
         debug=ns.debug,
+        h2c=ns.h2c,
         limits=HttpLimits(header_timeout=ns.header_timeout, idle_timeout=ns.idle_timeout),
     )
     return run(settings)

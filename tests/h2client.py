@@ -53,10 +53,16 @@ class H2Client:
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, port: int, host: str, context: ssl.SSLContext) -> H2Client:
-        context.set_alpn_protocols(["h2", "http/1.1"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=host)
-        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    async def connect(cls, port: int, host: str, context: ssl.SSLContext | None) -> H2Client:
+        """Over TLS with ALPN h2; with no context, cleartext HTTP/2 with prior knowledge (h2c)."""
+        if context is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname=host
+            )
+            assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
         client = cls(reader, writer, host)
         client.conn.initiate_connection()
         client.flush()
@@ -109,7 +115,8 @@ class H2Client:
     ) -> int:
         """Open a stream with a request head; return its id."""
         stream_id = self.conn.get_next_available_stream_id()
-        request = [(":method", method), (":scheme", "https"), (":authority", self.host), (":path", path)]
+        scheme = "https" if self.writer.get_extra_info("ssl_object") else "http"
+        request = [(":method", method), (":scheme", scheme), (":authority", self.host), (":path", path)]
         self.conn.send_headers(stream_id, [*request, *(headers or [])], end_stream=end)
         self.streams[stream_id] = StreamState()
         self.flush()

@@ -16,7 +16,7 @@ from aiohttp import web
 from h2.errors import ErrorCodes
 
 from proxy.http.http2 import MAX_RESETS
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, raw_request
 from tests.h2client import H2Client
 from tests.test_tls import client_context, deploy_tls
 
@@ -364,3 +364,24 @@ async def test_http11_clients_still_get_http11(secure, ca):
 
 def test_curl_is_available():
     assert Path(shutil.which("curl") or "").exists(), "curl is needed for the HTTP/2 client tests"
+
+
+async def test_h2c_serves_cleartext_http2_and_http11_on_the_http_port(make_proxy, upstreams):
+    proxy = await make_proxy("--h2c")
+    assert (await proxy.deploy("app", upstreams[0].address)).status == 0
+    client = await H2Client.connect(proxy.port, "app.test", None)
+    try:
+        response = await client.get("/h2c")
+        answer = json.loads(response.body)
+        assert response.status == 200 and answer["path"] == "/h2c"
+        assert answer["headers"]["X-Forwarded-Proto"] == "http"
+    finally:
+        await client.close()
+    plain = await raw_request(proxy.port, b"GET /h1 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert plain.startswith(b"HTTP/1.1 200") and b"/h1" in plain
+
+
+async def test_without_h2c_the_http2_preface_is_a_bad_request(proxy, upstreams):
+    assert (await proxy.deploy("app", upstreams[0].address)).status == 0
+    response = await raw_request(proxy.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400")

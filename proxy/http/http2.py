@@ -116,10 +116,10 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, server: HttpServer, port: int) -> None:
+    def __init__(self, server: HttpServer, port: int, scheme: bytes = b"https") -> None:
         self.server = server
         self.port = port
-        self.scheme = b"https"
+        self.scheme = scheme  # http with --h2c
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False

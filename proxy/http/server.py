@@ -17,6 +17,7 @@ from typing import Protocol
 
 from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
+from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
 from proxy.http.request import Dispatcher, Request
 from proxy.http.tlslistener import HandshakeGate, TlsListener
@@ -81,11 +82,17 @@ class HttpServer:
         self.metrics.observe(request)
 
     async def listen(
-        self, host: str | None, port: int, tls: HandshakeGate | None = None, report_port: int | None = None
+        self,
+        host: str | None,
+        port: int,
+        tls: HandshakeGate | None = None,
+        report_port: int | None = None,
+        h2c: bool = False,
     ) -> asyncio.Server | TlsListener:
         """Start accepting on host:port (all addresses when host is None), over TLS when given a gate.
 
-        `report_port` is the port named in access logs (the configured one when `port` is 0).
+        `report_port` is the port named in access logs (the configured one when `port` is 0). With
+        `h2c`, a plain listener also takes HTTP/2 with prior knowledge.
         """
         if tls is not None:
             sock = _listening_socket(host, port)
@@ -95,8 +102,14 @@ class HttpServer:
                 sock, tls, lambda: ClientConnection(self, b"https", logged_port), self.header_timeout
             )
         else:
+
+            def new_connection() -> asyncio.Protocol:
+                if h2c:
+                    return CleartextProtocolChooser(self, logged_port)
+                return ClientConnection(self, b"http", logged_port)
+
             server = await self.loop.create_server(
-                lambda: ClientConnection(self, b"http", logged_port),
+                new_connection,
                 host,
                 port,
                 backlog=BACKLOG,
