@@ -370,7 +370,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self._respond_error(request, status)
 
     def _respond_error(self, request: Request, status: int) -> None:
-        self._respond_with(request, status, error_response(status, head_only=request.is_head))
+        self._respond_with(request, status, self.server.error_response(status, request.is_head))
 
     def _respond_with(self, request: Request, status: int, response: bytes) -> None:
         """Answer `request` with a response of the proxy's own, then close."""

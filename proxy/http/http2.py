@@ -35,7 +35,6 @@ from proxy.http import headers as h
 from proxy.http.accesslog import AccessLog
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
-from proxy.http.responses import error_response
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -635,7 +634,7 @@ class Http2Stream:
         self.response_finished(request)
 
     def respond_error(self, status: int) -> None:
-        self.respond(error_response(status, head_only=self.request.is_head))
+        self.respond(self.connection.server.error_response(status, self.request.is_head))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()

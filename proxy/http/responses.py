@@ -66,3 +66,12 @@ def text_response(body: bytes) -> bytes:
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
         % (len(body), body)
     )
+
+
+def page_response(code: int, page: bytes, head_only: bool = False) -> bytes:
+    """An error response with an operator's own HTML page (pythrust's BAD_GATEWAY_PAGE)."""
+    head = (
+        f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: text/html\r\n"
+        f"Content-Length: {len(page)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return head if head_only else head + page

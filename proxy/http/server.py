@@ -20,6 +20,7 @@ from proxy.http.client import ClientConnection
 from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
 from proxy.http.request import Dispatcher, Request
+from proxy.http.responses import error_response, page_response
 from proxy.http.tlslistener import HandshakeGate, TlsListener
 from proxy.log import JsonLog
 
@@ -52,6 +53,8 @@ class HttpServer:
         log: JsonLog,
         limits: HttpLimits | None = None,
         metrics: RequestObserver | None = None,
+        log_requests: bool = True,
+        error_pages: dict[int, bytes] | None = None,
     ) -> None:
         limits = limits or HttpLimits()
         self.loop = asyncio.get_running_loop()
@@ -60,7 +63,11 @@ class HttpServer:
         self.access_log = AccessLog(log)
         self.metrics = metrics
         # Called once per finished request: straight to the access log unless metrics are on.
-        self.log_request = self.access_log.write if metrics is None else self._log_and_observe
+        if not log_requests:
+            self.log_request = _no_log if metrics is None else self._observe
+        else:
+            self.log_request = self.access_log.write if metrics is None else self._log_and_observe
+        self.error_pages = error_pages or {}
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
@@ -80,6 +87,16 @@ class HttpServer:
     def _log_and_observe(self, client: ClientConnection, request: Request) -> None:
         self.access_log.write(client, request)
         self.metrics.observe(request)
+
+    def _observe(self, client: ClientConnection, request: Request) -> None:
+        self.metrics.observe(request)
+
+    def error_response(self, status: int, head_only: bool) -> bytes:
+        """The response for an error the proxy answers itself: the operator's page if one was given."""
+        page = self.error_pages.get(status)
+        if page is not None:
+            return page_response(status, page, head_only)
+        return error_response(status, head_only)
 
     async def listen(
         self,
@@ -168,3 +185,7 @@ def _listening_socket(host: str | None, port: int) -> socket.socket:
         return socket.create_server(("", port), backlog=BACKLOG)
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     return socket.create_server((host, port), family=family, backlog=BACKLOG)
+
+
+def _no_log(client: object, request: Request) -> None:
+    """`log_request` with access logging off."""

@@ -1,0 +1,177 @@
+"""pythrust wrapping a real app process: PORT, proxying, 502 while booting, signals and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import raw_request
+from tests.pebble import free_port
+from thruster.config import ThrusterConfig, load
+
+APP = Path(__file__).parent / "apps" / "port_app.py"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Pythrust:
+    """A running `pythrust python port_app.py`, its output lines (its own JSON logs and the app's)."""
+
+    process: asyncio.subprocess.Process
+    http_port: int
+    target_port: int
+    lines: list[str] = field(default_factory=list)
+    new_line: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read(self) -> None:
+        async for raw in self.process.stdout:
+            self.lines.append(raw.decode().rstrip("\n"))
+            self.new_line.set()
+
+    async def wait_for_line(self, pattern: str, timeout: float = 15) -> re.Match[str]:
+        async def wait() -> re.Match[str]:
+            while True:
+                for line in self.lines:
+                    found = re.search(pattern, line)
+                    if found:
+                        return found
+                self.new_line.clear()
+                await self.new_line.wait()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def exit_status(self, timeout: float = 15) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+@pytest.fixture
+async def start_pythrust(tmp_path: Path) -> AsyncIterator:
+    started: list[tuple[Pythrust, asyncio.Task[None]]] = []
+
+    async def start(*command: str, **env: str) -> Pythrust:
+        http_port, target_port = free_port(), free_port()
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HTTP_PORT": str(http_port),
+            "TARGET_PORT": str(target_port),
+            "BAD_GATEWAY_PAGE": str(tmp_path / "502.html"),
+            **env,
+        }
+        argv = command or (sys.executable, str(APP))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "thruster", *argv,
+            env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, with the app in it: one kill ends both
+        )  # fmt: skip
+        running = Pythrust(process, http_port, target_port)
+        started.append((running, asyncio.get_running_loop().create_task(running.read())))
+        return running
+
+    yield start
+    for running, reader in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running.process.pid, signal.SIGKILL)
+        await running.process.wait()
+        await reader
+
+
+async def test_app_gets_port_and_is_proxied(start_pythrust):
+    thrust = await start_pythrust()
+    await thrust.wait_for_line(rf"app listening on {thrust.target_port}")
+    response = await raw_request(thrust.http_port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200")
+    assert response.endswith(f"hello on {thrust.target_port}".encode())
+    started = json.loads(next(line for line in thrust.lines if '"Server started"' in line))
+    assert started["http"] == f":{thrust.http_port}"
+
+
+async def test_booting_app_gets_the_bad_gateway_page(start_pythrust, tmp_path):
+    (tmp_path / "502.html").write_text("<h1>starting up</h1>")
+    thrust = await start_pythrust(START_DELAY="30")
+    await thrust.wait_for_line('"Server started"')
+    response = await raw_request(thrust.http_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 502")
+    assert response.endswith(b"<h1>starting up</h1>")
+
+
+async def test_sigterm_reaches_the_app_and_its_exit_status_is_pythrusts(start_pythrust):
+    thrust = await start_pythrust(EXIT_ON_TERM="7")
+    await thrust.wait_for_line("app listening")
+    thrust.process.send_signal(signal.SIGTERM)
+    assert await thrust.exit_status() == 7
+    assert any('"Relaying signal to upstream process"' in line for line in thrust.lines)
+
+
+async def test_an_app_that_exits_ends_pythrust_with_its_status(start_pythrust):
+    thrust = await start_pythrust()
+    await thrust.wait_for_line("app listening")
+    await raw_request(thrust.http_port, b"GET /exit?code=3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert await thrust.exit_status() == 3
+
+
+async def test_a_killed_app_gives_128_plus_the_signal(start_pythrust):
+    thrust = await start_pythrust()
+    found = await thrust.wait_for_line(r"app listening on \d+ pid (\d+)")
+    os.kill(int(found.group(1)), signal.SIGKILL)
+    assert await thrust.exit_status() == 128 + signal.SIGKILL
+
+
+async def test_missing_command_and_unstartable_command(start_pythrust):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "thruster", env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    assert process.returncode == 1 and out.decode() == "ERROR: missing upstream command\n"
+    thrust = await start_pythrust("/nonexistent/app")
+    assert await thrust.exit_status() == 1
+    assert any('"Failed to start wrapped process"' in line for line in thrust.lines)
+
+
+async def test_a_taken_port_stops_pythrust_before_the_app_starts(start_pythrust):
+    blocker = await asyncio.start_server(lambda r, w: None, "0.0.0.0", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        thrust = await start_pythrust(HTTP_PORT=str(port))
+        assert await thrust.exit_status() == 1
+        assert not any("app listening" in line for line in thrust.lines)
+    finally:
+        blocker.close()
+
+
+def test_environment_follows_thrusters_prefix_rules():
+    env = {
+        "TARGET_PORT": "4000",
+        "THRUSTER_HTTP_PORT": "8080",
+        "HTTP_PORT": "9090",
+        "PYTHRUST_HTTP_IDLE_TIMEOUT": "10",
+        "THRUSTER_HTTP_IDLE_TIMEOUT": "20",
+        "HTTP_READ_TIMEOUT": "lots",  # does not parse: the default, silently
+        "THRUSTER_DEBUG": "",  # set but empty: wins over DEBUG, and is no boolean
+        "DEBUG": "true",
+        "TLS_DOMAIN": " a.example , ,b.example",
+    }
+    config = load(env)
+    assert (config.target_port, config.http_port, config.http_idle_timeout) == (4000, 8080, 10)
+    assert config.http_read_timeout == ThrusterConfig.http_read_timeout
+    assert config.debug is False
+    assert config.tls_domains == ("a.example", "b.example")
+    assert config.forward_headers is False, "the TLS edge does not trust client X-Forwarded-* by default"
+    assert load({}).forward_headers is True
+
+
+async def test_tls_domain_is_refused_until_pythrust_has_tls(start_pythrust):
+    thrust = await start_pythrust(TLS_DOMAIN="app.example")
+    assert await thrust.exit_status() == 1
+    assert not any("app listening" in line for line in thrust.lines)

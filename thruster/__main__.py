@@ -1,0 +1,5 @@
+import sys
+
+from thruster.cli import main
+
+sys.exit(main())
