@@ -45,20 +45,19 @@ class AutoCertificates:
 
         Returns what happened, for the deploy's progress: "cached", "ordering" or "renewing".
         """
+        self._keep_renewed(host, tls)
         if self.serve_cached(host, tls):
             return "renewing" if host in self._orders else "cached"
         self._order(host, self._issuer(tls))
         return "ordering"
 
     def serve_cached(self, host: str, tls: TlsOptions) -> bool:
-        """Serve `host` from the cache if it holds a certificate; one close to expiry is renewed."""
-        self._wanted[host] = tls
-        if self._renewals is None:
-            self._renewals = asyncio.get_running_loop().create_task(self._check_renewals())
+        """Serve `host` from the cache if it holds a certificate (and keep it renewed)."""
         issuer = self._issuer(tls)
         cached = issuer.cache.load(host)
         if cached is None:
             return False
+        self._keep_renewed(host, tls)
         self.log.debug("Certificate loaded from cache", host=host, directory=str(issuer.cache.dir))
         self._install(host, issuer.cache, cached[0])
         if needs_renewal(cached[0]):
@@ -74,7 +73,13 @@ class AutoCertificates:
             self.log.error("Certificate order failed", host=host, error=str(exc))
             return False
         self._install(host, issuer.cache, chain_pem)
+        self._keep_renewed(host, tls)
         return True
+
+    def _keep_renewed(self, host: str, tls: TlsOptions) -> None:
+        self._wanted[host] = tls
+        if self._renewals is None:
+            self._renewals = asyncio.get_running_loop().create_task(self._check_renewals())
 
     def forget(self, host: str) -> None:
         """No service wants this host any more: stop ordering for it (the cache stays)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -55,6 +56,11 @@ _PREFACE_SETTINGS_TYPE_AT = 27
 _SETTINGS_TYPE = 4
 # Length (8: no debug data) and type (7) of the GOAWAY frames h2 writes.
 _GOAWAY_HEAD = b"\x00\x00\x08\x07"
+
+# A field name (lower-case token, pseudo-headers with their colon) and what no value may hold: a CR or
+# LF would start a header line of its own in the HTTP/1.1 request to the target.
+_FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
 # Bytes a :path may not contain (the request line to the target is space-separated), and
 # the characters of a method token (RFC 9110 5.6.2).
@@ -182,10 +188,13 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             self._protocol_error(exc)
             return
         for event in events:
+            if self.closed:
+                break  # failed midway (e.g. a reset flood): the rest of the batch starts nothing
             handler = _HANDLERS.get(event.__class__)
             if handler is not None:
                 handler(self, event)
-        self.flush()
+        if not self.closed:
+            self.flush()
 
     def _check_preface(self, data: bytes) -> bytes | None:
         """RFC 9113 3.4: the client's first frame after the magic must be SETTINGS (h2 does not check)."""
@@ -218,10 +227,15 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             data += GoAwayFrame(0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize()
         self.transport.write(data)
         self.transport.close()
+        self._drop_streams()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connection_closed(self)
+        self._drop_streams()
+
+    def _drop_streams(self) -> None:
+        """The connection is over (h2 sends nothing more): stop every exchange still going."""
         for stream in list(self.streams.values()):
             stream.client_gone(499)
         self.streams.clear()
@@ -240,7 +254,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         if not self.closed:
             self.transport.resume_reading()
         for stream in list(self.streams.values()):
-            stream.update_target_flow()
+            stream.send_pending()
 
     def flush(self) -> None:
         """Write the frames h2 has queued."""
@@ -260,6 +274,8 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        if self.closed:
+            return
         if self.closing:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
@@ -303,6 +319,11 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
                 lines.append(b"%s: %s\r\n" % (name, value))
         request.host = authority or host
         if not request.host:
+            raise Reject(400)
+        # h2 4.3+ checks these too; the target's HTTP/1.1 head must never depend on that.
+        if not all(map(_FIELD_NAME.fullmatch, (name for name, _ in headers))) or _FORBIDDEN_IN_VALUE.search(
+            b"".join(value for _, value in headers)
+        ):
             raise Reject(400)
         lines.append(b"host: %s\r\n" % request.host)
         if cookies:
@@ -361,6 +382,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         # h2 sends nothing more after a GOAWAY from the client: streams in flight end with the connection.
         self.closed = True
         self.transport.close()
+        self._drop_streams()
 
     def _send_all_pending(self) -> None:
         for stream in list(self.streams.values()):
@@ -421,6 +443,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
         self.flush()
         self.transport.close()
+        self._drop_streams()
 
     def abort(self) -> None:
         if not self.closed:
@@ -444,9 +467,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         for stream in list(self.streams.values()):
             if stream.deadline and stream.deadline <= now:
                 stream.deadline = 0.0
-                upstream = stream.request.upstream
-                if upstream is not None:
-                    upstream.cancel(504)
+                stream.timed_out()
         self.flush()
 
 
@@ -473,7 +494,6 @@ class Http2Stream:
         "response_headers",
         "stream_id",
         "upload_paused",
-        "write_paused",
     )
 
     closing = False
@@ -491,7 +511,6 @@ class Http2Stream:
         self.pending_bytes = 0
         self.ending = False
         self.closed = False
-        self.write_paused = connection.write_paused
         self.upload_paused = False
         self.acked_later = 0
         self.deadline = 0.0
@@ -499,6 +518,11 @@ class Http2Stream:
     @property
     def transport(self) -> Http2Stream:
         return self
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether the target should stop sending: the client's socket or this stream's backlog is full."""
+        return self.connection.write_paused or self.pending_bytes > PENDING_HIGH
 
     # -- the request ------------------------------------------------------------------
 
@@ -513,12 +537,18 @@ class Http2Stream:
                 self.respond(answer)
             return
         request.head = connection._upstream_head(request)
-        if request.complete:
-            self.deadline = connection.server.loop.time() + request.target_timeout
+        server = connection.server
+        # Until the body is in: the head's time limit between DATA frames (one stream must not hold a
+        # target connection forever); then the target's time to answer.
+        timeout = request.target_timeout if request.complete else server.header_timeout
+        self.deadline = server.loop.time() + timeout
         request.pool.acquire(request, self)
 
     def body_received(self, data: bytes, flow_length: int) -> None:
         request = self.request
+        if self.deadline and not request.response_started:
+            server = self.connection.server
+            self.deadline = server.loop.time() + server.header_timeout
         if self.ending or not data:
             # Answered already, or an empty DATA frame (often the one carrying END_STREAM): as a
             # chunk it would read "0\r\n\r\n", the end of the body, and the real end would follow it.
@@ -557,9 +587,13 @@ class Http2Stream:
                 request.body.append(b"0\r\n\r\n")
         if request.pool is not None and not request.response_started:
             self.deadline = self.connection.server.loop.time() + request.target_timeout
+        else:
+            self.deadline = 0.0
 
     def _give_back_window(self) -> None:
-        if self.acked_later and not self.closed:
+        """Acknowledge held request-body bytes; also when the stream has ended, as h2 then still
+        credits the connection's window, which all streams share."""
+        if self.acked_later and not self.connection.closed:
             self.connection.conn.acknowledge_received_data(self.acked_later, self.stream_id)
             self.connection.flush_soon()
         self.acked_later = 0
@@ -610,6 +644,20 @@ class Http2Stream:
         self.connection.server.log_request(self, self.request)
         self._reset(ErrorCodes.INTERNAL_ERROR)
 
+    def timed_out(self) -> None:
+        """The request body stalled (408), or the target did not answer in time (504)."""
+        request = self.request
+        upstream = request.upstream
+        if not request.complete:
+            if upstream is not None and upstream.client is self:
+                upstream.client_gone()
+            if request.response_started:
+                self.abort()
+            else:
+                self.respond_error(408)
+        elif upstream is not None:
+            upstream.cancel(504)
+
     def client_gone(self, status: int) -> None:
         """The client reset the stream or the connection closed: stop the exchange."""
         if self.closed:
@@ -622,6 +670,7 @@ class Http2Stream:
         if not self.ending:
             request.status = request.status or status
             self.connection.server.log_request(self, request)
+        self._give_back_window()
         self.connection.stream_done(self)
 
     # -- the response -------------------------------------------------------------------
@@ -665,7 +714,7 @@ class Http2Stream:
     def on_body(self, body: bytes) -> None:
         if self.closed:
             return
-        if self.pending:
+        if self.pending or self.connection.write_paused:
             self.pending.append(body)
             self.pending_bytes += len(body)
             self.update_target_flow()
@@ -680,7 +729,8 @@ class Http2Stream:
     def send_pending(self) -> None:
         """The client opened its window: send what waits, then end the stream if the response has."""
         pending = self.pending
-        while pending and not self.closed:
+        connection = self.connection
+        while pending and not self.closed and not connection.write_paused:
             chunk = pending[0]
             sent = self.connection.send_within_window(self.stream_id, chunk)
             self.pending_bytes -= sent
@@ -696,7 +746,6 @@ class Http2Stream:
         upstream = self.request.upstream
         if upstream is None or not upstream.attached or upstream.client is not self:
             return
-        self.write_paused = self.connection.write_paused or self.pending_bytes > PENDING_HIGH
         if self.write_paused:
             upstream.pause()
         else:
@@ -715,8 +764,9 @@ class Http2Stream:
             if not self.request.complete:
                 # Answered before the client finished sending: ask it to stop (RFC 9113 8.1).
                 conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
-        except h2.exceptions.StreamClosedError:
-            pass
+        except h2.exceptions.ProtocolError:
+            pass  # the client reset it meanwhile, or the connection ended
+        self._give_back_window()
         self.connection.flush_soon()
         self.connection.stream_done(self)
 
@@ -726,8 +776,9 @@ class Http2Stream:
         upstream = self.request.upstream
         if upstream is not None and upstream.client is self:
             upstream.client_gone()
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             self.connection.conn.reset_stream(self.stream_id, error_code)
+        self._give_back_window()
         self.connection.flush_soon()
         self.connection.stream_done(self)
 

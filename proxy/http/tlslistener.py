@@ -26,7 +26,9 @@ _SERVER_NAME_EXTENSION = 0
 _ALPN_EXTENSION = 16
 _ACME_TLS_ALPN = ACME_TLS_ALPN.encode()
 _MAX_RECORD = 16384 + 5
-_PEEK_RETRY = 0.01  # the ClientHello came in pieces: look again this much later
+_PEEK_RETRY = 0.01  # the ClientHello came in pieces: look again this much later, then twice as late...
+_PEEK_RETRY_MAX = 0.5
+_ACCEPT_PAUSE = 1.0  # after accept() failed for lack of resources
 _ACCEPT_BATCH = 64
 ON_DEMAND_WAIT = 120.0  # longest a handshake waits for an on-demand certificate (an ACME order)
 
@@ -139,12 +141,20 @@ class TlsListener:
         for _ in range(_ACCEPT_BATCH):
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError:
-                return  # out of descriptors, or the peer gave up: the next connection may do better
+                # Out of descriptors or memory: the pending connection keeps the socket readable, so
+                # stop watching it for a while instead of spinning (as asyncio's own servers do).
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(_ACCEPT_PAUSE, self._watch)
+                return
             conn.setblocking(False)
             self.waiting.add(_WaitingHello(self, conn))
+
+    def _watch(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def start_handshake(self, conn: socket.socket, context: ssl.SSLContext) -> None:
         task = self.loop.create_task(self._handshake(conn, context))
@@ -163,12 +173,13 @@ class TlsListener:
 class _WaitingHello:
     """One accepted connection whose ClientHello has not been seen yet."""
 
-    __slots__ = ("conn", "deadline", "listener", "retry")
+    __slots__ = ("conn", "deadline", "listener", "retry", "retry_delay")
 
     def __init__(self, listener: TlsListener, conn: socket.socket) -> None:
         self.listener = listener
         self.conn = conn
         self.retry: asyncio.TimerHandle | None = None
+        self.retry_delay = _PEEK_RETRY
         # The ClientHello and the handshake share the handshake's time limit.
         self.deadline = listener.loop.call_later(listener.handshake_timeout, self.drop)
         listener.loop.add_reader(conn.fileno(), self._readable)
@@ -188,8 +199,10 @@ class _WaitingHello:
         hello = read_client_hello(data)
         loop.remove_reader(self.conn.fileno())
         if hello is INCOMPLETE:
-            # Unread bytes keep the socket readable: wait a little instead of spinning.
-            self.retry = loop.call_later(_PEEK_RETRY, self._watch)
+            # Unread bytes keep the socket readable: wait instead of spinning, longer each time, so a
+            # client trickling its hello (or stopping midway) costs next to nothing until the deadline.
+            self.retry = loop.call_later(self.retry_delay, self._watch)
+            self.retry_delay = min(self.retry_delay * 2, _PEEK_RETRY_MAX)
             return
         gate = self.listener.gate
         name = hello.server_name
