@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.conftest import ProxyProcess
 from tests.pebble import Pebble
-from tests.test_tls_acme import peer_issuer, start_proxy
+from tests.test_tls_acme import acme_flags, peer_issuer, start_proxy
 
 
 class CheckEndpoint:
@@ -55,12 +55,7 @@ async def check_endpoint() -> AsyncIterator[CheckEndpoint]:
 
 
 def on_demand_args(tmp_path: Path, pebble: Pebble, url: str) -> tuple[str, ...]:
-    return (
-        "--tls",
-        f"--tls-on-demand-url={url}",
-        f"--tls-acme-directory={pebble.directory_url}",
-        f"--tls-acme-cache-path={tmp_path / 'certs'}",
-    )
+    return acme_flags(tmp_path, pebble, f"--tls-on-demand-url={url}")
 
 
 async def handshake_fails(proxy: ProxyProcess, host: str, roots: str) -> bool:

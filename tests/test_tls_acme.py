@@ -22,13 +22,18 @@ async def start_proxy(tmp_path: Path, pebble: Pebble, started: list[ProxyProcess
     return running
 
 
-def acme_args(tmp_path: Path, pebble: Pebble, host: str) -> tuple[str, ...]:
+def acme_flags(tmp_path: Path, pebble: Pebble, *flags: str) -> tuple[str, ...]:
+    """Deploy flags for automatic TLS from this test's pebble, plus `flags`."""
     return (
         "--tls",
-        f"--host={host}",
+        *flags,
         f"--tls-acme-directory={pebble.directory_url}",
         f"--tls-acme-cache-path={tmp_path / 'certs'}",
     )
+
+
+def acme_args(tmp_path: Path, pebble: Pebble, host: str) -> tuple[str, ...]:
+    return acme_flags(tmp_path, pebble, f"--host={host}")
 
 
 async def peer_issuer(port: int, host: str, cadata: str) -> str:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http import headers as h
-from proxy.http.accesslog import AccessLog
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.http2 import Http2Connection
 from proxy.http.request import Request
@@ -122,10 +121,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                 return
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = (peer[0] if peer else "").encode()
-        self.forwarded_plain = self.forwarded_plain_lines(self.client_ip, self.scheme)
-        self.log_fields = AccessLog.connection_fields(self.port, self.client_ip, self.scheme)
+        self._identify_client(transport, self.port)
         self.server.connections.add(self)
         self._await_next()
 

@@ -7,9 +7,11 @@ forwarding rules: hop-by-hop headers dropped, `X-Forwarded-*` rebuilt,
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from proxy.http import headers as h
+from proxy.http.accesslog import AccessLog
 
 if TYPE_CHECKING:
     from proxy.http.request import Request
@@ -24,9 +26,8 @@ class Reject(Exception):
 
 
 class RequestForwarding:
-    """Mixin for a client connection; it provides `server`, `client_ip`, `scheme`,
-    `forwarded_plain` (the X-Forwarded-For/-Proto lines for this client),
-    `last_host` and `last_host_line`."""
+    """Mixin for a client connection; it provides `server`, `scheme`, `last_host` and
+    `last_host_line`, and calls `_identify_client` when the connection is made."""
 
     __slots__ = ()
 
@@ -34,6 +35,7 @@ class RequestForwarding:
     client_ip: bytes
     scheme: bytes
     forwarded_plain: bytes
+    log_fields: bytes
     last_host: bytes | None
     last_host_line: bytes
 
@@ -114,7 +116,13 @@ class RequestForwarding:
             self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
         return self.last_host_line
 
-    @staticmethod
-    def forwarded_plain_lines(client_ip: bytes, scheme: bytes) -> bytes:
-        """The X-Forwarded-For/-Proto lines used when the client's own are not trusted."""
-        return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip, scheme)
+    def _identify_client(self, transport: asyncio.BaseTransport, port: int) -> None:
+        """Note who the client is, once per connection: its address for X-Forwarded-For, and the
+        fields every access-log line of the connection shares."""
+        peer = transport.get_extra_info("peername")
+        self.client_ip = (peer[0] if peer else "").encode()
+        self.forwarded_plain = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+            self.client_ip,
+            self.scheme,
+        )
+        self.log_fields = AccessLog.connection_fields(port, self.client_ip, self.scheme)

@@ -33,7 +33,6 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
-from proxy.http.accesslog import AccessLog
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -164,10 +163,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = (peer[0] if peer else "").encode()
-        self.forwarded_plain = self.forwarded_plain_lines(self.client_ip, self.scheme)
-        self.log_fields = AccessLog.connection_fields(self.port, self.client_ip, self.scheme)
+        self._identify_client(transport, self.port)
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
         self.flush()
