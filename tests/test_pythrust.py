@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import raw_request
+from tests.h2client import H2Client
 from tests.pebble import free_port
 from thruster.config import ThrusterConfig, load
 
@@ -175,3 +176,37 @@ async def test_tls_domain_is_refused_until_pythrust_has_tls(start_pythrust):
     thrust = await start_pythrust(TLS_DOMAIN="app.example")
     assert await thrust.exit_status() == 1
     assert not any("app listening" in line for line in thrust.lines)
+
+
+async def test_request_bodies_over_max_request_body_get_413(start_pythrust):
+    thrust = await start_pythrust(MAX_REQUEST_BODY="1000")
+    await thrust.wait_for_line("app listening")
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+    small = await raw_request(thrust.http_port, head + b"x" * 10)
+    assert small.startswith(b"HTTP/1.1 200") and small.endswith(b"got 10 bytes")
+    declared = await raw_request(
+        thrust.http_port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000
+    )
+    assert declared.startswith(b"HTTP/1.1 413")
+    chunk = b"600\r\n" + b"x" * 0x600 + b"\r\n"
+    chunked = await raw_request(
+        thrust.http_port, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2
+    )
+    assert chunked.startswith(b"HTTP/1.1 413"), "a chunked body is counted as it arrives"
+
+
+async def test_http2_bodies_over_max_request_body_get_413(start_pythrust):
+    thrust = await start_pythrust(MAX_REQUEST_BODY="1000", H2C_ENABLED="true")
+    await thrust.wait_for_line("app listening")
+    client = await H2Client.connect(thrust.http_port, "a", None)
+    try:
+        declared = client.start("/", method="POST", headers=[("content-length", "2000")], end=False)
+        assert (await client.response(declared)).status == 413
+        undeclared = client.start("/", method="POST", end=False)
+        for _ in range(2):
+            client.conn.send_data(undeclared, b"x" * 800)
+        client.flush()
+        await asyncio.wait_for(client.streams[undeclared].done.wait(), 10)
+        assert client.streams[undeclared].status == 413
+    finally:
+        await client.close()

@@ -65,7 +65,9 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
         AppDispatcher(pool, config),
         log,
         HttpLimits(
-            header_timeout=float(config.http_read_timeout), idle_timeout=float(config.http_idle_timeout)
+            header_timeout=float(config.http_read_timeout),
+            idle_timeout=float(config.http_idle_timeout),
+            max_body_bytes=max(config.max_request_body, 0),
         ),
         log_requests=config.log_requests,
         error_pages={502: page} if page is not None else None,

@@ -30,6 +30,7 @@ class ThrusterConfig:
     http_idle_timeout: int = 60
     http_read_timeout: int = 30
     http_write_timeout: int = 30
+    max_request_body: int = 0
     h2c_enabled: bool = False
     forward_headers: bool = True
     log_requests: bool = True
@@ -73,6 +74,7 @@ def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
         http_idle_timeout=integer("HTTP_IDLE_TIMEOUT", defaults.http_idle_timeout),
         http_read_timeout=integer("HTTP_READ_TIMEOUT", defaults.http_read_timeout),
         http_write_timeout=integer("HTTP_WRITE_TIMEOUT", defaults.http_write_timeout),
+        max_request_body=integer("MAX_REQUEST_BODY", defaults.max_request_body),
         h2c_enabled=boolean("H2C_ENABLED", defaults.h2c_enabled),
         # As thruster: trust the client's X-Forwarded-* only when not the TLS edge.
         forward_headers=boolean("FORWARD_HEADERS", not domains),

@@ -254,6 +254,10 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise Reject(405)
+        limit = self.server.max_body_bytes
+        # httptools has rejected a Content-Length that is not a number by now.
+        if limit and request.content_length is not None and int(request.content_length) > limit:
+            raise Reject(413)
         request.method = method
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()
@@ -289,6 +293,10 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         request = self.reading
         request.had_body = True
+        if self.server.max_body_bytes:
+            request.body_received += len(body)
+            if request.body_received > self.server.max_body_bytes:
+                raise Reject(413)
         upstream = request.upstream
         if upstream is not None and upstream.attached and upstream.request is request:
             if request.chunked:

@@ -331,6 +331,9 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             raise Reject(400)
         if len(url) > self.server.max_url_bytes:
             raise Reject(414)
+        limit = self.server.max_body_bytes
+        if limit and request.content_length is not None and int(request.content_length) > limit:
+            raise Reject(413)
         request.is_head = request.method == b"HEAD"
         request.keep_alive = True
         if not request.complete and request.content_length is None:
@@ -551,6 +554,13 @@ class Http2Stream:
             self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
             return
         request.had_body = True
+        limit = self.connection.server.max_body_bytes
+        if limit:
+            request.body_received += len(data)
+            if request.body_received > limit:
+                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.too_large()
+                return
         if request.chunked:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         upstream = request.upstream
@@ -653,6 +663,16 @@ class Http2Stream:
                 self.respond_error(408)
         elif upstream is not None:
             upstream.cancel(504)
+
+    def too_large(self) -> None:
+        """The request body went over the limit: the target must not get the rest (413)."""
+        upstream = self.request.upstream
+        if upstream is not None and upstream.client is self:
+            upstream.client_gone()
+        if self.request.response_started:
+            self.abort()
+        else:
+            self.respond_error(413)
 
     def client_gone(self, status: int) -> None:
         """The client reset the stream or the connection closed: stop the exchange."""

@@ -19,6 +19,7 @@ class Request:
 
     __slots__ = (
         "body",
+        "body_received",
         "body_size",
         "chunked",
         "complete",
@@ -80,6 +81,7 @@ class Request:
         self.had_body = False
         self.body: list[bytes] | None = None
         self.body_size = 0
+        self.body_received = 0  # counted only under a body limit
         self.upstream: UpstreamConnection | None = None
         self.pool: UpstreamPool | None = None
         self.service = b""

@@ -42,6 +42,7 @@ class HttpLimits:
     idle_timeout: float = 60.0
     max_url_bytes: int = 8 * 1024
     max_head_bytes: int = 64 * 1024
+    max_body_bytes: int = 0  # 0: no limit (pythrust's MAX_REQUEST_BODY)
 
 
 class HttpServer:
@@ -72,6 +73,7 @@ class HttpServer:
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
         self.max_head_bytes = limits.max_head_bytes
+        self.max_body_bytes = limits.max_body_bytes
         self.connections: set[ClientConnection | Http2Connection] = set()
         self.servers: list[asyncio.Server | TlsListener] = []
         self._sweeper: asyncio.TimerHandle | None = None

@@ -2,6 +2,7 @@
 
 GET /          -> "hello on <PORT>"
 GET /exit?code -> exits with that code after answering
+POST /         -> "got <n> bytes" (Content-Length or chunked)
 SIGTERM        -> exits with $EXIT_ON_TERM (default 0)
 START_DELAY    -> seconds to wait before listening (the app is "booting")
 """
@@ -31,6 +32,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if url.path == "/exit":
             code = int(urllib.parse.parse_qs(url.query)["code"][0])
             threading.Thread(target=lambda: os._exit(code)).start()
+
+    def do_POST(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            size = 0
+            while chunk := int(self.rfile.readline().strip(), 16):
+                size += len(self.rfile.read(chunk + 2)) - 2
+            self.rfile.readline()
+        else:
+            size = len(self.rfile.read(int(self.headers["Content-Length"])))
+        body = f"got {size} bytes".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
