@@ -10,7 +10,6 @@ the 502 page (BAD_GATEWAY_PAGE, a good place for a "starting up" page).
 from __future__ import annotations
 
 import asyncio
-import functools
 import signal
 
 from proxy.http.request import Request
@@ -80,14 +79,18 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
         log.error("Could not start", error=str(exc))
         return 1
     log.info("Server started", http=f":{server.sockets[0].getsockname()[1]}")
+    # Handlers first: a signal that comes while the app is being started is held for it, not lost
+    # (nor does it kill pythrust and leave the app running alone).
+    relay = SignalRelay(log)
+    for signum in RELAYED_SIGNALS:
+        loop.add_signal_handler(signum, relay.received, signum)
     try:
         child = await ChildProcess.start(argv, config.target_port)
     except OSError as exc:
         log.error("Failed to start wrapped process", command=argv[0], error=str(exc))
         await http.shutdown(0)
         return 1
-    for signum in RELAYED_SIGNALS:
-        loop.add_signal_handler(signum, functools.partial(_relay, child, signum, log))
+    relay.attach(child)
     status = await child.wait()
     log.info("Server stopping", status=status)
     await http.shutdown(SHUTDOWN_GRACE)
@@ -96,6 +99,23 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
     return status
 
 
-def _relay(child: ChildProcess, signum: int, log: JsonLog) -> None:
-    log.info("Relaying signal to upstream process", signal=signal.Signals(signum).name)
-    child.relay(signum)
+class SignalRelay:
+    """Passes the signals pythrust receives on to the app, once the app exists."""
+
+    def __init__(self, log: JsonLog) -> None:
+        self.log = log
+        self.child: ChildProcess | None = None
+        self.held: list[int] = []
+
+    def received(self, signum: int) -> None:
+        self.log.info("Relaying signal to upstream process", signal=signal.Signals(signum).name)
+        if self.child is None:
+            self.held.append(signum)
+        else:
+            self.child.relay(signum)
+
+    def attach(self, child: ChildProcess) -> None:
+        self.child = child
+        for signum in self.held:
+            child.relay(signum)
+        self.held.clear()
