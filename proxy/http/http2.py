@@ -106,7 +106,6 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "idle_deadline",
         "last_host",
         "last_host_line",
-        "last_stream_id",
         "log_fields",
         "port",
         "preface_left",
@@ -130,7 +129,6 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.flush_scheduled = False
-        self.last_stream_id = 0
         self.last_host = None
         self.last_host_line = b""
         self.idle_deadline = 0.0
@@ -278,7 +276,6 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         request = Request(time.time(), self.scheme)
         stream = Http2Stream(self, stream_id, request)
         self.streams[stream_id] = stream
-        self.last_stream_id = stream_id
         self.idle_deadline = 0.0
         request.complete = event.stream_ended is not None
         try:

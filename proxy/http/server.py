@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import socket
@@ -121,14 +122,13 @@ class HttpServer:
                 sock, tls, lambda: ClientConnection(self, b"https", logged_port), self.header_timeout
             )
         else:
-
-            def new_connection() -> asyncio.Protocol:
-                if h2c:
-                    return CleartextProtocolChooser(self, logged_port)
-                return ClientConnection(self, b"http", logged_port)
-
+            # Chosen once, not per connection: h2c's chooser steps aside after the first bytes.
+            if h2c:
+                protocol = functools.partial(CleartextProtocolChooser, self)
+            else:
+                protocol = functools.partial(ClientConnection, self, b"http")
             server = await self.loop.create_server(
-                new_connection,
+                lambda: protocol(logged_port),
                 host,
                 port,
                 backlog=BACKLOG,
