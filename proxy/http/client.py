@@ -40,6 +40,7 @@ IDLE = 1
 HEADER = 2
 RESPONSE = 3
 LINGER = 4
+WRITE = 5
 
 # After a final error response, how long a client that is still sending may go on
 # before the connection closes (so it reads the response rather than a reset).
@@ -77,6 +78,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         "tunnel",
         "tunnel_backlog",
         "upgraded",
+        "write_backlog",
         "write_paused",
     )
 
@@ -96,6 +98,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.write_paused = False
+        self.write_backlog = 0
         self.pause_reasons = 0
         self.pending_reject = 0
         self.deadline = 0.0
@@ -178,12 +181,19 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.server.write_timeout:
+            self._arm_write_deadline()
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if upstream is not None and upstream.attached:
             upstream.pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.deadline_kind == WRITE:
+            if self.queue:
+                self._clear_deadline()
+            else:
+                self._await_next()
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if upstream is not None:
             upstream.resume()
@@ -484,9 +494,17 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.deadline_kind = 0
         self.deadline = 0.0
 
+    def _arm_write_deadline(self) -> None:
+        """The write timeout is a time without progress, not a limit on the whole response: a long
+        download or event stream goes on as long as the client keeps reading (thruster cut them)."""
+        self.write_backlog = self.transport.get_write_buffer_size()
+        self._set_deadline(WRITE, self.server.write_timeout)
+
     def _await_next(self) -> None:
         server = self.server
-        if self.in_head:
+        if self.write_paused and server.write_timeout:
+            self._arm_write_deadline()  # the last response is still stuck in the client's socket
+        elif self.in_head:
             self.deadline_kind = HEADER
             self.deadline = server.loop.time() + server.header_timeout
         else:
@@ -497,7 +515,12 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         """Called by the server's sweeper once `deadline` has passed."""
         self.deadline = 0.0
         kind = self.deadline_kind
-        if kind in (IDLE, LINGER):
+        if kind == WRITE:
+            if self.transport.get_write_buffer_size() < self.write_backlog:
+                self._arm_write_deadline()  # slow, but reading
+            else:
+                self.abort()
+        elif kind in (IDLE, LINGER):
             self.close()
         elif kind == HEADER:
             self._reject(408)

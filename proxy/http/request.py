@@ -25,6 +25,7 @@ class Request:
         "complete",
         "connection",
         "content_length",
+        "context",
         "forward_headers",
         "had_body",
         "head",
@@ -85,6 +86,7 @@ class Request:
         self.upstream: UpstreamConnection | None = None
         self.pool: UpstreamPool | None = None
         self.service = b""
+        self.context: object = None  # what a dispatcher keeps for its own response handling (pythrust)
         self.forward_headers = False
         self.target_timeout = 0.0
         self.response_started = False

@@ -44,6 +44,7 @@ class HttpLimits:
     max_url_bytes: int = 8 * 1024
     max_head_bytes: int = 64 * 1024
     max_body_bytes: int = 0  # 0: no limit (pythrust's MAX_REQUEST_BODY)
+    write_timeout: float = 0.0  # 0: none; else how long a client may take no response bytes
 
 
 class HttpServer:
@@ -75,6 +76,7 @@ class HttpServer:
         self.max_url_bytes = limits.max_url_bytes
         self.max_head_bytes = limits.max_head_bytes
         self.max_body_bytes = limits.max_body_bytes
+        self.write_timeout = limits.write_timeout
         self.connections: set[ClientConnection | Http2Connection] = set()
         self.servers: list[asyncio.Server | TlsListener] = []
         self._sweeper: asyncio.TimerHandle | None = None

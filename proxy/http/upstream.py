@@ -44,6 +44,7 @@ class UpstreamPool:
         "closed",
         "connect_timeout",
         "connecting",
+        "connection_class",
         "drained",
         "host",
         "idle",
@@ -53,8 +54,16 @@ class UpstreamPool:
         "tunnels",
     )
 
-    def __init__(self, host: str, port: int, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout: float = 10.0,
+        connection_class: type[UpstreamConnection] | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        # pythrust's connections rework responses (X-Sendfile, cache, compression); the proxy's relay them.
+        self.connection_class = connection_class or UpstreamConnection
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
@@ -81,7 +90,7 @@ class UpstreamPool:
                 self.busy.add(upstream)
                 upstream.start(request, client, reused=True)
                 return
-        upstream = UpstreamConnection(self)
+        upstream = self.connection_class(self)
         self.busy.add(upstream)
         upstream.request = request
         upstream.client = client
@@ -149,6 +158,15 @@ class UpstreamPool:
         for upstream in list(self.tunnels):
             upstream.transport.close()
         return len(cut)
+
+
+def connection_tail(request: Request, client: ClientConnection) -> bytes:
+    """The end of a response head: what it says of the connection, then the blank line."""
+    if not request.keep_alive or client.closing:
+        return b"Connection: close\r\n\r\n"
+    if request.http10:
+        return b"Connection: keep-alive\r\n\r\n"
+    return b"\r\n"
 
 
 def _ignore_error(address: str, exc: BaseException) -> None:
@@ -336,26 +354,29 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.head_buffer = bytes(self.scan_buffer[self.head_end :])
             self.head_end = 0
             return
-        head = self._response_head()
         request = self.request
         request.response_started = True
-        client = self.client
-        client.deadline = 0.0
-        rest = len(self.scan_buffer) - self.head_end
-        out = client.transport
+        self.client.deadline = 0.0
         if request.is_head:
             self.response_done = True
             self.parser = httptools.HttpResponseParser(self)
-            out.write(head)
-        elif rest <= 0:
+        self._send_head()
+        self.head_buffer = b""
+        self.scan_buffer = b""
+
+    def _send_head(self) -> None:
+        """Write the rewritten head to the client, with the body bytes that came in the same read."""
+        head = self._response_head()
+        request = self.request
+        rest = len(self.scan_buffer) - self.head_end
+        out = self.client.transport
+        if rest <= 0 or request.is_head:
             out.write(head)
         elif rest <= 65536:
             out.write(head + self.scan_buffer[self.head_end :])
         else:
             out.writelines((head, self.scan_buffer[self.head_end :]))
         request.response_bytes += max(rest, 0)
-        self.head_buffer = b""
-        self.scan_buffer = b""
 
     def _upgraded(self, offset: int) -> None:
         """The target answered 101: from now on both sides are a byte tunnel."""
@@ -415,18 +436,21 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.close_delimited = True
             request.keep_alive = False
         if status == 101:
-            tail = b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % request.upgrade
-        elif not request.keep_alive or self.client.closing:
-            tail = b"Connection: close\r\n\r\n"
-        elif request.http10:
-            tail = b"Connection: keep-alive\r\n\r\n"
-        else:
-            tail = b"\r\n"
-        return head + tail
+            return head + b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % request.upgrade
+        return head + connection_tail(request, self.client)
 
     # -- ending the exchange ------------------------------------------------------
 
     def _finish(self) -> None:
+        client, request = self._end_exchange()
+        self._complete(client, request)
+
+    def _complete(self, client: ClientConnection, request: Request) -> None:
+        """The target's response has ended: so has the client's."""
+        client.response_finished(request)
+
+    def _end_exchange(self) -> tuple[ClientConnection, Request]:
+        """Detach from the client and give the connection back to the pool."""
         client, request = self.client, self.request
         reusable = (
             self.keep_alive
@@ -445,17 +469,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # This connection may have paused the client's reading (request body
         # backlog); it no longer writes for this client.
         client.resume_reading_for_upstream()
-        client.response_finished(request)
+        return client, request
 
     def _fail_head(self, status: int) -> None:
         client, request = self.client, self.request
         self.client = self.request = None
+        self.response_done = False  # the rest of the read must not finish what has failed
         self.transport.abort()
         client.upstream_failed(request, status)
 
     def _fail_midway(self) -> None:
         client = self.client
         self.client = self.request = None
+        self.response_done = False
         self.transport.abort()
         client.abort()
 
@@ -495,7 +521,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.client = self.request = None
         if self.close_delimited and not self.in_head:
             request.keep_alive = False
-            client.response_finished(request)
+            self._complete(client, request)
         elif (
             not self.got_any
             and self.reused
