@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.pythrust import start_pythrust  # noqa: F401  (a fixture for the pythrust tests)
+
 PYPROXY = [sys.executable, "-m", "proxy"]
 
 

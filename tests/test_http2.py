@@ -54,9 +54,7 @@ class StreamingTarget:
 
     async def start(self) -> StreamingTarget:
         app = web.Application(client_max_size=1024**3)
-        app.add_routes(
-            [web.get("/up", self.up), web.get("/big", self.big), web.post("/upload", self.upload)]
-        )
+        app.add_routes([web.get("/up", self.up), web.get("/big", self.big), web.post("/upload", self.upload)])
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import re
 import signal
+import ssl
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,69 +19,6 @@ from thruster.config import ThrusterConfig, load
 
 APP = Path(__file__).parent / "apps" / "port_app.py"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Pythrust:
-    """A running `pythrust python port_app.py`, its output lines (its own JSON logs and the app's)."""
-
-    process: asyncio.subprocess.Process
-    http_port: int
-    target_port: int
-    lines: list[str] = field(default_factory=list)
-    new_line: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def read(self) -> None:
-        async for raw in self.process.stdout:
-            self.lines.append(raw.decode().rstrip("\n"))
-            self.new_line.set()
-
-    async def wait_for_line(self, pattern: str, timeout: float = 15) -> re.Match[str]:
-        async def wait() -> re.Match[str]:
-            while True:
-                for line in self.lines:
-                    found = re.search(pattern, line)
-                    if found:
-                        return found
-                self.new_line.clear()
-                await self.new_line.wait()
-
-        return await asyncio.wait_for(wait(), timeout)
-
-    async def exit_status(self, timeout: float = 15) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
-@pytest.fixture
-async def start_pythrust(tmp_path: Path) -> AsyncIterator:
-    started: list[tuple[Pythrust, asyncio.Task[None]]] = []
-
-    async def start(*command: str, **env: str) -> Pythrust:
-        http_port, target_port = free_port(), free_port()
-        environment = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "HTTP_PORT": str(http_port),
-            "TARGET_PORT": str(target_port),
-            "BAD_GATEWAY_PAGE": str(tmp_path / "502.html"),
-            **env,
-        }
-        argv = command or (sys.executable, str(APP))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "thruster", *argv,
-            env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own process group, with the app in it: one kill ends both
-        )  # fmt: skip
-        running = Pythrust(process, http_port, target_port)
-        started.append((running, asyncio.get_running_loop().create_task(running.read())))
-        return running
-
-    yield start
-    for running, reader in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(running.process.pid, signal.SIGKILL)
-        await running.process.wait()
-        await reader
 
 
 async def test_app_gets_port_and_is_proxied(start_pythrust):
@@ -172,12 +106,6 @@ def test_environment_follows_thrusters_prefix_rules():
     assert load({}).forward_headers is True
 
 
-async def test_tls_domain_is_refused_until_pythrust_has_tls(start_pythrust):
-    thrust = await start_pythrust(TLS_DOMAIN="app.example")
-    assert await thrust.exit_status() == 1
-    assert not any("app listening" in line for line in thrust.lines)
-
-
 async def test_request_bodies_over_max_request_body_get_413(start_pythrust):
     thrust = await start_pythrust(MAX_REQUEST_BODY="1000")
     await thrust.wait_for_line("app listening")
@@ -210,3 +138,44 @@ async def test_http2_bodies_over_max_request_body_get_413(start_pythrust):
         assert client.streams[undeclared].status == 413
     finally:
         await client.close()
+
+
+async def test_tls_domain_gets_a_certificate_from_the_acme_ca_and_serves_http2(
+    start_pythrust, pebble, tmp_path
+):
+    https_port = free_port()
+    thrust = await start_pythrust(
+        TLS_DOMAIN="app.test",
+        HTTP_PORT=str(pebble.http_port),  # where pebble validates HTTP-01
+        HTTPS_PORT=str(https_port),
+        ACME_DIRECTORY=pebble.directory_url,
+        STORAGE_PATH=str(tmp_path / "certs"),
+        REQUESTS_CA_BUNDLE=pebble.ca_bundle,
+    )
+    await thrust.wait_for_line(r'"Certificate issued".*app\.test', timeout=60)
+    roots = pebble.roots_pem().decode()
+    context = ssl.create_default_context(cadata=roots)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", https_port, ssl=context, server_hostname="app.test"
+    )
+    writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(-1), 5)
+    writer.close()
+    hello = f"hello on {thrust.target_port}".encode()
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(hello)
+    client = await H2Client.connect(https_port, "app.test", ssl.create_default_context(cadata=roots))
+    try:
+        assert (await client.get("/")).body == hello
+    finally:
+        await client.close()
+
+    redirect = await raw_request(pebble.http_port, b"GET /page?q=1 HTTP/1.1\r\nHost: APP.test:80\r\n\r\n")
+    assert redirect.startswith(b"HTTP/1.1 301") and b"\r\nLocation: https://app.test/page?q=1\r\n" in redirect
+    other = await raw_request(pebble.http_port, b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    assert other.startswith(b"HTTP/1.1 421"), "only the configured domains are redirected"
+    challenge = await raw_request(
+        pebble.http_port, b"GET /.well-known/acme-challenge/unknown HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    )
+    assert challenge.startswith(b"HTTP/1.1 404")
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):  # no certificate for a name not listed
+        await asyncio.open_connection("127.0.0.1", https_port, ssl=context, server_hostname="other.test")

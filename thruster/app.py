@@ -1,4 +1,5 @@
-"""`pythrust CMD...`: bind, start the app with PORT, proxy to it, and exit when it does.
+"""`pythrust CMD...`: bind, start the app with PORT, proxy to it, and exit when it does
+(and `pythrust serve DIR`, with no app).
 
 The HTTP engine is the proxy's own (proxy/http): the same parsing, limits,
 keep-alive pool and error handling, with one target, 127.0.0.1:TARGET_PORT.
@@ -12,31 +13,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from proxy.http.request import Request
-from proxy.http.server import HttpLimits, HttpServer
 from proxy.http.upstream import UpstreamPool
 from proxy.log import JsonLog
+from thruster.appconnection import AppConnection
 from thruster.child import RELAYED_SIGNALS, ChildProcess
 from thruster.config import ThrusterConfig
-
-SHUTDOWN_GRACE = 5.0
-
-
-class AppDispatcher:
-    """Every request goes to the one app."""
-
-    def __init__(self, pool: UpstreamPool, config: ThrusterConfig) -> None:
-        self.pool = pool
-        self.forward_headers = config.forward_headers
-        # thruster's write timeout covers the wait for the app's response too.
-        self.target_timeout = float(config.http_write_timeout)
-
-    def route(self, request: Request) -> int:
-        request.pool = self.pool
-        request.path = request.url
-        request.forward_headers = self.forward_headers
-        request.target_timeout = self.target_timeout
-        return 0
+from thruster.exchange import AppDispatcher
+from thruster.front import FrontServers
+from thruster.serve import StaticFiles
 
 
 def read_page(path: str, log: JsonLog) -> bytes | None:
@@ -52,33 +36,15 @@ def read_page(path: str, log: JsonLog) -> bytes | None:
 async def serve(argv: list[str], config: ThrusterConfig) -> int:
     """Run the app behind the proxy engine until it exits; returns pythrust's exit status."""
     log = JsonLog(debug=config.debug)
-    if config.tls_domains:
-        # Serving plain HTTP to users who asked for HTTPS would be worse than not starting.
-        log.error("TLS_DOMAIN is not supported by this version of pythrust", tls_domain=config.tls_domains)
-        return 1
     loop = asyncio.get_running_loop()
-    pool = UpstreamPool("127.0.0.1", config.target_port)
+    pool = UpstreamPool("127.0.0.1", config.target_port, connection_class=AppConnection)
     pool.on_error = lambda address, exc: log.info("Unable to proxy request", target=address, error=str(exc))
     page = read_page(config.bad_gateway_page, log)
-    http = HttpServer(
-        AppDispatcher(pool, config),
-        log,
-        HttpLimits(
-            header_timeout=float(config.http_read_timeout),
-            idle_timeout=float(config.http_idle_timeout),
-            max_body_bytes=max(config.max_request_body, 0),
-        ),
-        log_requests=config.log_requests,
-        error_pages={502: page} if page is not None else None,
+    front = FrontServers(
+        AppDispatcher(pool, config, log), config, log, {502: page} if page is not None else None
     )
-    try:
-        server = await http.listen(
-            None, config.http_port, report_port=config.http_port, h2c=config.h2c_enabled
-        )
-    except OSError as exc:
-        log.error("Could not start", error=str(exc))
+    if not await front.start():
         return 1
-    log.info("Server started", http=f":{server.sockets[0].getsockname()[1]}")
     # Handlers first: a signal that comes while the app is being started is held for it, not lost
     # (nor does it kill pythrust and leave the app running alone).
     relay = SignalRelay(log)
@@ -88,15 +54,32 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
         child = await ChildProcess.start(argv, config.target_port)
     except OSError as exc:
         log.error("Failed to start wrapped process", command=argv[0], error=str(exc))
-        await http.shutdown(0)
-        return 1
-    relay.attach(child)
-    status = await child.wait()
-    log.info("Server stopping", status=status)
-    await http.shutdown(SHUTDOWN_GRACE)
+        status = 1
+    else:
+        relay.attach(child)
+        status = await child.wait()
+        log.info("Server stopping", status=status)
+    await front.stop()
     pool.close()
     log.info("Server stopped")
     return status
+
+
+async def serve_directory(root: str, config: ThrusterConfig) -> int:
+    """`pythrust serve DIR`: serve the files under `root` until SIGTERM or SIGINT."""
+    log = JsonLog(debug=config.debug)
+    front = FrontServers(StaticFiles(root, config, log), config, log)
+    if not await front.start():
+        return 1
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("Server stopping")
+    await front.stop()
+    log.info("Server stopped")
+    return 0
 
 
 class SignalRelay:

@@ -1,0 +1,196 @@
+"""pythrust's decisions for one request: the cache, X-Sendfile and compression, in thruster's order.
+
+thruster's chain (spec 5) is compression outside X-Sendfile outside the
+cache outside the proxy: the cache stores the app's uncompressed responses,
+compression applies to hits and to sendfile'd files too, and a cached
+X-Sendfile response sends the file again. Here the same order is kept as
+decisions rather than wrappers: `AppDispatcher.route` looks the request up
+in the cache and, on a hit, answers it without the app (thruster/hits.py);
+otherwise `Exchange.response` decides, once the app's head is in, how its
+response travels on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.http.request import Request
+from proxy.http.upstream import UpstreamPool
+from thruster.cache import CachedResponse, HttpCache, cache_key, freshness
+from thruster.compression import (
+    MIN_SIZE,
+    choose_encoding,
+    compressible_type,
+    request_blocks_compression,
+    response_blocks_compression,
+)
+from thruster.config import ThrusterConfig
+from thruster.filememory import FileMemory
+from thruster.headers import ResponseHead, request_headers
+from thruster.hits import CacheHits, stored_response
+from thruster.rework import Rework
+from thruster.sendfile import FileRoots, send_file
+
+if TYPE_CHECKING:
+    from proxy.http.client import ClientConnection
+    from proxy.log import JsonLog
+
+_SENDFILE_TYPE = b"x-sendfile-type:"
+
+
+class AppDispatcher:
+    """Every request goes to the one app, unless the cache can answer it."""
+
+    def __init__(self, pool: UpstreamPool, config: ThrusterConfig, log: JsonLog) -> None:
+        self.pool = pool
+        self.log = log
+        self.forward_headers = config.forward_headers
+        # thruster's write timeout covers the wait for the app's response too.
+        self.target_timeout = float(config.http_write_timeout)
+        self.cache = HttpCache(config.cache_size, config.max_cache_item_size)
+        self.max_cache_item_size = config.max_cache_item_size
+        self.sendfile = config.x_sendfile_enabled
+        self.roots = FileRoots(config.x_sendfile_roots)
+        self.compress = config.gzip_compression_enabled
+        self.compress_guard = config.gzip_compression_disable_on_auth
+        self.jitter = config.gzip_compression_jitter
+        self.hits = CacheHits(self)
+        self.files = FileMemory(self.cache, self.jitter, self.max_cache_item_size)
+
+    def route(self, request: Request) -> int:
+        request.pool = self.pool
+        request.path = request.url
+        request.forward_headers = self.forward_headers
+        request.target_timeout = self.target_timeout
+        headers = request_headers(request.headers)
+        if b"x-sendfile-type" in headers:
+            # Only pythrust says whether the app may answer with a file, never the client.
+            request.headers = [line for line in request.headers if line[:16].lower() != _SENDFILE_TYPE]
+        if self.sendfile:
+            request.headers.append(b"X-Sendfile-Type: X-Sendfile\r\n")
+        exchange = Exchange(self, headers)
+        request.context = exchange
+        if request.method in (b"GET", b"HEAD") and request.upgrade is None and b"range" not in headers:
+            key = cache_key(request.method, request.url, request.host)
+            hit = self.cache.get(key, headers.get)
+            if hit is not None:
+                exchange.hit = hit
+                request.pool = self.hits
+            exchange.cache_key = key
+        return 0
+
+    def encoding_for(self, request: Request, headers: dict[bytes, bytes]) -> bytes | None:
+        """The encoding this client may get a response in, before looking at the response."""
+        if not self.compress or request.is_head or request.http10:
+            return None
+        if self.compress_guard and request_blocks_compression(
+            headers.get(b"cookie"), headers.get(b"authorization"), headers.get(b"x-csrf-token")
+        ):
+            return None
+        return choose_encoding(headers.get(b"accept-encoding"))
+
+    def should_compress(self, head: ResponseHead) -> bool:
+        """Whether a response (of a client that accepts compression) is worth and safe to compress."""
+        if head.has(b"content-encoding") or head.has(b"content-range") or head.status in (204, 304):
+            return False
+        length = head.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) < MIN_SIZE):
+            return False
+        if self.compress_guard and response_blocks_compression(
+            head.has(b"set-cookie"), head.get(b"cache-control"), head.get(b"vary")
+        ):
+            return False
+        return compressible_type(head.get(b"content-type"))
+
+
+class Exchange:
+    """What pythrust knows of one request between routing and the app's response head."""
+
+    __slots__ = ("app", "cache_key", "headers", "hit")
+
+    def __init__(self, app: AppDispatcher, headers: dict[bytes, bytes]) -> None:
+        self.app = app
+        self.headers = headers
+        self.cache_key: bytes | None = None  # None: the cache is bypassed
+        self.hit: CachedResponse | None = None
+
+    def response(self, request: Request, client: ClientConnection, raw_head: bytes) -> tuple[bytes, object]:
+        """The head to relay and no work (the body is relayed raw), or no head and the work that
+        takes the response over: X-Sendfile, or a `Rework` that compresses and/or captures it."""
+        app = self.app
+        head = ResponseHead(raw_head)
+        ttl = 0.0
+        if self.cache_key is None:
+            head.set(b"X-Cache", b"bypass")
+        else:
+            head.set(b"X-Cache", b"miss")
+            ttl = freshness(head.status, head.get(b"cache-control"), head.get(b"vary"))
+        # Before the cache takes Set-Cookie off: the guard must see the app's response.
+        compressible = app.compress and app.should_compress(head)
+        encoding = app.encoding_for(request, self.headers) if compressible else None
+        if ttl:
+            head.remove(b"set-cookie")  # a shared cached response must not carry one user's cookie
+        vary = head.get(b"vary")
+        if app.compress:
+            head.add_vary(b"Accept-Encoding")
+        path = head.get(b"x-sendfile") if app.sendfile else None
+        if path is not None:
+            if ttl:
+                self._store(
+                    stored_response(head, None, ttl, self.headers.get, vary, sendfile=path.decode("latin-1"))
+                )
+            return b"", _SendfileWork(head, path.decode("latin-1"), self)
+        on_captured = None
+        if ttl and request.is_head:
+            self._store(stored_response(head, None, ttl, self.headers.get, vary))
+        elif ttl and (head.has(b"content-length") or not request.http10):
+            on_captured = _Capture(self, head, ttl, vary, compressible).store
+        if encoding is None and on_captured is None:
+            return head.to_bytes(), None
+        return b"", Rework(client, request, head, encoding, app.jitter, on_captured, app.max_cache_item_size)
+
+    def _store(self, response: CachedResponse) -> None:
+        self.app.cache.put(self.cache_key, response, self.headers.get)
+
+
+class _Capture:
+    """Keeps a response's body in the cache once it has been received whole."""
+
+    __slots__ = ("compressible", "exchange", "head", "ttl", "vary")
+
+    def __init__(
+        self, exchange: Exchange, head: ResponseHead, ttl: float, vary: bytes | None, compressible: bool
+    ) -> None:
+        self.exchange = exchange
+        # A copy: the head goes on to be changed for this client (compression, framing).
+        self.head = ResponseHead(head.to_bytes())
+        self.ttl = ttl
+        self.vary = vary
+        self.compressible = compressible
+
+    def store(self, body: bytes) -> None:
+        exchange = self.exchange
+        exchange._store(
+            stored_response(
+                self.head, body, self.ttl, exchange.headers.get, self.vary, compressible=self.compressible
+            )
+        )
+
+
+class _SendfileWork:
+    """The app answered with X-Sendfile: drop its body, then send the file."""
+
+    __slots__ = ("ends_at_head", "exchange", "head", "path")
+
+    def __init__(self, head: ResponseHead, path: str, exchange: Exchange) -> None:
+        self.head = head
+        self.path = path
+        self.exchange = exchange
+        # Rails sends Content-Length: 0 and no body; Flask the file's length and no body.
+        self.ends_at_head = head.get(b"content-length") != b"0" and not head.has(b"transfer-encoding")
+
+    def body(self, data: bytes) -> None:
+        pass
+
+    def end(self, client: ClientConnection, request: Request) -> None:
+        send_file(client, request, self.head, self.path, self.exchange)

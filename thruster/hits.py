@@ -1,0 +1,111 @@
+"""Answering from the cache, without the app: the "pool" the dispatcher hands cache hits to.
+
+A hit is one write of bytes held in memory. A client that accepts
+compression gets a compressed copy, made on its first hit and cached beside
+the original (its own LRU entry, so it counts against CACHE_SIZE). An entry
+of an X-Sendfile response sends its file again, as thruster does, so a file
+changed on disk is never served stale.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from proxy.http.upstream import connection_tail
+from thruster.cache import CachedResponse, not_modified, vary_names
+from thruster.compression import MIN_SIZE, Compressor, padding_for
+from thruster.headers import ResponseHead
+from thruster.sendfile import send_file
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from proxy.http.client import ClientConnection
+    from proxy.http.request import Request
+    from thruster.exchange import AppDispatcher, Exchange
+
+_DROPPED = (b"connection", b"transfer-encoding", b"x-cache", b"content-length")
+
+
+class CacheHits:
+    address_bytes = b""  # the access log's target: none, the app was not asked
+
+    def __init__(self, app: AppDispatcher) -> None:
+        self.app = app
+
+    def acquire(self, request: Request, client: ClientConnection) -> None:
+        exchange: Exchange = request.context
+        entry = exchange.hit
+        request.response_started = True
+        client.deadline = 0.0
+        request.status = entry.status
+        tail = connection_tail(request, client)
+        if entry.sendfile is not None:
+            send_file(client, request, ResponseHead(entry.head + tail), entry.sendfile, exchange)
+            return
+        if not_modified(entry, exchange.headers.get(b"if-none-match")):
+            request.status = 304
+            head = ResponseHead(entry.head + tail)
+            head.remove(b"content-length")
+            head.set_status(304, b"Not Modified")
+            client.transport.write(head.to_bytes())
+            client.response_finished(request)
+            return
+        if entry.compressible and len(entry.body) >= MIN_SIZE:
+            encoding = self.app.encoding_for(request, exchange.headers)
+            if encoding is not None:
+                entry = self._compressed(exchange, entry, encoding)
+        body = entry.body
+        request.response_bytes = len(body)
+        client.transport.write(entry.head + tail + body)
+        client.response_finished(request)
+
+    def _compressed(self, exchange: Exchange, entry: CachedResponse, encoding: bytes) -> CachedResponse:
+        key = exchange.cache_key + b"\0" + encoding
+        cache = self.app.cache
+        header = exchange.headers.get
+        variant = cache.get(key, header)
+        if variant is None:
+            compressor = Compressor(encoding, padding_for(entry.body, self.app.jitter))
+            body = compressor.compress(entry.body) + compressor.finish()
+            head = ResponseHead(entry.head + b"\r\n")
+            head.remove(b"content-length", b"accept-ranges")
+            head.set(b"Content-Encoding", encoding)
+            variant = stored_response(head, body, entry.expires - time.monotonic(), header, entry.vary_source)
+            cache.put(key, variant, header)
+        return variant
+
+
+def stored_response(
+    head: ResponseHead,
+    body: bytes | None,
+    ttl: float,
+    header: Callable[[bytes], bytes | None],
+    vary: bytes | None,
+    sendfile: str | None = None,
+    compressible: bool = False,
+) -> CachedResponse:
+    """A response as the cache keeps it: the head a hit sends (X-Cache: hit, the body's length, no
+    connection headers) and the request's values of the headers the app's `vary` names.
+
+    `body` is None for a response without one (to HEAD, or X-Sendfile): its head keeps the app's
+    Content-Length, which says what the body would be."""
+    dropped = _DROPPED if body is not None else _DROPPED[:-1]
+    lines = [line for line in head.lines if line.partition(b":")[0].strip().lower() not in dropped]
+    if body is not None:
+        lines.append(b"Content-Length: %d" % len(body))
+    body = body or b""
+    lines.append(b"X-Cache: hit")
+    raw = b"\r\n".join((head.status_line, *lines)) + b"\r\n"
+    return CachedResponse(
+        status=head.status,
+        head=raw,
+        body=body,
+        etag=head.get(b"etag"),
+        expires=time.monotonic() + ttl,
+        vary=tuple((name, header(name)) for name in vary_names(vary)),
+        sendfile=sendfile,
+        compressible=compressible,
+        vary_source=vary,
+    )
