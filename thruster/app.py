@@ -20,7 +20,7 @@ from thruster.child import RELAYED_SIGNALS, ChildProcess
 from thruster.config import ThrusterConfig
 from thruster.exchange import AppDispatcher
 from thruster.front import FrontServers
-from thruster.serve import StaticFiles
+from thruster.serve import NOT_FOUND_PAGE, StaticFiles
 
 
 def read_page(path: str, log: JsonLog) -> bytes | None:
@@ -68,7 +68,7 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
 async def serve_directory(root: str, config: ThrusterConfig) -> int:
     """`pythrust serve DIR`: serve the files under `root` until SIGTERM or SIGINT."""
     log = JsonLog(debug=config.debug)
-    front = FrontServers(StaticFiles(root, config, log), config, log)
+    front = FrontServers(StaticFiles(root, config, log), config, log, {404: NOT_FOUND_PAGE})
     if not await front.start():
         return 1
     stopping = asyncio.Event()

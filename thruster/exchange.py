@@ -28,6 +28,7 @@ from thruster.config import ThrusterConfig
 from thruster.filememory import FileMemory
 from thruster.headers import ResponseHead, request_headers
 from thruster.hits import CacheHits, stored_response
+from thruster.rendered import PLAIN_REQUEST, RenderedResponses
 from thruster.rework import Rework
 from thruster.sendfile import FileRoots, send_file
 
@@ -56,6 +57,7 @@ class AppDispatcher:
         self.jitter = config.gzip_compression_jitter
         self.hits = CacheHits(self)
         self.files = FileMemory(self.cache, self.jitter, self.max_cache_item_size)
+        self.rendered = RenderedResponses()
 
     def route(self, request: Request) -> int:
         request.pool = self.pool
@@ -78,6 +80,14 @@ class AppDispatcher:
                 request.pool = self.hits
             exchange.cache_key = key
         return 0
+
+    def renderable(self, request: Request, headers: dict[bytes, bytes]) -> bool:
+        """Whether a ready response (thruster/rendered.py) may answer: a GET without validators or
+        Range, whose compression depends on nothing but Accept-Encoding."""
+        if request.is_head or not PLAIN_REQUEST.isdisjoint(headers):
+            return False
+        credentials = b"cookie" in headers or b"authorization" in headers or b"x-csrf-token" in headers
+        return not (self.compress_guard and credentials)
 
     def encoding_for(self, request: Request, headers: dict[bytes, bytes]) -> bytes | None:
         """The encoding this client may get a response in, before looking at the response."""
@@ -193,4 +203,5 @@ class _SendfileWork:
         pass
 
     def end(self, client: ClientConnection, request: Request) -> None:
+        self.head.remove(b"connection")  # send_file ends the head as this request needs
         send_file(client, request, self.head, self.path, self.exchange)

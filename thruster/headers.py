@@ -64,8 +64,9 @@ class ResponseHead:
         self.status = status
         self.status_line = b"HTTP/1.1 %d %s" % (status, reason)
 
-    def to_bytes(self) -> bytes:
-        return b"\r\n".join((self.status_line, *self.lines)) + b"\r\n\r\n"
+    def to_bytes(self, tail: bytes = b"\r\n") -> bytes:
+        """The head, ending with `tail`: the blank line, or the connection headers and the blank line."""
+        return b"\r\n".join((self.status_line, *self.lines)) + b"\r\n" + tail
 
     def _pairs(self) -> list[tuple[bytes, bytes]]:
         pairs = []

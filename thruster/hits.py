@@ -30,6 +30,7 @@ _DROPPED = (b"connection", b"transfer-encoding", b"x-cache", b"content-length")
 
 class CacheHits:
     address_bytes = b""  # the access log's target: none, the app was not asked
+    answers_itself = True
 
     def __init__(self, app: AppDispatcher) -> None:
         self.app = app
@@ -42,7 +43,7 @@ class CacheHits:
         request.status = entry.status
         tail = connection_tail(request, client)
         if entry.sendfile is not None:
-            send_file(client, request, ResponseHead(entry.head + tail), entry.sendfile, exchange)
+            self._send_file(client, request, exchange, entry.sendfile)
             return
         if not_modified(entry, exchange.headers.get(b"if-none-match")):
             request.status = 304
@@ -60,6 +61,20 @@ class CacheHits:
         request.response_bytes = len(body)
         client.transport.write(entry.head + tail + body)
         client.response_finished(request)
+
+    def _send_file(self, client: ClientConnection, request: Request, exchange: Exchange, path: str) -> None:
+        """A hit on an X-Sendfile response: the file again; from a ready response when one is held."""
+        rendered_as = None
+        if self.app.renderable(request, exchange.headers):
+            rendered_as = (exchange.cache_key, exchange.headers.get(b"accept-encoding"))
+            held = self.app.rendered.get(rendered_as)
+            if held is not None:
+                request.response_bytes = len(held.body)
+                client.transport.write(held.head + connection_tail(request, client) + held.body)
+                client.response_finished(request)
+                return
+        head = ResponseHead(exchange.hit.head + b"\r\n")
+        send_file(client, request, head, path, exchange, rendered_as)
 
     def _compressed(self, exchange: Exchange, entry: CachedResponse, encoding: bytes) -> CachedResponse:
         key = exchange.cache_key + b"\0" + encoding

@@ -15,6 +15,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from proxy.http.filesender import FileSender, Piece
+from proxy.http.upstream import connection_tail
 from thruster.compression import MIN_SIZE, compressible_type
 from thruster.headers import ResponseHead
 from thruster.static import content_type_for, file_etag, plan_file
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from proxy.http.request import Request
     from thruster.exchange import Exchange
 
+IN_MEMORY = 64 * 1024  # files up to this size are sent from memory (their bytes kept in the cache)
 REASONS = {
     200: b"OK",
     206: b"Partial Content",
@@ -50,13 +52,21 @@ class FileRoots:
 
 
 def send_file(
-    client: ClientConnection, request: Request, head: ResponseHead, path: str, exchange: Exchange
+    client: ClientConnection,
+    request: Request,
+    head: ResponseHead,
+    path: str,
+    exchange: Exchange,
+    rendered_as: tuple[bytes, bytes | None] | None = None,
 ) -> None:
-    """Answer `request` with the file at `path`, under the app's `head` (its X-Sendfile line dropped).
+    """Answer `request` with the file at `path`, under the app's `head` (without its connection
+    headers; its X-Sendfile line is dropped here).
 
     A compressible file up to MAX_CACHE_ITEM_SIZE is compressed for a client that accepts it (once
-    per version of the file, kept in the cache); others go out as they are on disk.
+    per version of the file, kept in the cache); others go out as they are on disk. A whole small
+    file is sent from memory and, given `rendered_as`, its response kept for the next such request.
     """
+    tail = connection_tail(request, client)
     app = exchange.app
     head.remove(b"x-sendfile", b"content-length", b"transfer-encoding", b"content-range", b"accept-ranges")
     try:
@@ -111,11 +121,23 @@ def send_file(
         head.remove(b"content-type", b"content-length")
     head.set_status(plan.status, REASONS.get(plan.status, b""))
     request.status = plan.status
-    pieces: list[Piece] = [head.to_bytes()]
+    whole = not request.is_head and not plan.parts and plan.ranges == [(0, info.st_size)]
+    if body is None and whole and info.st_size <= IN_MEMORY:
+        body = app.files.content(path, etag, IN_MEMORY)
+        if body is not None and len(body) != info.st_size:
+            body = None  # changed under us: sent from the open file
     if body is not None and not request.is_head and plan.ranges:
-        pieces[0] += body  # the whole compressed body (Range requests are never compressed)
+        # The whole body from memory (compressed, or small; Range requests are never compressed).
+        os.close(fd)
         request.response_bytes = len(body)
-    elif not request.is_head:
+        request.response_started = True
+        client.transport.write(head.to_bytes(tail) + body)
+        client.response_finished(request)
+        if rendered_as is not None and plan.status == 200:
+            app.rendered.put(rendered_as, path, info, head.to_bytes(b""), body)
+        return
+    pieces: list[Piece] = [head.to_bytes(tail)]
+    if not request.is_head:
         if plan.parts:
             for part, file_range in zip(plan.parts, plan.ranges, strict=False):
                 pieces += (part, file_range)
@@ -128,11 +150,12 @@ def send_file(
 def _answer_plain(
     client: ClientConnection, request: Request, head: ResponseHead, status: int, body: bytes
 ) -> None:
-    """A short text answer in place of the file, keeping only how the connection goes on."""
-    head.lines = [line for line in head.lines if line[:11].lower() == b"connection:"]
+    """A short text answer in place of the file."""
+    head.lines = []
     head.set(b"Content-Type", b"text/plain; charset=utf-8")
     head.set(b"Content-Length", b"%d" % len(body))
     head.set_status(status, REASONS[status])
     request.status = status
-    client.transport.write(head.to_bytes() + (b"" if request.is_head else body))
+    head_bytes = head.to_bytes(connection_tail(request, client))
+    client.transport.write(head_bytes + (b"" if request.is_head else body))
     client.response_finished(request)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from proxy.http.filesender import FileSender, Piece
 from proxy.http.request import Request
-from proxy.http.responses import redirect_response
+from proxy.http.responses import error_response, redirect_response
 from proxy.http.upstream import connection_tail
 from proxy.log import JsonLog
 from thruster.cache import HttpCache
@@ -28,6 +28,7 @@ from thruster.compression import MIN_SIZE, accepted_encodings, choose_encoding, 
 from thruster.config import ThrusterConfig
 from thruster.filememory import FileMemory
 from thruster.headers import request_headers
+from thruster.rendered import PLAIN_REQUEST, RenderedResponses
 from thruster.sendfile import REASONS
 from thruster.static import (
     cache_control_for,
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
 
 IN_MEMORY = 64 * 1024
+_METHOD_NOT_ALLOWED = error_response(405).replace(b"\r\n", b"\r\nAllow: GET, HEAD\r\n", 1)
+NOT_FOUND_PAGE = (
+    b'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>404 Not Found</title></head>\n'
+    b"<body><h1>404 Not Found</h1><p>There is no file at this address.</p></body></html>\n"
+)
 RESOLVED_FOR = 1.0  # seconds a URL's resolution to a file is reused (resolving costs ~20 us of syscalls)
 MAX_RESOLVED = 10_000
 
@@ -50,6 +56,7 @@ class StaticFiles:
     """The dispatcher, and the "pool" that answers: files are sent without any upstream."""
 
     address_bytes = b""  # the access log's target: none
+    answers_itself = True
 
     def __init__(self, root: str, config: ThrusterConfig, log: JsonLog) -> None:
         self.root = os.path.realpath(root)
@@ -64,11 +71,14 @@ class StaticFiles:
             config.max_cache_item_size,
         )
         self.resolved: dict[bytes, tuple[float, str | None]] = {}
+        self.rendered = RenderedResponses()
 
     def route(self, request: Request) -> int | bytes:
         if request.method not in (b"GET", b"HEAD"):
-            return 405
+            return _METHOD_NOT_ALLOWED
         url = request.url
+        if not url.startswith(b"/"):
+            url = _origin_form(url)
         path = self._resolve(url)
         if path is None:
             return 404
@@ -95,6 +105,13 @@ class StaticFiles:
         """Answer `request` with the file `route` resolved."""
         path: str = request.context
         headers = request_headers(request.headers)
+        plain = not request.is_head and PLAIN_REQUEST.isdisjoint(headers)
+        key = (request.url, headers.get(b"accept-encoding"))
+        if plain:
+            held = self.rendered.get(key)
+            if held is not None:
+                _answer(client, request, held.head + connection_tail(request, client), held.body)
+                return
         ranged = b"range" in headers
         accepted = accepted_encodings(headers.get(b"accept-encoding")) if self.compress and not ranged else ()
         encoding = None
@@ -143,19 +160,17 @@ class StaticFiles:
             lines.append(b"Content-Encoding: " + encoding + b"\r\n")
         if self.compress:
             lines.append(b"Vary: Accept-Encoding\r\n")
-        lines.append(connection_tail(request, client))
         head = b"".join(lines)
+        response_head = head + connection_tail(request, client)
         request.status = plan.status
-        request.response_started = True
         if request.is_head or not plan.ranges:
-            client.transport.write(head)
-            client.response_finished(request)
+            _answer(client, request, response_head, b"")
         elif body is not None and not plan.parts and plan.ranges == [(0, len(body))]:
-            request.response_bytes = len(body)
-            client.transport.write(head + body)
-            client.response_finished(request)
+            _answer(client, request, response_head, body)
+            if plain:
+                self.rendered.put(key, served, info, head, body)
         else:
-            self._send_from_disk(client, request, served, head, plan.ranges, plan.parts)
+            self._send_from_disk(client, request, served, response_head, plan.ranges, plan.parts)
 
     def _send_from_disk(
         self,
@@ -179,3 +194,21 @@ class StaticFiles:
         else:
             pieces += ranges
         FileSender(client, request, fd, pieces).start()
+
+
+def _answer(client: ClientConnection, request: Request, head: bytes, body: bytes) -> None:
+    """A whole response from memory."""
+    request.status = request.status or 200
+    request.response_started = True
+    request.response_bytes = len(body)
+    client.transport.write(head + body)
+    client.response_finished(request)
+
+
+def _origin_form(url: bytes) -> bytes:
+    """The path and query of an absolute-form target (`http://host/path`), which servers must accept."""
+    _, separator, rest = url.partition(b"://")
+    if not separator:
+        return url
+    slash = rest.find(b"/")
+    return rest[slash:] if slash >= 0 else b"/"

@@ -271,6 +271,9 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         request.method = method
         request.is_head = method == b"HEAD"
         request.keep_alive = parser.should_keep_alive()
+        if not request.chunked and (request.content_length is None or not int(request.content_length)):
+            # No body to wait for: a response made at once (pythrust's cache, files) keeps the connection.
+            request.complete = True
         if request.connection is not None:
             self._apply_connection_header(request)
         elif request.upgrade is not None:
@@ -350,12 +353,14 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             else:
                 self._respond_with(request, int(answer[9:12]), answer)
             return
-        request.head = self._upstream_head(request)
+        pool = request.pool
+        if not pool.answers_itself:
+            request.head = self._upstream_head(request)
         if request.complete:
             self._set_deadline(RESPONSE, request.target_timeout)
         else:
             self._clear_deadline()
-        request.pool.acquire(request, self)
+        pool.acquire(request, self)
 
     def response_finished(self, request: Request) -> None:
         """The target finished the response to the request at the head of the queue."""

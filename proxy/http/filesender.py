@@ -29,7 +29,18 @@ Piece = bytes | tuple[int, int]
 class FileSender:
     """Writes a head and then file ranges (and framing bytes between them) to one client."""
 
-    __slots__ = ("client", "closed", "fd", "paused", "pieces", "request", "sending", "socket_fd", "transport")
+    __slots__ = (
+        "client",
+        "closed",
+        "fd",
+        "loop",
+        "paused",
+        "pieces",
+        "request",
+        "sending",
+        "socket_fd",
+        "transport",
+    )
 
     attached = True  # what the client connections check before pausing an upstream
 
@@ -42,6 +53,7 @@ class FileSender:
         self.closed = False
         self.transport = client.transport
         self.socket_fd = _sendfile_socket(self.transport)
+        self.loop = asyncio.get_running_loop()
         self.sending = request
         request.upstream = self
 
@@ -70,7 +82,8 @@ class FileSender:
                 except OSError:
                     self._abort()
                     return
-            if not sent:
+            read = not sent
+            if read:
                 # TLS or HTTP/2, or the socket is full: through the transport, which tells the client
                 # connection (and so this sender) when to pause.
                 data = os.pread(self.fd, min(length, CHUNK), offset)
@@ -84,6 +97,12 @@ class FileSender:
                 pieces.popleft()
             else:
                 pieces[0] = (offset + sent, length - sent)
+            if read and pieces and self.socket_fd is None:
+                # An HTTP/2 stream turns the bytes into frames that reach the socket (and its
+                # back-pressure) only when the loop runs: one chunk per turn, or a client with a
+                # large window would have the whole file read into memory.
+                self.loop.call_soon(self._pump)
+                return
         if not pieces and not self.closed:
             self._close_file()
             self.client.response_finished(request)

@@ -532,7 +532,8 @@ class Http2Stream:
             else:
                 self.respond(answer)
             return
-        request.head = connection._upstream_head(request)
+        if not request.pool.answers_itself:
+            request.head = connection._upstream_head(request)
         server = connection.server
         # Until the body is in: the head's time limit between DATA frames (one stream must not hold a
         # target connection forever); then the target's time to answer.

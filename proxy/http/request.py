@@ -103,6 +103,11 @@ class Dispatcher(Protocol):
     `target_timeout` and `service` and returns 0; or returns the status of an
     error page the proxy must give itself (404 when nothing matches, 503 when no
     target is healthy); or returns a complete response to send (redirects).
+
+    `pool` is usually a target's `UpstreamPool`; it may be anything with
+    `acquire(request, client)`, `address_bytes` (the access log's target) and
+    `answers_itself` (True: it answers without a target, so no upstream head is
+    built), such as pythrust's cache and static files.
     """
 
     def route(self, request: Request) -> int | bytes: ...

@@ -54,6 +54,9 @@ class UpstreamPool:
         "tunnels",
     )
 
+    # A "pool" that answers requests itself (pythrust's cache and static files) needs no upstream head.
+    answers_itself = False
+
     def __init__(
         self,
         host: str,

@@ -1,0 +1,183 @@
+"""pythrust against nginx serving the same files: X-Sendfile through pythrust, and `pythrust serve`.
+
+Every row is measured in the same run against nginx serving the file itself (1 worker, sendfile,
+keep-alive, access log off), on the same CPU, and reported per CPU-second each server used. The
+X-Sendfile rows put an app in front of the file: nginx on the load CPU answering an empty 200 with
+`X-Sendfile: <file>` and `Cache-Control: public, max-age=3600`, as an app serving stored files does, so
+after the first request pythrust answers from its cache and the app is not asked again (the file is
+still read from disk each time: a cached X-Sendfile response sends its file anew).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from bench import (
+    LOAD_CPU,
+    PROXY_CPU,
+    BenchError,
+    Processes,
+    Scenario,
+    body_for,
+    check_body,
+    fmt_ratio,
+    fmt_rps,
+    format_size,
+    free_port,
+    group_cpu_seconds,
+    interrupt,
+    parse_wrk,
+    preflight,
+    render,
+    run_wrk,
+    start_nginx,
+    table,
+    wait_ready,
+)
+
+TARGETS = ("nginx", "pythrust X-Sendfile", "pythrust serve")
+GOALS = {10240: 1.0, 1048576: 0.7}  # the issue's targets, per core against nginx
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (pythrust alone, not the app it runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_pythrust(
+    procs: Processes, tmp: Path, name: str, command: list[str]
+) -> tuple[int, Callable[[], float]]:
+    """pythrust on the proxy CPU (its access log to /dev/null); returns its port and its CPU clock."""
+    port = free_port()
+    env = {**os.environ, "HTTP_PORT": str(port), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    log = tmp / f"{name}.log"
+    argv = ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "thruster", *command]
+    proc = procs.start(argv, log, env, stdout=Path(os.devnull))
+    wait_ready(port, proc, name, log)
+    return port, partial(process_cpu_seconds, proc.pid)
+
+
+def sendfile_app_command(tmp: Path) -> list[str]:
+    """The app pythrust starts: nginx answering with X-Sendfile, pinned to the load CPU."""
+    app_port = free_port()
+    temp = tmp / "app-temp"
+    temp.mkdir()
+    conf = tmp / "app.conf"
+    conf.write_text(render("nginx-sendfile-app.conf", dir=tmp, temp=temp, port=app_port))
+    os.environ["TARGET_PORT"] = str(app_port)
+    return ["taskset", "-c", LOAD_CPU, "nginx", "-p", str(tmp), "-e", str(tmp / "app.log"), "-c", str(conf)]
+
+
+def measure(
+    port: int, cpu_clock: Callable[[], float], size: int, args: argparse.Namespace, lua: Path
+) -> tuple[float, float]:
+    """req/s and requests per CPU-second of the server, after a one-second warm-up."""
+    scenario = Scenario(size, close=False)
+    run_wrk(port, scenario, 1, args.connections, lua)
+    before = cpu_clock()
+    rps, _, requests, errors = parse_wrk(run_wrk(port, scenario, args.duration, args.connections, lua))
+    cpu = cpu_clock() - before
+    if errors:
+        raise BenchError(f"{errors} errors or non-2xx responses on port {port}")
+    return rps, requests / cpu if cpu else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run (default 5)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
+    ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    problem = preflight()
+    if problem:
+        print(f"thrust_bench.py: {problem}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="pythrust-bench-"))
+    lua = tmp / "none.lua"
+    lua.write_text("")
+    procs = Processes()
+    runs: dict[tuple[int, str], list[tuple[float, float]]] = {(s, t): [] for s in GOALS for t in TARGETS}
+    try:
+        www = tmp / "www"
+        www.mkdir()
+        for size in GOALS:
+            (www / str(size)).write_bytes(body_for(size))
+        for path in (tmp, www, *www.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        nginx, nginx_port = start_nginx(procs, tmp, "static", "nginx-upstream.conf", PROXY_CPU)
+        endpoints = {
+            "nginx": (nginx_port, partial(group_cpu_seconds, nginx.pid)),  # master and worker
+            "pythrust X-Sendfile": start_pythrust(procs, tmp, "pythrust-sendfile", sendfile_app_command(tmp)),
+            "pythrust serve": start_pythrust(procs, tmp, "pythrust-serve", ["serve", str(www)]),
+        }
+        for name, (port, _) in endpoints.items():
+            for size in GOALS:
+                check_body(port, size, name)
+        for size in GOALS:
+            for rnd in range(1, args.rounds + 1):
+                for target, (port, cpu_clock) in endpoints.items():
+                    rps, per_core = measure(port, cpu_clock, size, args, lua)
+                    runs[size, target].append((rps, per_core))
+                    print(
+                        f"  {format_size(size):<7} round {rnd}  {target:<20} {fmt_rps(rps):>9} req/s  "
+                        f"{fmt_rps(per_core):>9} req/CPU-s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    except BenchError as exc:
+        print(f"thrust_bench.py: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("thrust_bench.py: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(report(runs, args.markdown))
+    return 0
+
+
+def report(runs: dict[tuple[int, str], list[tuple[float, float]]], markdown: bool) -> str:
+    """One row per (file size, pythrust mode): req/s and per-core ratios to nginx, and the goal."""
+    rows = []
+    for size, goal in GOALS.items():
+        ngx_rps, ngx_core = (statistics.median(v) for v in zip(*runs[size, "nginx"], strict=True))
+        for target in TARGETS[1:]:
+            rps, core = (statistics.median(v) for v in zip(*runs[size, target], strict=True))
+            rows.append(
+                [
+                    f"{target} {format_size(size)}",
+                    fmt_rps(ngx_rps),
+                    fmt_rps(ngx_core),
+                    fmt_rps(rps),
+                    fmt_rps(core),
+                    fmt_ratio(core / ngx_core),
+                    f">= {goal:.1f}x",
+                ]
+            )
+    headers = [
+        "scenario",
+        "nginx req/s",
+        "nginx req/CPU-s",
+        "pythrust req/s",
+        "pythrust req/CPU-s",
+        "per core vs nginx",
+        "goal",
+    ]
+    return table(headers, rows, markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
