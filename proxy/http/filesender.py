@@ -135,7 +135,9 @@ class FileSender:
 
 def _sendfile_socket(transport: object) -> int | None:
     """The socket to sendfile into, when the transport is plain TCP (not TLS, not an HTTP/2 stream)."""
-    if not isinstance(transport, asyncio.Transport) or transport.get_extra_info("ssl_object") is not None:
+    # uvloop's transports are not asyncio.Transport instances; an HTTP/2 stream has no extra info.
+    extra_info = getattr(transport, "get_extra_info", None)
+    if extra_info is None or extra_info("ssl_object") is not None:
         return None
-    sock = transport.get_extra_info("socket")
+    sock = extra_info("socket")
     return None if sock is None else sock.fileno()
