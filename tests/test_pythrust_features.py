@@ -416,13 +416,29 @@ async def test_cache_entries_ignore_query_order_but_not_the_host(start_app):
     assert other.body == b"made 2 times; "
 
 
-async def test_posts_and_ranges_bypass_the_cache(start_app):
+async def test_posts_bypass_the_cache(start_app):
     thrust = await start_app()
-    await fetch(thrust, "/cached")  # stored, yet neither request below may be answered from it
+    await fetch(thrust, "/cached")  # stored, yet a POST may not be answered from it
     post = await fetch(thrust, "/cached", method="POST", headers={"Content-Length": "0"})
     assert post.header("X-Cache") == "bypass"
-    ranged = await fetch(thrust, "/cached", headers={"Range": "bytes=0-3"})
-    assert ranged.header("X-Cache") == "bypass"
+
+
+async def test_a_range_is_served_from_a_cached_whole_response(start_app):
+    thrust = await start_app()
+    not_stored = await fetch(thrust, "/cached?pad=100", headers={"Range": "bytes=0-3"})
+    assert not_stored.header("X-Cache") == "bypass", "a partial response is not stored"
+    whole = await fetch(thrust, "/cached?pad=100")
+    single = await fetch(thrust, "/cached?pad=100", headers={"Range": "bytes=5-9"})
+    assert (single.status, single.header("X-Cache")) == (206, "hit")
+    assert single.body == whole.body[5:10]
+    assert single.header("Content-Range") == f"bytes 5-9/{len(whole.body)}"
+    several = await fetch(thrust, "/cached?pad=100", headers={"Range": "bytes=0-1,-3"})
+    assert several.status == 206 and several.header("Content-Type").startswith("multipart/byteranges")
+    assert whole.body[:2] in several.body and whole.body[-3:] in several.body
+    beyond = await fetch(thrust, "/cached?pad=100", headers={"Range": f"bytes={len(whole.body) + 10}-"})
+    assert beyond.status == 416
+    calls = await fetch(thrust, url("/hits", path="/cached"))
+    assert calls.body == b"2", "the app made the partial response it was asked for, then the whole one"
 
 
 async def test_a_hit_answers_if_none_match_with_304(start_app):

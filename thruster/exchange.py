@@ -72,13 +72,14 @@ class AppDispatcher:
             request.headers.append(b"X-Sendfile-Type: X-Sendfile\r\n")
         exchange = Exchange(self, headers)
         request.context = exchange
-        if request.method in (b"GET", b"HEAD") and request.upgrade is None and b"range" not in headers:
+        if request.method in (b"GET", b"HEAD") and request.upgrade is None:
             key = cache_key(request.method, request.url, request.host)
             hit = self.cache.get(key, headers.get)
             if hit is not None:
                 exchange.hit = hit
                 request.pool = self.hits
-            exchange.cache_key = key
+            if b"range" not in headers:
+                exchange.cache_key = key  # a partial response is never stored (but a whole one serves it)
         return 0
 
     def renderable(self, request: Request, headers: dict[bytes, bytes]) -> bool:

@@ -16,7 +16,8 @@ from proxy.http.upstream import connection_tail
 from thruster.cache import CachedResponse, not_modified, vary_names
 from thruster.compression import MIN_SIZE, Compressor, padding_for
 from thruster.headers import ResponseHead
-from thruster.sendfile import send_file
+from thruster.sendfile import REASONS, send_file
+from thruster.static import parse_http_date, plan_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +46,9 @@ class CacheHits:
         if entry.sendfile is not None:
             self._send_file(client, request, exchange, entry.sendfile)
             return
+        if b"range" in exchange.headers and not request.is_head:
+            self._send_range(client, request, exchange, tail)
+            return
         if not_modified(entry, exchange.headers.get(b"if-none-match")):
             request.status = 304
             head = ResponseHead(entry.head + tail)
@@ -60,6 +64,42 @@ class CacheHits:
         body = entry.body
         request.response_bytes = len(body)
         client.transport.write(entry.head + tail + body)
+        client.response_finished(request)
+
+    def _send_range(
+        self, client: ClientConnection, request: Request, exchange: Exchange, tail: bytes
+    ) -> None:
+        """A Range request answered from a whole cached response (thruster sends those to the app)."""
+        entry = exchange.hit
+        head = ResponseHead(entry.head + b"\r\n")
+        last_modified = head.get(b"last-modified")
+        modified = parse_http_date(last_modified) if last_modified else None
+        headers = exchange.headers
+        # Without a Last-Modified there is no date to compare If-(Un)Modified-Since or If-Range with.
+        header = headers.get if modified is not None else _without_dates(headers)
+        body = entry.body
+        plan = plan_file(
+            len(body),
+            modified or 0.0,
+            method=request.method,
+            header=header,
+            etag=entry.etag,
+            content_type=head.get(b"content-type") or b"application/octet-stream",
+        )
+        for name, value in plan.headers:
+            if name != b"Last-Modified":  # the entry's own, if it has one, is kept
+                head.set(name, value)
+        head.remove(b"x-cache")
+        head.set(b"X-Cache", b"hit")
+        head.set_status(plan.status, REASONS.get(plan.status, b""))
+        request.status = plan.status
+        pieces = [body[offset : offset + length] for offset, length in plan.ranges]
+        if plan.parts:
+            pieces = [piece for pair in zip(plan.parts, pieces, strict=False) for piece in pair]
+            pieces.append(plan.parts[-1])
+        content = b"".join(pieces)
+        request.response_bytes = len(content)
+        client.transport.write(head.to_bytes(tail) + content)
         client.response_finished(request)
 
     def _send_file(self, client: ClientConnection, request: Request, exchange: Exchange, path: str) -> None:
@@ -90,6 +130,21 @@ class CacheHits:
             variant = stored_response(head, body, entry.expires - time.monotonic(), header, entry.vary_source)
             cache.put(key, variant, header)
         return variant
+
+
+def _without_dates(headers: dict[bytes, bytes]) -> Callable[[bytes], bytes | None]:
+    """Request headers for a response without Last-Modified: date conditions cannot hold, and an
+    If-Range date cannot match (so the whole response is sent, as RFC 9110 13.1.5 asks)."""
+
+    def header(name: bytes) -> bytes | None:
+        if name in (b"if-modified-since", b"if-unmodified-since"):
+            return None
+        value = headers.get(name)
+        if name == b"if-range" and value is not None and not value.startswith((b'"', b"W/")):
+            return b'"no-date-to-compare"'
+        return value
+
+    return header
 
 
 def stored_response(
