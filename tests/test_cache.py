@@ -32,6 +32,11 @@ def response(
     return CachedResponse(200, b"HTTP/1.1 200 OK\r\nX-Cache: hit\r\n", body, etag, expires, vary)
 
 
+def stored_size(body: bytes = b"body", path: bytes = b"/a") -> int:
+    """What an entry counts for once stored: the response and its key."""
+    return response(body).size + len(key(path))
+
+
 def request(**headers: bytes) -> Callable[[bytes], bytes | None]:
     """The request's header lookup, from keyword arguments with `_` for `-`."""
     return {name.replace("_", "-").encode(): value for name, value in headers.items()}.get
@@ -212,7 +217,7 @@ def test_an_expired_primary_is_replaced_not_varied() -> None:
 
 
 def test_lru_evicts_the_least_recently_stored() -> None:
-    size = response().size
+    size = stored_size()
     cache = HttpCache(2 * size, size, clock=Clock())
     for name in (b"/a", b"/b", b"/c"):
         cache.put(key(name), response(), request())
@@ -223,7 +228,7 @@ def test_lru_evicts_the_least_recently_stored() -> None:
 
 
 def test_a_hit_protects_an_entry_from_eviction() -> None:
-    size = response().size
+    size = stored_size()
     cache = HttpCache(2 * size, size, clock=Clock())
     cache.put(key(b"/a"), response(), request())
     cache.put(key(b"/b"), response(), request())
@@ -234,14 +239,23 @@ def test_a_hit_protects_an_entry_from_eviction() -> None:
 
 
 def test_a_large_entry_evicts_as_many_as_it_needs() -> None:
-    small = response(b"")
-    big = response(b"x" * (2 * small.size))
-    cache = HttpCache(3 * small.size, big.size, clock=Clock())
+    small = stored_size(b"")
+    big_body = b"x" * (3 * small - 5 - stored_size(b"", b"/big"))  # just fits the whole cache
+    big = stored_size(big_body, b"/big")
+    cache = HttpCache(3 * small, big, clock=Clock())
     for name in (b"/a", b"/b", b"/c"):
         cache.put(key(name), response(b""), request())
-    assert cache.put(key(b"/big"), big, request())
+    assert cache.put(key(b"/big"), response(big_body), request())
     assert len(cache) == 1
-    assert cache.size == big.size
+    assert cache.size == big
+
+
+def test_the_key_and_vary_values_count_against_the_capacity() -> None:
+    """A client chooses URLs and header values: a tiny response under a long key is not free."""
+    long_key = key(b"/" + b"q" * 5000)
+    cache = HttpCache(4000, 10_000, clock=Clock())
+    assert not cache.put(long_key, response(b""), request())
+    assert response(b"", vary=((b"accept-language", b"x" * 5000),)).size > 5000
 
 
 def test_larger_than_max_item_size_is_refused() -> None:
@@ -270,7 +284,7 @@ def test_replacing_a_key_adjusts_the_size() -> None:
 
 def test_replacing_frees_its_own_room_first() -> None:
     """A full cache replacing its most recently used entry by a same-size one evicts nothing else."""
-    size = response().size
+    size = stored_size()
     cache = HttpCache(2 * size, size, clock=Clock())
     cache.put(key(b"/a"), response(), request())
     cache.put(key(b"/b"), response(), request())

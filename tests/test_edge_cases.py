@@ -189,3 +189,19 @@ async def test_shutdown_finishes_sending_a_response_to_a_slow_client(proxy, size
     server.close()
     assert len(body) == size
     assert await asyncio.wait_for(proxy.process.wait(), 15) == 0
+
+
+async def test_the_status_of_a_head_response_is_logged_as_sent(proxy):
+    async def missing(reader, writer, head):
+        status = b"200 OK" if head.startswith(b"GET /up") else b"404 Not Found"
+        writer.write(b"HTTP/1.1 %s\r\nContent-Length: 9\r\n\r\n" % status)
+        if head.startswith(b"GET"):
+            writer.write(b"not found")
+        await writer.drain()
+
+    server = await deploy_raw(proxy, missing)
+    response = await raw_request(proxy.port, b"HEAD /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    server.close()
+    assert response.startswith(b"HTTP/1.1 404")
+    logged = await proxy.wait_for_log("Request", method="HEAD")
+    assert logged["status"] == 404, "the access log (and metrics) must say what the client got"

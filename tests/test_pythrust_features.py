@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
 import socket
 import sys
@@ -644,3 +645,84 @@ async def test_a_reader_that_stops_is_disconnected(start_app, file_200mb):
     finally:
         writer.close()
     assert received < 200 * MB, "pythrust must give up on a client that takes nothing for too long"
+
+
+async def test_a_cached_file_response_varies_by_cookie_per_user(start_app, tmp_path):
+    for user in ("alice", "bob"):
+        (tmp_path / f"{user}.txt").write_text(f"{user}'s private statement")
+    thrust = await start_app()
+    path = url("/statement", dir=tmp_path)
+    for _ in range(2):  # a miss each, then a hit each: never the other user's file
+        for user in ("alice", "bob"):
+            response = await fetch(thrust, path, headers={"Cookie": f"user={user}"})
+            assert response.body == f"{user}'s private statement".encode(), response.header("X-Cache")
+    assert (await fetch(thrust, url("/hits", path="/statement"))).body == b"2"
+
+
+async def test_vary_on_a_forwarded_header_is_honoured(start_app):
+    thrust = await start_app()
+    for host in ("evil.example", "good.example", "good.example"):
+        response = await fetch(thrust, "/forwarded", headers={"X-Forwarded-Host": host})
+        assert response.body == host.encode(), "one client's X-Forwarded-Host served to another"
+
+
+async def test_a_cacheable_204_keeps_the_connection_usable(start_app):
+    thrust = await start_app()
+    reader, writer = await asyncio.open_connection("127.0.0.1", thrust.http_port)
+    try:
+        for _ in range(3):  # a miss, then hits: each a bare 204 on the same connection
+            writer.write(f"GET /nothing HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            head = await asyncio.wait_for(read_head(reader), 5)
+            assert head.status == 204
+            assert not head.has("Transfer-Encoding") and head.header("Content-Length") in (None, "0")
+    finally:
+        writer.close()
+
+
+async def test_a_file_name_in_utf8_is_found(start_app, tmp_path):
+    (tmp_path / "café.txt").write_text("crème")
+    thrust = await start_app()
+    response = await fetch(thrust, url("/sendfile", path=tmp_path / "café.txt"))
+    assert (response.status, response.body) == (200, "crème".encode())
+
+
+async def test_a_fifo_named_by_the_app_is_refused_without_stalling(start_app, tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    thrust = await start_app()
+    response = await fetch(thrust, url("/sendfile", path=tmp_path / "pipe"))
+    assert response.status == 404
+    assert (await fetch(thrust, "/text?size=10")).status == 200, "the server still answers"
+
+
+async def test_a_client_that_pipelines_and_never_reads_holds_bounded_memory(start_app):
+    thrust = await start_app()
+    path = "/cached?pad=1000000"  # a 1 MB cached response
+    assert (await fetch(thrust, path)).status == 200
+    before = resident_bytes(thrust.process.pid)
+    _, writer = await asyncio.open_connection("127.0.0.1", thrust.http_port)
+    # Padded so that the requests alone overflow the socket buffers once pythrust stops reading.
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nX-Pad: {'p' * 8000}\r\n\r\n".encode()
+    try:
+        sent = 0
+        for _ in range(3000):  # 3 GB of responses if pythrust kept answering
+            writer.write(request)
+            try:
+                await asyncio.wait_for(writer.drain(), 2)
+            except TimeoutError:
+                break  # pythrust stopped reading: it waits for this client to take its responses
+            sent += 1
+        assert sent < 3000, "pythrust read every request of a client that takes no responses"
+        assert resident_bytes(thrust.process.pid) - before < 50 * MB
+    finally:
+        writer.transport.abort()
+
+
+async def test_an_http2_client_that_takes_nothing_is_cut_after_the_write_timeout(start_app):
+    thrust = await start_app(H2C_ENABLED="true", HTTP_WRITE_TIMEOUT="1")
+    client = await H2Client.connect(thrust.http_port, HOST, None)
+    client.auto_ack = False  # never gives window back: the 1 MB response cannot get through
+    try:
+        client.start("/cached?pad=1000000")
+        await asyncio.wait_for(client.closed.wait(), 10)
+    finally:
+        await client.close()

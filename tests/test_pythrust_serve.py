@@ -175,6 +175,14 @@ async def test_a_directory_serves_its_index_after_a_slash_redirect(start_pythrus
     assert (await fetch(port, "/empty")).status == 404
 
 
+async def test_the_slash_redirect_never_leaves_the_site(start_pythrust, www):
+    put(www, "evil.example/index.html", b"a directory named like a host\n")
+    port = await serve(start_pythrust, www)
+    redirect = await fetch(port, "//evil.example")
+    assert redirect.status == 301
+    assert redirect.headers["location"] == "/evil.example/", "//host would send the browser to that host"
+
+
 @pytest.mark.parametrize(
     ("name", "content_type"),
     [

@@ -46,7 +46,9 @@ class CachedResponse:
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.size = len(self.head) + len(self.body) + ENTRY_OVERHEAD
+        # Everything the entry holds counts, the request's Vary values too (a client picks those).
+        vary = sum(len(name) + len(value or b"") for name, value in self.vary)
+        self.size = len(self.head) + len(self.body) + vary + ENTRY_OVERHEAD
 
 
 def _param_name(param: bytes) -> bytes:
@@ -164,11 +166,13 @@ class HttpCache:
         """Store a response for a request, evicting the least recently used entries to make room; False
         when it is too large to store at all. A live primary entry for other header values is kept and
         the response goes under the request's secondary key."""
-        if response.size > self.max_item_size or response.size > self.capacity:
-            return False
         primary = self._entries.get(key)
         if primary is not None and primary.expires > self._clock() and not _matches(primary.vary, header):
             key = _secondary_key(key, primary.vary, header)
+        # The key counts as well: URLs and secondary keys can be long, and a client chooses them.
+        response.size += len(key)
+        if response.size > self.max_item_size or response.size > self.capacity:
+            return False
         self._remove(key)
         while self.size + response.size > self.capacity:
             _, evicted = self._entries.popitem(last=False)

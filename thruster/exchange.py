@@ -12,6 +12,7 @@ response travels on.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from proxy.http.request import Request
@@ -65,6 +66,17 @@ class AppDispatcher:
         request.forward_headers = self.forward_headers
         request.target_timeout = self.target_timeout
         headers = request_headers(request.headers)
+        # The headers the engine keeps apart count for Vary like any other.
+        for name, value in (
+            (b"host", request.host),
+            (b"user-agent", request.user_agent or None),
+            (b"x-forwarded-for", request.xff),
+            (b"x-forwarded-proto", request.xfp),
+            (b"x-forwarded-host", request.xfh),
+            (b"x-request-id", request.request_id),
+        ):
+            if value is not None:
+                headers[name] = value
         if b"x-sendfile-type" in headers:
             # Only pythrust says whether the app may answer with a file, never the client.
             request.headers = [line for line in request.headers if line[:16].lower() != _SENDFILE_TYPE]
@@ -144,14 +156,18 @@ class Exchange:
         vary = head.get(b"vary")
         if app.compress:
             head.add_vary(b"Accept-Encoding")
-        path = head.get(b"x-sendfile") if app.sendfile else None
-        if path is not None:
+        sendfile = head.get(b"x-sendfile") if app.sendfile else None
+        if sendfile is not None:
+            path = os.fsdecode(sendfile)  # the bytes the app named, as the file system has them
             if ttl:
-                self._store(
-                    stored_response(head, None, ttl, self.headers.get, vary, sendfile=path.decode("latin-1"))
-                )
-            return b"", _SendfileWork(head, path.decode("latin-1"), self)
+                self._store(stored_response(head, None, ttl, self.headers.get, vary, sendfile=path))
+            return b"", _SendfileWork(head, path, self)
         on_captured = None
+        bodiless = head.status < 200 or head.status in (204, 304)
+        if bodiless:
+            if ttl:
+                self._store(stored_response(head, None, ttl, self.headers.get, vary))
+            return head.to_bytes(), None  # nothing to compress, capture or frame
         if ttl and request.is_head:
             self._store(stored_response(head, None, ttl, self.headers.get, vary))
         elif ttl and (head.has(b"content-length") or not request.http10):

@@ -42,6 +42,8 @@ class CacheHits:
         request.response_started = True
         client.deadline = 0.0
         request.status = entry.status
+        if not request.complete:
+            request.keep_alive = False  # answered before its body was read: the connection closes
         tail = connection_tail(request, client)
         if entry.sendfile is not None:
             self._send_file(client, request, exchange, entry.sendfile)
@@ -106,7 +108,8 @@ class CacheHits:
         """A hit on an X-Sendfile response: the file again; from a ready response when one is held."""
         rendered_as = None
         if self.app.renderable(request, exchange.headers):
-            rendered_as = (exchange.cache_key, exchange.headers.get(b"accept-encoding"))
+            # The entry's Vary values too: the key alone names every variant of the URL.
+            rendered_as = (exchange.cache_key, exchange.headers.get(b"accept-encoding"), exchange.hit.vary)
             held = self.app.rendered.get(rendered_as)
             if held is not None:
                 request.response_bytes = len(held.body)

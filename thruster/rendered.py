@@ -31,9 +31,9 @@ class Rendered(NamedTuple):
 class RenderedResponses:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.held: dict[tuple[bytes, bytes | None], Rendered] = {}
+        self.held: dict[tuple, Rendered] = {}
 
-    def get(self, key: tuple[bytes, bytes | None]) -> Rendered | None:
+    def get(self, key: tuple) -> Rendered | None:
         held = self.held.get(key)
         if held is None or held.expires < self.loop.time():
             return None
@@ -45,9 +45,7 @@ class RenderedResponses:
             return None
         return held
 
-    def put(
-        self, key: tuple[bytes, bytes | None], path: str, info: os.stat_result, head: bytes, body: bytes
-    ) -> None:
+    def put(self, key: tuple, path: str, info: os.stat_result, head: bytes, body: bytes) -> None:
         if len(self.held) >= MAX_RENDERED:
             self.held.clear()
         identity = (info.st_size, info.st_mtime_ns, info.st_ino)

@@ -66,11 +66,14 @@ def send_file(
     per version of the file, kept in the cache); others go out as they are on disk. A whole small
     file is sent from memory and, given `rendered_as`, its response kept for the next such request.
     """
+    if not request.complete:
+        request.keep_alive = False  # answered before its body was read: the connection closes
     tail = connection_tail(request, client)
     app = exchange.app
     head.remove(b"x-sendfile", b"content-length", b"transfer-encoding", b"content-range", b"accept-ranges")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Non-blocking: a FIFO named by mistake must not stall the server (it is refused below).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         _answer_plain(client, request, head, 404, b"404 page not found\n")
         return
@@ -91,7 +94,10 @@ def send_file(
         app.log.info("X-Sendfile path outside X_SENDFILE_ROOTS", path=path)
         _answer_plain(client, request, head, 500, b"500 Internal Server Error\n")
         return
-    etag = head.get(b"etag") or file_etag(info.st_size, info.st_mtime_ns, info.st_ino)
+    # The file's identity decides whether bytes kept in memory are still this file's; the app's own
+    # ETag, if it gave one, is what the client sees.
+    identity = file_etag(info.st_size, info.st_mtime_ns, info.st_ino)
+    etag = head.get(b"etag") or identity
     content_type = head.get(b"content-type") or content_type_for(path)
     body = None
     if (
@@ -103,7 +109,7 @@ def send_file(
         encoding = app.encoding_for(request, exchange.headers)
         if encoding is not None:
             compressed_etag = etag[:-1] + b"-" + encoding + b'"'  # a validator per representation
-            body = app.files.compressed(path, compressed_etag, encoding)
+            body = app.files.compressed(path, identity, encoding, fd)
             if body is not None:
                 etag = compressed_etag
                 head.set(b"Content-Encoding", encoding)
@@ -123,7 +129,7 @@ def send_file(
     request.status = plan.status
     whole = not request.is_head and not plan.parts and plan.ranges == [(0, info.st_size)]
     if body is None and whole and info.st_size <= IN_MEMORY:
-        body = app.files.content(path, etag, IN_MEMORY)
+        body = app.files.content(path, identity, IN_MEMORY, fd)
         if body is not None and len(body) != info.st_size:
             body = None  # changed under us: sent from the open file
     if body is not None and not request.is_head and plan.ranges:

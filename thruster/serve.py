@@ -85,7 +85,9 @@ class StaticFiles:
         if path.endswith("/index.html"):
             target, _, query = url.partition(b"?")
             if not target.endswith((b"/", b"/index.html")):
-                return redirect_response(target + b"/" + (b"?" + query if query else b""))
+                # One leading slash: "//evil.example/" would send the browser to another host.
+                location = b"/" + target.lstrip(b"/") + b"/"
+                return redirect_response(location + (b"?" + query if query else b""))
         request.pool = self
         request.context = path
         return 0
@@ -104,6 +106,8 @@ class StaticFiles:
     def acquire(self, request: Request, client: ClientConnection) -> None:
         """Answer `request` with the file `route` resolved."""
         path: str = request.context
+        if not request.complete:
+            request.keep_alive = False  # answered before its body was read: the connection closes
         headers = request_headers(request.headers)
         plain = not request.is_head and PLAIN_REQUEST.isdisjoint(headers)
         key = (request.url, headers.get(b"accept-encoding"))

@@ -34,6 +34,7 @@ MAX_BUFFERED_BODY = 1024 * 1024
 _PAUSE_UPSTREAM = 1  # the target is not taking the request body fast enough
 _PAUSE_QUEUE = 2  # too many pipelined requests waiting
 _PAUSE_BODY = 4  # body arriving before the target connection is ready
+_PAUSE_WRITE = 8  # the client is not taking its responses: the next request waits
 
 # What the connection's deadline is for.
 IDLE = 1
@@ -74,6 +75,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         "reading",
         "scheme",
         "server",
+        "start_waiting",
         "transport",
         "tunnel",
         "tunnel_backlog",
@@ -101,6 +103,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.write_backlog = 0
         self.pause_reasons = 0
         self.pending_reject = 0
+        self.start_waiting = False
         self.deadline = 0.0
         self.deadline_kind = 0
         self.upgraded = False
@@ -190,10 +193,15 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.deadline_kind == WRITE:
-            if self.queue:
+            if self.queue or self.tunnel is not None:
                 self._clear_deadline()
             else:
                 self._await_next()
+        if self.start_waiting:
+            self.start_waiting = False
+            self._resume(_PAUSE_WRITE)
+            self._start(self.queue[0])
+            return
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if upstream is not None:
             upstream.resume()
@@ -278,10 +286,12 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self._apply_connection_header(request)
         elif request.upgrade is not None:
             request.upgrade = None
+        if self.closed:
+            return  # answered and closing (a response made before this pipelined request was read)
         queue = self.queue
         queue.append(request)
         if len(queue) == 1:
-            self._start(request)
+            self._start_when_writable(request)
         elif len(queue) >= MAX_PIPELINED:
             self._pause(_PAUSE_QUEUE)
 
@@ -345,6 +355,16 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     # -- dispatching ----------------------------------------------------------------
 
+    def _start_when_writable(self, request: Request) -> None:
+        """Start `request` unless the client is not taking the responses already sent: then it
+        waits (and no more is read) until the client catches up. Answers made at once (pythrust's
+        cache, files) would otherwise pile up in memory for a client that pipelines and never reads."""
+        if self.write_paused:
+            self.start_waiting = True
+            self._pause(_PAUSE_WRITE)
+        else:
+            self._start(request)
+
     def _start(self, request: Request) -> None:
         answer = self.server.dispatcher.route(request)
         if answer:
@@ -376,7 +396,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         if self.pause_reasons & _PAUSE_QUEUE and len(queue) < MAX_PIPELINED:
             self._resume(_PAUSE_QUEUE)
         if queue:
-            self._start(queue[0])
+            self._start_when_writable(queue[0])
         elif self.pending_reject:
             self._reject(self.pending_reject)
         else:
@@ -449,10 +469,12 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        """Close once what is buffered for the client has been sent."""
+        """Close once what is buffered for the client has been sent (within the write timeout)."""
         self.closed = True
         self.deadline = 0.0
         self.transport.close()
+        if self.server.write_timeout and self.transport.get_write_buffer_size():
+            self._arm_write_deadline()
 
     def abort(self) -> None:
         """Cut the connection at once (a response broke off midway)."""
@@ -524,7 +546,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             if self.transport.get_write_buffer_size() < self.write_backlog:
                 self._arm_write_deadline()  # slow, but reading
             else:
-                self.abort()
+                self.closed = True
+                self.transport.abort()  # also after close(): what is left will never be taken
         elif kind in (IDLE, LINGER):
             self.close()
         elif kind == HEADER:

@@ -116,7 +116,10 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "server",
         "streams",
         "transport",
+        "write_deadline",
+        "write_mark",
         "write_paused",
+        "written",
     )
 
     def __init__(self, server: HttpServer, port: int, scheme: bytes = b"https") -> None:
@@ -128,6 +131,9 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.write_paused = False
+        self.write_deadline = 0.0
+        self.write_mark = 0
+        self.written = 0
         self.flush_scheduled = False
         self.last_host = None
         self.last_host_line = b""
@@ -238,6 +244,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         # The client is not reading what it asked for: stop reading from it, and
         # stop reading its responses from the targets.
         self.write_paused = True
+        self.expect_progress()
         if not self.closed:
             self.transport.pause_reading()
         for stream in self.streams.values():
@@ -255,6 +262,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.flush_scheduled = False
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
+            self.written += len(data)
             self.transport.write(data)
 
     def flush_soon(self) -> None:
@@ -448,18 +456,45 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     # -- deadlines (read by the server's sweeper) ----------------------------------
 
+    def expect_progress(self) -> None:
+        """Response bytes are waiting (a full socket, or a stream's closed window): with a write
+        timeout, the client must take some of them within it or the connection is cut. Like
+        HTTP/1.1's, it measures progress, so a slow but steady download goes on."""
+        timeout = self.server.write_timeout
+        if timeout and not self.write_deadline:
+            self.write_mark = self._delivered()
+            self.write_deadline = self.server.loop.time() + timeout
+
+    def _delivered(self) -> int:
+        return self.written - self.transport.get_write_buffer_size()
+
+    def _waiting_output(self) -> bool:
+        return self.write_paused or any(stream.pending for stream in self.streams.values())
+
     @property
     def deadline(self) -> float:
         if not self.streams:
-            return self.idle_deadline
-        return min((s.deadline for s in self.streams.values() if s.deadline), default=0.0)
+            deadline = self.idle_deadline
+        else:
+            deadline = min((s.deadline for s in self.streams.values() if s.deadline), default=0.0)
+        write = self.write_deadline
+        return write if write and (not deadline or write < deadline) else deadline
 
     def deadline_expired(self) -> None:
-        if not self.streams:
-            self.idle_deadline = 0.0
-            self.close()
-            return
         now = self.server.loop.time()
+        if self.write_deadline and self.write_deadline <= now:
+            self.write_deadline = 0.0
+            if self._waiting_output():
+                if self._delivered() <= self.write_mark:
+                    self.abort()  # nothing taken for a whole write timeout
+                    self._drop_streams()
+                    return
+                self.expect_progress()
+        if not self.streams:
+            if self.idle_deadline and self.idle_deadline <= now:
+                self.idle_deadline = 0.0
+                self.close()
+            return
         for stream in list(self.streams.values()):
             if stream.deadline and stream.deadline <= now:
                 stream.deadline = 0.0
@@ -739,6 +774,7 @@ class Http2Stream:
             self.pending.append(rest)
             self.pending_bytes += len(rest)
             self.update_target_flow()
+            self.connection.expect_progress()  # the client's window is closed
 
     def send_pending(self) -> None:
         """The client opened its window: send what waits, then end the stream if the response has."""

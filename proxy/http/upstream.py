@@ -360,10 +360,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         request = self.request
         request.response_started = True
         self.client.deadline = 0.0
+        self._send_head()
         if request.is_head:
+            # The head said how long a body would be; there is none. (After the head is sent: it reads
+            # the status from this parser.)
             self.response_done = True
             self.parser = httptools.HttpResponseParser(self)
-        self._send_head()
         self.head_buffer = b""
         self.scan_buffer = b""
 
@@ -522,9 +524,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if client is None:
             return
         self.client = self.request = None
-        if self.close_delimited and not self.in_head:
+        if self.close_delimited and not self.in_head and exc is None:
             request.keep_alive = False
             self._complete(client, request)
+        elif self.close_delimited and not self.in_head:
+            client.abort()  # reset midway: the client must not take a cut body for the whole one
         elif (
             not self.got_any
             and self.reused

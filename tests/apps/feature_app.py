@@ -9,6 +9,9 @@ GET /cached?max_age=N&pad=K   "Cache-Control: public, max-age=N", ETag, Set-Cook
 GET /text?size=N              N bytes of HTML; with &private=1 Cache-Control private
 GET /stream                   text/event-stream: event 1, then event 2 once /release is called
 GET /release                  lets /stream send its second event
+GET /statement?dir=D          X-Sendfile of D/<cookie "user">.txt, public, Vary: Cookie (per-user files)
+GET /forwarded                echoes X-Forwarded-Host; public, Vary: X-Forwarded-Host
+GET /nothing                  204, public
 GET /headers                  the request headers the app got, as JSON
 GET /hits?path=P              how many requests for P the app has seen
 """
@@ -45,7 +48,8 @@ def download() -> Response:
 def raw_sendfile() -> Response:
     # As Rails serves a precompressed asset: Content-Length 0, the encoding of the file named.
     response = Response(b"", mimetype="text/plain")
-    response.headers["X-Sendfile"] = request.args["path"]
+    # The path's UTF-8 bytes, as Rails sends them (a WSGI header is latin-1 text).
+    response.headers["X-Sendfile"] = request.args["path"].encode().decode("latin-1")
     if "encoding" in request.args:
         response.headers["Content-Encoding"] = request.args["encoding"]
     return response
@@ -87,6 +91,30 @@ def stream() -> Response:
 def release() -> str:
     released.set()
     return "released"
+
+
+@app.get("/statement")
+def statement() -> Response:
+    response = Response(b"", mimetype="text/plain")
+    response.headers["X-Sendfile"] = os.path.join(request.args["dir"], request.cookies["user"] + ".txt")
+    response.headers["Cache-Control"] = "public, max-age=600"
+    response.headers["Vary"] = "Cookie"
+    return response
+
+
+@app.get("/forwarded")
+def forwarded() -> Response:
+    response = Response(request.headers.get("X-Forwarded-Host", ""), mimetype="text/plain")
+    response.headers["Cache-Control"] = "public, max-age=600"
+    response.headers["Vary"] = "X-Forwarded-Host"
+    return response
+
+
+@app.get("/nothing")
+def nothing() -> Response:
+    response = Response(status=204)
+    response.headers["Cache-Control"] = "public, max-age=600"
+    return response
 
 
 @app.get("/headers")
