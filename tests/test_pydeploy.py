@@ -1,0 +1,212 @@
+"""pydeploy end to end on the test bed: two SSH hosts with their own dockerd, a registry with a password,
+the pyproxy image and the busybox test app (v1, v2 healthy; v3's /up answers 404).
+
+One scenario, in order, as a user lives it: setup + v1, v2 under load, rollback under load, an
+unhealthy v3 refused, then the smaller commands against what is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cr3t-db-password-7f1e"
+HOST = "app.test"
+
+pytestmark = pytest.mark.timeout(900)  # the first test may pay for the bed's first bring-up
+
+
+def project(bed: Testbed, path: Path) -> Path:
+    """An app's repository as a pydeploy user has it: config/deploy.yml, a staging overlay, secrets."""
+    (path / "config").mkdir(parents=True)
+    hosts = "\n".join(f"      - {host}" for host in bed.hosts)
+    (path / "config" / "deploy.yml").write_text(
+        f"""service: testapp
+image: testapp
+servers:
+  web:
+    hosts:
+{hosts}
+proxy:
+  host: {HOST}
+  app_port: 80
+  healthcheck:
+    path: /up
+    interval: 1
+  image: {bed.proxy_image}
+registry:
+  server: {bed.registry}
+  username: {bed.registry_user}
+  password:
+    - REGISTRY_PASSWORD
+env:
+  clear:
+    GREETING: hello
+  secret:
+    - DB_PASSWORD
+ssh:
+  user: {bed.ssh_user}
+  keys:
+    - {bed.ssh_key}
+deploy_timeout: 15
+drain_timeout: 5
+aliases:
+  running: app version
+"""
+    )
+    (path / "config" / "deploy.staging.yml").write_text("env:\n  clear:\n    GREETING: staging\n")
+    (path / ".kamal").mkdir()
+    (path / ".kamal" / "secrets-common").write_text(
+        f"REGISTRY_PASSWORD={bed.registry_password}\nDB_PASSWORD={SECRET}\n"
+    )
+    return path
+
+
+def pydeploy(bed: Testbed, app: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYDEPLOY_KNOWN_HOSTS": str(app / "known_hosts"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "deployer", *args],
+        cwd=app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def on_host(bed: Testbed, host: str, *command: str) -> str:
+    done = subprocess.run(bed.ssh_command(host, *command), capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
+async def version_served(host: str) -> str:
+    """GET /version through the host's proxy, as a browser asking for app.test would."""
+    reader, writer = await asyncio.open_connection(host, 80)
+    writer.write(f"GET /version HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+    response = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode().strip()
+
+
+class Load:
+    """Requests to every host, one after another per host, until stopped; counts what failed."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        self.hosts = hosts
+        self.ok = 0
+        self.failed: list[str] = []
+        self.running = True
+
+    async def _host(self, host: str) -> None:
+        deadline = time.monotonic() + 240  # bounded, whatever happens
+        while self.running and time.monotonic() < deadline:
+            try:
+                await version_served(host)
+                self.ok += 1
+            except (AssertionError, OSError, TimeoutError) as exc:
+                self.failed.append(f"{host}: {exc!r}")
+
+    async def during(self, work) -> object:
+        tasks = [asyncio.get_running_loop().create_task(self._host(host)) for host in self.hosts]
+        try:
+            return await asyncio.to_thread(work)
+        finally:
+            self.running = False
+            await asyncio.gather(*tasks)
+
+
+@pytest.fixture
+def bed(testbed: Testbed) -> Testbed:  # noqa: F811
+    yield testbed
+    testbed.reset()
+
+
+async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path: Path) -> None:
+    app = project(bed, tmp_path / "app")
+
+    setup = pydeploy(bed, app, "setup", "--version", "v1", "-P")
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    for host in bed.hosts:
+        assert await version_served(host) == "v1"
+    assert SECRET not in setup.stdout + setup.stderr
+
+    load = Load(bed.hosts)
+    deploy = await load.during(lambda: pydeploy(bed, app, "deploy", "--version", "v2", "-P"))
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    assert not load.failed, load.failed[:5]
+    assert load.ok > 10
+    for host in bed.hosts:
+        assert await version_served(host) == "v2"
+        listing = on_host(bed, host, "docker ps --all --format '{{.Names}} {{.State}}'")
+        assert "testapp-web-v1 exited" in listing, "the old container is stopped, and kept for a rollback"
+        assert "testapp-web-v2 running" in listing
+
+    load = Load(bed.hosts)
+    rollback = await load.during(lambda: pydeploy(bed, app, "rollback"))
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert "Rolled back to v1" in rollback.stdout
+    assert not load.failed, load.failed[:5]
+    for host in bed.hosts:
+        assert await version_served(host) == "v1"
+
+    failed = pydeploy(bed, app, "deploy", "--version", "v3", "-P")
+    assert failed.returncode == 1
+    assert "never became healthy" in failed.stderr and "Likely causes" in failed.stderr, failed.stderr
+    assert "404" in failed.stderr, "the last health check's answer is shown"
+    for host in bed.hosts:
+        assert await version_served(host) == "v1", "a failed deploy leaves the previous version serving"
+
+    # Secrets: in the container's environment, nowhere in output or on a command line.
+    for host in bed.hosts:
+        env = on_host(bed, host, "docker exec testapp-web-v1 env")
+        assert f"DB_PASSWORD={SECRET}" in env and "GREETING=hello" in env
+        command_line = on_host(bed, host, "docker inspect testapp-web-v1 --format '{{.Path}} {{.Args}}'")
+        assert SECRET not in command_line
+    executed = pydeploy(bed, app, "app", "exec", "env")
+    assert executed.returncode == 0, executed.stderr
+    assert "GREETING=hello" in executed.stdout and SECRET not in executed.stdout
+    assert "DB_PASSWORD=[REDACTED]" in executed.stdout
+
+    logs = pydeploy(bed, app, "app", "logs", "-n", "5")
+    assert logs.returncode == 0 and all(host in logs.stdout for host in bed.hosts), logs.stdout
+
+    aliased = pydeploy(bed, app, "running")
+    assert aliased.returncode == 0 and aliased.stdout.count("v1") == len(bed.hosts), aliased.stdout
+
+
+async def test_the_lock_refuses_a_second_deploy_and_config_is_redacted(bed: Testbed, tmp_path: Path) -> None:
+    app = project(bed, tmp_path / "app")
+    acquired = pydeploy(bed, app, "lock", "acquire", "-m", "database migration by hand")
+    assert acquired.returncode == 0, acquired.stderr
+    status = pydeploy(bed, app, "lock", "status")
+    assert "database migration by hand" in status.stdout
+    refused = pydeploy(bed, app, "deploy", "--version", "v1", "-P")
+    assert refused.returncode == 1
+    assert "lock" in refused.stderr and "database migration by hand" in refused.stderr
+    assert "pydeploy lock release" in refused.stderr
+    assert pydeploy(bed, app, "lock", "release").returncode == 0
+    assert "no deploy lock" in pydeploy(bed, app, "lock", "status").stdout
+
+    printed = pydeploy(bed, app, "config")
+    assert (
+        printed.returncode == 0
+        and SECRET not in printed.stdout
+        and bed.registry_password not in printed.stdout
+    )
+    staging = pydeploy(bed, app, "-d", "staging", "config")
+    assert "staging" in staging.stdout and "GREETING: staging" in staging.stdout

@@ -1,0 +1,102 @@
+"""pydeploy's command line and the commands it runs on hosts, without hosts: usage errors, quoting, and
+secrets that must never reach a command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deployer import docker
+from deployer.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """service: shop
+image: acme/shop
+servers:
+  web:
+    - 10.0.0.1
+  jobs:
+    hosts:
+      - 10.0.0.2
+    cmd: bin/jobs
+    proxy: false
+proxy:
+  hosts: [shop.example, www.shop.example]
+  app_port: 3000
+  healthcheck:
+    path: /healthz
+env:
+  clear:
+    RAILS_ENV: production
+  secret:
+    - DATABASE_URL
+"""
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "deploy.yml").write_text(CONFIG)
+    (tmp_path / ".kamal").mkdir()
+    (tmp_path / ".kamal" / "secrets").write_text("DATABASE_URL='postgres://u:p@db/shop'\n")
+    return tmp_path
+
+
+def pydeploy(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deployer", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args", [["--bogus"], ["deploy", "--nope"], ["app"], ["rollback", "a", "b"], ["frobnicate"]]
+)
+def test_bad_usage_is_one_line_and_exit_2(app: Path, args: list[str]) -> None:
+    done = pydeploy(app, *args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("pydeploy: ")
+
+
+def test_unmatched_hosts_or_roles_are_named(app: Path) -> None:
+    done = pydeploy(app, "-h", "10.9.*", "app", "containers", "--version", "v1")
+    assert (done.returncode, done.stderr.strip()) == (2, "pydeploy: No --hosts match for 10.9.*")
+
+
+def test_a_missing_secret_is_a_clear_error(app: Path) -> None:
+    (app / ".kamal" / "secrets").write_text("OTHER=1\n")
+    done = pydeploy(app, "config")
+    assert done.returncode == 2 and "DATABASE_URL" in done.stderr
+
+
+def test_the_app_container_gets_secrets_only_through_its_env_file(app: Path) -> None:
+    config = load_config(app, version="abc123")
+    web = config.roles[0]
+    command = docker.run_app(config, web, "abc123", "10.0.0.1")
+    assert "postgres://" not in command and "DATABASE_URL" not in command
+    assert "--env-file .kamal/apps/shop/env/roles/web.env" in command
+    assert "--env RAILS_ENV=production" in command and "--name shop-web-abc123" in command
+    assert "--label version=abc123" in command and "--label destination=" in command
+    env_file = docker.env_file(config, web, {"DATABASE_URL": "postgres://u:p@db/shop\nx"})
+    assert env_file == b"DATABASE_URL=postgres://u:p@db/shop\\nx\n"
+
+
+def test_the_proxy_deploy_carries_the_role_settings(app: Path) -> None:
+    config = load_config(app, version="abc123")
+    command = docker.proxy_deploy(config, config.roles[0], "f00dcafe")
+    assert command.startswith("docker exec pyproxy pyproxy deploy shop-web ")
+    for flag in (
+        "--target=f00dcafe:3000",
+        "--host=shop.example",
+        "--host=www.shop.example",
+        "--health-check-path=/healthz",
+        "--deploy-timeout=30s",
+        "--drain-timeout=30s",
+    ):
+        assert flag in command
+    jobs = config.roles[1]
+    assert jobs.proxy is None and docker.run_app(config, jobs, "abc123", "10.0.0.2").endswith(" bin/jobs")
