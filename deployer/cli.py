@@ -239,11 +239,19 @@ async def _dispatch(args: argparse.Namespace, deployment: Deployment, out: Outpu
         out.info(
             f"{command.capitalize()} of {config.service} {config.version} to {', '.join(deployment.hosts)}"
         )
-        await getattr(deployment, command)(root, args.skip_push)
+        try:
+            await getattr(deployment, command)(root, args.skip_push)
+        except DeployError:
+            await _say_what_runs(deployment, out)
+            raise
         out.info(f"{config.service} {config.version} is live on {', '.join(deployment.hosts)}")
         out.summary()
     elif command == "rollback":
-        version = await deployment.rollback(args.rollback_version)
+        try:
+            version = await deployment.rollback(args.rollback_version)
+        except DeployError:
+            await _say_what_runs(deployment, out)
+            raise
         out.info(f"Rolled back to {version} on {', '.join(deployment.hosts)}")
     elif command == "lock":
         await _lock(args, deployment, out)
@@ -252,6 +260,12 @@ async def _dispatch(args: argparse.Namespace, deployment: Deployment, out: Outpu
     else:
         await _app(args, deployment, out)
     return 0
+
+
+async def _say_what_runs(deployment: Deployment, out: Output) -> None:
+    """After a failed deploy: the version each host serves now (the old one where it did not switch)."""
+    versions = await deployment.running_versions()
+    out.error("Running now: " + ", ".join(f"{host}: {version}" for host, version in versions.items()))
 
 
 async def _lock(args: argparse.Namespace, deployment: Deployment, out: Output) -> None:

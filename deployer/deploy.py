@@ -109,6 +109,21 @@ class Deployment:
             raise DeployError(f"No version to roll back to: only {current or 'nothing'} is on {host.name}.")
         return older[0]
 
+    async def running_versions(self) -> dict[str, str]:
+        """The version each host's first role runs, as far as the host can be asked (best effort)."""
+
+        async def ask(host: Host) -> str:
+            role = next((role for role in self.config.roles if host.name in role.hosts), self.config.roles[0])
+            try:
+                async with asyncio.timeout(15):
+                    found = await host.run(docker.current_version(self.config, role), check=False)
+            except (RemoteError, TimeoutError):
+                return "unreachable"
+            return found.stdout.strip() or "nothing"
+
+        answers = await asyncio.gather(*(ask(host) for host in self.hosts.values()))
+        return dict(zip(self.hosts, answers, strict=True))
+
     # -- building ---------------------------------------------------------------------------
 
     def build_and_push(self, root: Path) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
@@ -71,11 +73,12 @@ aliases:
     return path
 
 
-def pydeploy(bed: Testbed, app: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def pydeploy(bed: Testbed, app: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "PYDEPLOY_KNOWN_HOSTS": str(app / "known_hosts"),
+        **extra_env,
     }
     return subprocess.run(
         [sys.executable, "-m", "deployer", *args],
@@ -189,6 +192,22 @@ async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path:
     assert aliased.returncode == 0 and aliased.stdout.count("v1") == len(bed.hosts), aliased.stdout
 
 
+async def test_a_second_deploy_is_refused_while_one_runs(bed: Testbed, tmp_path: Path) -> None:
+    app = project(bed, tmp_path / "app")
+    assert pydeploy(bed, app, "setup", "--version", "v1", "-P").returncode == 0
+    # v3 never becomes healthy: that deploy holds the lock for its whole deploy_timeout.
+    first = asyncio.get_running_loop().run_in_executor(
+        None, pydeploy, bed, app, "deploy", "--version", "v3", "-P"
+    )
+    async with asyncio.timeout(60):
+        while "Deploying v3" not in pydeploy(bed, app, "lock", "status").stdout:
+            assert not first.done(), (await first).stderr
+    second = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
+    assert second.returncode == 1 and "lock" in second.stderr and "Deploying v3" in second.stderr
+    assert (await first).returncode == 1
+    assert "no deploy lock" in pydeploy(bed, app, "lock", "status").stdout, "a failed deploy releases it"
+
+
 async def test_the_lock_refuses_a_second_deploy_and_config_is_redacted(bed: Testbed, tmp_path: Path) -> None:
     app = project(bed, tmp_path / "app")
     acquired = pydeploy(bed, app, "lock", "acquire", "-m", "database migration by hand")
@@ -210,3 +229,84 @@ async def test_the_lock_refuses_a_second_deploy_and_config_is_redacted(bed: Test
     )
     staging = pydeploy(bed, app, "-d", "staging", "config")
     assert "staging" in staging.stdout and "GREETING: staging" in staging.stdout
+
+
+async def test_bad_deploys_explain_themselves_and_leave_the_previous_version(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    app = project(bed, tmp_path / "app")
+    assert pydeploy(bed, app, "setup", "--version", "v1", "-P").returncode == 0
+
+    async def still_v1() -> None:
+        for host in bed.hosts:
+            assert await version_served(host) == "v1"
+
+    missing = pydeploy(bed, app, "deploy", "--version", "v9", "-P")
+    assert missing.returncode == 1
+    assert "could not pull" in missing.stderr and "--version" in missing.stderr, missing.stderr
+    assert f"{bed.hosts[0]}: v1" in missing.stderr, "the summary says what each host runs"
+    await still_v1()
+
+    secrets = app / ".kamal" / "secrets-common"
+    right = secrets.read_text()
+    secrets.write_text(right.replace(bed.registry_password, "wrong-password"))
+    refused = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
+    secrets.write_text(right)
+    assert refused.returncode == 1 and "refused the login" in refused.stderr, refused.stderr
+    assert "wrong-password" not in refused.stdout + refused.stderr
+    await still_v1()
+
+    config = app / "config" / "deploy.yml"
+    last = f"      - {bed.hosts[-1]}\n"
+    config.write_text(config.read_text().replace(last, last + "      - 10.200.0.99\n"))
+    unreachable = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
+    assert unreachable.returncode == 1 and "10.200.0.99" in unreachable.stderr, unreachable.stderr
+    assert "10.200.0.99: unreachable" in unreachable.stderr
+    await still_v1()
+
+
+async def test_deploy_builds_the_commit_and_pushes_it(bed: Testbed, tmp_path: Path) -> None:
+    app = project(bed, tmp_path / "app")
+    for item in (ROOT / "tests" / "testbed" / "apps").iterdir():
+        if item.is_dir():
+            shutil.copytree(item, app / item.name)
+        else:
+            shutil.copy(item, app / item.name)
+    shutil.copy("/bin/busybox", app / "busybox")
+    config = app / "config" / "deploy.yml"
+    config.write_text(config.read_text() + "builder:\n  args:\n    VERSION: built-from-git\n")
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-qm", "app"]):
+        subprocess.run(["git", *command], cwd=app, check=True)
+    (tmp_path / "docker").mkdir()
+    deployed = pydeploy(bed, app, "deploy", DOCKER_CONFIG=str(tmp_path / "docker"))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "build" in deployed.stdout and "push" in deployed.stdout
+    for host in bed.hosts:
+        assert await version_served(host) == "built-from-git"
+
+
+async def test_ssh_trusts_a_new_host_once_refuses_a_changed_key_and_uses_the_jump_host(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    app = project(bed, tmp_path / "app")
+    known = app / "known_hosts"
+    assert pydeploy(bed, app, "app", "version").returncode == 0
+    recorded = known.read_text()
+    assert all(host in recorded for host in bed.hosts), "a host seen for the first time is recorded"
+
+    host, _ = recorded.splitlines()[0].split(" ", 1)
+    impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    known.write_text(f"{host} {impostor}\n" + "\n".join(recorded.splitlines()[1:]) + "\n")
+    changed = pydeploy(bed, app, "app", "version")
+    assert changed.returncode == 1 and "host key does not match" in changed.stderr, changed.stderr
+    known.write_text(recorded)
+
+    config = app / "config" / "deploy.yml"
+    original = config.read_text()
+    jump = f"  proxy: root@{bed.hosts[0]}\n"
+    config.write_text(original.replace("ssh:\n", "ssh:\n" + jump))
+    assert pydeploy(bed, app, "-h", bed.hosts[1], "app", "version").returncode == 0
+    config.write_text(original.replace("ssh:\n", "ssh:\n  proxy: root@10.200.0.99\n"))
+    through_nothing = pydeploy(bed, app, "-h", bed.hosts[1], "app", "version")
+    assert through_nothing.returncode == 1, "the jump host is really used: an unreachable one fails"
