@@ -226,9 +226,11 @@ async def _run(
     hosts: list[str],
 ) -> int:
     deployment = Deployment(config, secrets, out, hosts)
+    out.start_live()
     try:
         return await _dispatch(args, deployment, out, root)
     finally:
+        out.stop_live()
         await deployment.close()
 
 

@@ -1,7 +1,8 @@
-"""What pydeploy prints: one line per step per host with its time, the commands and their output with -v.
+"""What pydeploy prints: each step on each host with its time, the commands and their output with -v.
 
-In a terminal the lines are coloured with rich; elsewhere (CI, a pipe) they are plain text. Every line
-goes through `redact`, so a secret never reaches the screen or a log even if a command echoes it.
+In a terminal (and without -v or -q) a live table shows every host's steps as they run and end; elsewhere
+(CI, a pipe) each step is one plain line when it ends. Every line goes through `redact`, so a secret never
+reaches the screen or a log even if a command echoes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from deployer.remote import Completed
 
@@ -33,6 +36,32 @@ class Output:
 
     def __post_init__(self) -> None:
         self.console = Console(highlight=False, soft_wrap=True) if sys.stdout.isatty() else None
+        self.live: Live | None = None
+        self.states: dict[tuple[str, str], str] = {}
+
+    def start_live(self) -> None:
+        """The live table, in a terminal only (a pipe or CI gets the plain lines)."""
+        if self.console is not None and not self.verbose and not self.quiet:
+            self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
+            self.live.start()
+
+    def stop_live(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.stop()
+            self.live = None
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for (host, step), state in self.states.items():
+            style = "red" if state.startswith("FAILED") else "green" if state.startswith("done") else "yellow"
+            table.add_row(host, step, state, style=style)
+        return table
+
+    def _state(self, host: str, step: str, state: str) -> None:
+        self.states[host, step] = state
+        if self.live is not None:
+            self.live.update(self._table())
 
     def line(self, text: str, style: str = "") -> None:
         text = self.redact(text)
@@ -53,14 +82,19 @@ class Output:
     def step(self, host: str, step: str) -> Iterator[None]:
         """Time a step on a host; one line when it ends, saying how."""
         started = time.monotonic()
+        self._state(host, step, "running")
         try:
             yield
         except BaseException:
-            self.info(f"  {host:<22} {step:<28} FAILED after {time.monotonic() - started:.1f}s")
+            failed = f"FAILED after {time.monotonic() - started:.1f}s"
+            self._state(host, step, failed)
+            if self.live is None:
+                self.info(f"  {host:<22} {step:<28} {failed}")
             raise
         seconds = time.monotonic() - started
         self.times.append(StepTime(host, step, seconds))
-        if not self.quiet:
+        self._state(host, step, f"done in {seconds:.1f}s")
+        if self.live is None and not self.quiet:
             self.line(f"  {host:<22} {step:<28} done in {seconds:.1f}s", "green")
 
     def command(self, host: str, command: str, completed: Completed) -> None:

@@ -3,14 +3,17 @@ secrets that must never reach a command line."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from deployer import docker
 from deployer.config import load_config
+from deployer.output import Output
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """service: shop
@@ -100,3 +103,17 @@ def test_the_proxy_deploy_carries_the_role_settings(app: Path) -> None:
         assert flag in command
     jobs = config.roles[1]
     assert jobs.proxy is None and docker.run_app(config, jobs, "abc123", "10.0.0.2").endswith(" bin/jobs")
+
+
+def test_a_terminal_gets_a_live_table_of_steps_and_secrets_never_show() -> None:
+    out = Output(lambda text: text.replace("hunter2", "[REDACTED]"))
+    out.console = Console(file=io.StringIO(), force_terminal=True, highlight=False, width=100)  # in memory
+    out.start_live()
+    with out.step("10.0.0.1", "pull"):
+        out.line("password hunter2 echoed by a command")
+    with pytest.raises(RuntimeError), out.step("10.0.0.2", "pull"):
+        raise RuntimeError
+    out.stop_live()
+    shown = out.console.file.getvalue()
+    assert "10.0.0.1" in shown and "done in" in shown and "FAILED after" in shown
+    assert "hunter2" not in shown and "[REDACTED]" in shown
