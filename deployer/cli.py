@@ -20,6 +20,7 @@ from deployer import docker
 from deployer.config import CONFIG_FILE, ConfigError, DeployConfig, load_config
 from deployer.deploy import DeployError, Deployment
 from deployer.output import Output
+from deployer.remote import RemoteError
 from deployer.secrets import check_referenced, load_secrets, redact, redact_data
 
 VERSION = "0.1.0"
@@ -111,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path.cwd()
     try:
         # Only building and booting need the version git (or $VERSION) gives; the rest act on what runs.
-        builds = args.command in ("setup", "deploy", "redeploy") or getattr(args, "action", None) == "boot"
+        action = getattr(args, "action", None)
+        builds = args.command in ("setup", "deploy", "redeploy") or (args.command, action) == ("app", "boot")
         version = args.app_version or (None if builds else "latest")
         config = load_config(root, args.destination, version, config_file=args.config_file)
         secrets = load_secrets(root, args.destination)
@@ -129,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pydeploy: {exc}", file=sys.stderr)
         return 2
-    except DeployError as exc:
+    except (DeployError, RemoteError) as exc:
         out.error(f"pydeploy: {exc}")
         return 1
+    except KeyboardInterrupt:
+        out.error("pydeploy: interrupted (the deploy lock was released where it was held)")
+        return 130
 
 
 def _parse(args: list[str]) -> argparse.Namespace:
@@ -148,7 +153,9 @@ def _parse(args: list[str]) -> argparse.Namespace:
         if expansion is None:
             raise UsageError(f"unknown command {first!r} (and no alias of that name in the config)")
         index = args.index(first)
-        args = args[:index] + shlex.split(expansion) + args[index + 1 :]
+        # Options given after the alias go before its expansion: `console -h web1` must not become
+        # arguments of the command an `app exec` alias runs.
+        args = args[:index] + args[index + 1 :] + shlex.split(expansion)
     return top.parse_args(args)
 
 
@@ -170,16 +177,26 @@ def _command_word(args: list[str]) -> str | None:
 
 def _alias(name: str, args: list[str]) -> str | None:
     try:
-        destination = _flag(args, "-d", None)
-        config = load_config(Path.cwd(), destination, "alias", config_file=_flag(args, "-c", CONFIG_FILE))
+        destination = _flag(args, ("-d", "--destination"), None)
+        config = load_config(
+            Path.cwd(), destination, "alias", config_file=_flag(args, ("-c", "--config-file"), CONFIG_FILE)
+        )
     except (ConfigError, IndexError):
         return None
     return config.aliases.get(name)
 
 
-def _flag(args: list[str], flag: str, default: str | None) -> str | None:
-    """The value of a global flag given as `-X value`, before the arguments are parsed."""
-    return args[args.index(flag) + 1] if flag in args else default
+def _flag(args: list[str], names: tuple[str, str], default: str | None) -> str | None:
+    """A global option's value (`-d x`, `-dx`, `--destination x`, `--destination=x`), before parsing."""
+    short, long = names
+    for index, arg in enumerate(args):
+        if arg in names and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(long + "="):
+            return arg[len(long) + 1 :]
+        if arg.startswith(short) and len(arg) > 2 and not arg.startswith("--"):
+            return arg[2:]
+    return default
 
 
 def _all_parsers(top: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -225,7 +242,12 @@ async def _run(
     root: Path,
     hosts: list[str],
 ) -> int:
-    deployment = Deployment(config, secrets, out, hosts)
+    roles = (
+        None
+        if args.roles is None
+        else [role.name for role in config.roles if _matches(role.name, args.roles)]
+    )
+    deployment = Deployment(config, secrets, out, hosts, roles)
     out.start_live()
     try:
         return await _dispatch(args, deployment, out, root)

@@ -44,11 +44,13 @@ class Deployment:
         secret_values: dict[str, str],
         out: Output,
         hosts: list[str] | None = None,
+        roles: list[str] | None = None,
     ) -> None:
         self.config = config
         self.secrets = secret_values
         self.out = out
         self.proxy_image = config.proxy.image or docker.DEFAULT_PROXY_IMAGE
+        self.roles = [role for role in config.roles if roles is None or role.name in roles]
         names = hosts or config.all_hosts()
         self.hosts = {name: Host(name, config.ssh, out.command) for name in names}
 
@@ -84,7 +86,7 @@ class Deployment:
         async with self.lock("Rollback"):
             if version is None:
                 version = await self.previous_version()
-            for role in self.config.roles:
+            for role in self.roles:
                 for name in role.hosts:
                     if name not in self.hosts:
                         continue
@@ -94,26 +96,30 @@ class Deployment:
                             f"The app version '{version}' is not available as a container on {name} "
                             "(`pydeploy app containers` lists the versions that are)."
                         )
-            await self.boot(version)
+            try:
+                await self.boot(version)
+            except DeployError as exc:
+                raise DeployError(f"Rollback to {version} failed: {exc}") from None
         return version
 
     async def previous_version(self) -> str:
-        """The version before the running one on the primary host: what `rollback` goes back to."""
-        role = self.config.roles[0]
-        host = self.hosts[role.hosts[0]]
-        current = (await host.run(docker.current_version(self.config, role))).stdout.strip()
-        listing = await host.run(docker.containers(self.config, role))
-        versions = [line.split("\t")[1] for line in listing.stdout.splitlines() if line.count("\t") >= 2]
-        older = [v for v in dict.fromkeys(versions) if v and v != current and "_replaced_" not in v]
-        if not older:
-            raise DeployError(f"No version to roll back to: only {current or 'nothing'} is on {host.name}.")
-        return older[0]
+        """The version served before the current one on the first host: what `rollback` goes back to.
+
+        Taken from the versions the host switched to (a failed deploy never switched, so it is never
+        picked)."""
+        host = self.primary
+        history = (await host.run(docker.read_history(self.config))).stdout.split()
+        current = history[-1] if history else None
+        earlier = [version for version in reversed(history) if version != current]
+        if not earlier:
+            raise DeployError(f"No version to roll back to: only {current or 'nothing'} ran on {host.name}.")
+        return earlier[0]
 
     async def running_versions(self) -> dict[str, str]:
         """The version each host's first role runs, as far as the host can be asked (best effort)."""
 
         async def ask(host: Host) -> str:
-            role = next((role for role in self.config.roles if host.name in role.hosts), self.config.roles[0])
+            role = next((role for role in self.roles if host.name in role.hosts), self.roles[0])
             try:
                 async with asyncio.timeout(15):
                     found = await host.run(docker.current_version(self.config, role), check=False)
@@ -220,7 +226,7 @@ class Deployment:
             ) from None
 
     async def boot_proxy(self) -> None:
-        proxied = {name for role in self.config.roles if role.proxy is not None for name in role.hosts}
+        proxied = {name for role in self.roles if role.proxy is not None for name in role.hosts}
 
         async def boot(host: Host) -> None:
             await host.run(docker.network())
@@ -243,15 +249,17 @@ class Deployment:
 
         async def start(host: Host, role: Role) -> None:
             old = (await host.run(docker.current_version(config, role))).stdout.strip() or None
-            await host.write_file(
-                docker.env_file_path(config, role), docker.env_file(config, role, self.secrets)
-            )
-            await host.run(docker.rename_existing(config, role, version))
+            # The old container by name; the running one of this very version is moved aside first.
+            replaced = docker.replaced_name(config, role, version)
+            old_name = replaced if old == version else config.container_name(role, old) if old else None
+            env_file = docker.env_file(config, role, self.secrets)
+            await host.write_file(docker.env_file_path(config, role), env_file)
+            await host.run(docker.rename_existing(config, role, version, replaced))
             await host.run(docker.run_app(config, role, version, host.name))
             container = (await host.run(docker.container_id(config, role, version))).stdout.strip()
             if not container:
                 raise DeployError(f"Failed to get the new {role.name} container on {host.name}: did it boot?")
-            started[host.name, role.name] = (container, old if old != version else None)
+            started[host.name, role.name] = (container, old_name)
             if role.proxy is not None:
                 await self._wait_healthy(host, role, container, version)
 
@@ -261,19 +269,30 @@ class Deployment:
             await self._stop_new(version, started)
             raise
 
+        switched: list[str] = []
+
         async def switch(host: Host, role: Role) -> None:
-            container, old = started[host.name, role.name]
+            container, old_name = started[host.name, role.name]
             if role.proxy is not None:
                 try:
                     await host.run(docker.proxy_deploy(config, role, container))
                 except RemoteError as exc:
-                    raise DeployError(self._explain_unhealthy(host, role, exc.output)) from None
-            if old:
+                    await host.run(docker.stop(config, role, version), check=False)  # not routed: stop it
+                    raise DeployError(self._explain_switch(host, role, exc.output)) from None
+            switched.append(host.name)
+            if old_name:
                 timeout = None if role.proxy is not None else config.drain_timeout
-                await host.run(docker.stop(config, role, old, timeout))
+                await host.run(docker.stop_named(old_name, timeout))
             await host.run(docker.tag_latest(config, version))
+            await host.run(docker.record_version(config, version))
 
-        await self._each_role("switch traffic", switch)
+        try:
+            await self._each_role("switch traffic", switch)
+        except DeployError as exc:
+            moved = ", ".join(dict.fromkeys(switched)) or "none"
+            raise DeployError(
+                f"{exc}\nHosts that switched to {version}: {moved}; the others serve what they did before."
+            ) from None
 
     async def _wait_healthy(self, host: Host, role: Role, container: str, version: str) -> None:
         """Poll the new container's health check from the proxy container, up to deploy_timeout."""
@@ -299,6 +318,12 @@ class Deployment:
                 raise DeployError(self._explain_unhealthy(host, role, f"last health check: {last}\n{logs}"))
             await asyncio.sleep(HEALTH_POLL)
 
+    def _explain_switch(self, host: Host, role: Role, output: str) -> str:
+        """Why `pyproxy deploy` refused: a health check (explained), or what the proxy said."""
+        if "health" in output.lower():
+            return self._explain_unhealthy(host, role, output)
+        return f"{host.name}: the proxy refused to switch {role.name}: {output.strip()[-1000:]}"
+
     def _explain_unhealthy(self, host: Host, role: Role, detail: str) -> str:
         proxy = role.proxy
         return (
@@ -308,17 +333,17 @@ class Deployment:
             "Likely causes: proxy.app_port is not the port the app listens on; the app redirects "
             f"{proxy.healthcheck.path} (e.g. to HTTPS) or needs a Host it does not get; the app binds "
             "127.0.0.1 instead of 0.0.0.0; the app boots slower than deploy_timeout.\n"
-            "The previous version is still serving."
+            f"{host.name} still serves its previous version."
         )
 
     async def _stop_new(self, version: str, started: dict[tuple[str, str], tuple[str, str | None]]) -> None:
-        roles = {role.name: role for role in self.config.roles}
+        roles = {role.name: role for role in self.roles}
         for (name, role_name), _ in started.items():
             host = self.hosts[name]
             await host.run(docker.stop(self.config, roles[role_name], version), check=False)
 
     async def _prune(self, host: Host) -> None:
-        for role in self.config.roles:
+        for role in self.roles:
             if host.name in role.hosts:
                 await host.run(docker.prune(self.config, role, self.config.retain_containers))
         await host.run(docker.prune_images(self.config), check=False)
@@ -369,7 +394,7 @@ class Deployment:
     async def _each_role(self, step: str, action: Callable[[Host, Role], Awaitable[None]]) -> None:
         work = [
             (self.hosts[name], f"{step} ({role.name})", action(self.hosts[name], role))
-            for role in self.config.roles
+            for role in self.roles
             for name in role.hosts
             if name in self.hosts
         ]
@@ -402,4 +427,8 @@ class DeployLock:
         await self.deployment.acquire_lock(self.message)
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.deployment.release_lock()
+        try:
+            await self.deployment.release_lock()
+        except RemoteError as problem:
+            # Said, but not in place of why the deploy failed (if it did).
+            self.deployment.out.error(f"pydeploy: could not release the deploy lock: {problem}")

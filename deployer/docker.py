@@ -11,6 +11,7 @@ import secrets
 from shlex import quote
 
 from deployer.config import DeployConfig, ProxySettings, Role
+from deployer.secrets import escaped
 
 PROXY_CONTAINER = "pyproxy"
 NETWORK = "pydeploy"
@@ -26,9 +27,7 @@ def env_file(config: DeployConfig, role: Role, secret_values: dict[str, str]) ->
     """The role's secret env vars, one `KEY=value` line each, escaped as a double-quoted literal's inside."""
     lines = []
     for name, source in config.env_for(role).secret_sources().items():
-        value = secret_values[source]
-        escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-        lines.append(f"{name}={escaped}")
+        lines.append(f"{name}={escaped(secret_values[source])}")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -54,8 +53,9 @@ def image(config: DeployConfig, version: str) -> str:
 def run_app(config: DeployConfig, role: Role, version: str, host: str) -> str:
     """`docker run` for a new app container (spec 8.2): secrets only through the env file."""
     name = config.container_name(role, version)
+    restart = "" if "restart" in role.options else " --restart unless-stopped"  # an option replaces it
     parts = [
-        "docker run --detach --restart unless-stopped",
+        f"docker run --detach{restart}",
         f"--name {quote(name)} --network {NETWORK}",
         f"--hostname {quote(_hostname(host))}",
         f"--env KAMAL_CONTAINER_NAME={quote(name)} --env KAMAL_VERSION={quote(version)}",
@@ -80,7 +80,7 @@ def _options(role: Role) -> list[str]:
     for key, value in role.options.items():
         values = value if isinstance(value, tuple) else (value,)
         for item in values:
-            options.append(f"--{key}" if item is True else f"--{key}={quote(str(item))}")
+            options.append(quote(f"--{key}") if item is True else quote(f"--{key}={item}"))
     return options
 
 
@@ -93,10 +93,13 @@ def container_id(config: DeployConfig, role: Role, version: str) -> str:
     return f"docker container ls --all --filter {quote(f'name=^{name}$')} --quiet"
 
 
-def rename_existing(config: DeployConfig, role: Role, version: str) -> str:
-    """Move a container of the same name aside (a redeploy of a version, a rollback)."""
+def replaced_name(config: DeployConfig, role: Role, version: str) -> str:
+    """Where an existing container of the version is moved aside (a redeploy of a version, a rollback)."""
+    return f"{config.container_name(role, version)}_replaced_{secrets.token_hex(8)}"
+
+
+def rename_existing(config: DeployConfig, role: Role, version: str, replaced: str) -> str:
     name = config.container_name(role, version)
-    replaced = f"{name}_replaced_{secrets.token_hex(8)}"
     exists = container_id(config, role, version)
     return f'if [ -n "$({exists})" ]; then docker rename {quote(name)} {quote(replaced)}; fi'
 
@@ -117,8 +120,26 @@ def containers(config: DeployConfig, role: Role) -> str:
 
 
 def stop(config: DeployConfig, role: Role, version: str, timeout: int | None = None) -> str:
+    return stop_named(config.container_name(role, version), timeout)
+
+
+def stop_named(name: str, timeout: int | None = None) -> str:
     wait = f" -t {timeout}" if timeout is not None else ""
-    return f"{container_id(config, role, version)} | xargs --no-run-if-empty docker stop{wait}"
+    listed = f"docker container ls --all --filter {quote(f'name=^{name}$')} --quiet"
+    return f"{listed} | xargs --no-run-if-empty docker stop{wait}"
+
+
+def history_path(config: DeployConfig) -> str:
+    """The versions this host switched to, one a line: what `rollback` goes back along."""
+    return f".kamal/{config.service_with_destination}-versions"
+
+
+def record_version(config: DeployConfig, version: str) -> str:
+    return f"mkdir -p .kamal && echo {quote(version)} >> {history_path(config)}"
+
+
+def read_history(config: DeployConfig) -> str:
+    return f"cat {history_path(config)} 2>/dev/null || true"
 
 
 def start(config: DeployConfig, role: Role, version: str) -> str:

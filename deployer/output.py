@@ -101,7 +101,8 @@ class Output:
         """With -v: every remote command and what it printed."""
         if self.verbose:
             self.line(f"  {host} $ {command}", "dim")
-            for text in completed.output.splitlines():
+            # Redacted whole before it is split: a secret may span lines.
+            for text in self.redact(completed.output).splitlines():
                 self.line(f"  {host}   {text}", "dim")
 
     def summary(self) -> None:

@@ -119,35 +119,46 @@ class CommandLog:
     def __call__(self, host: str, command: str, completed: Completed) -> None: ...
 
 
+_RECORDING = asyncio.Lock()  # parallel first connections record their keys one at a time
+
+
 async def _open(host: str, options: dict) -> asyncssh.SSHClientConnection:
-    """Connect, trusting a host on first sight and recording its key; refusing a changed key."""
-    known = known_hosts_path()
-    if _is_known(known, host, options.get("port", 22)):
-        return await asyncssh.connect(host, known_hosts=str(known), **options)
+    """Connect, checking the host key against the known_hosts files (hashed entries, wildcards and
+    @cert-authority lines included); a host none of them knows is trusted on first sight and recorded."""
+    port = options.get("port", 22)
+    files = _known_hosts_files()
+    if files and _known(files, host, port):
+        return await asyncssh.connect(host, known_hosts=files, **options)
     connection = await asyncssh.connect(host, known_hosts=None, **options)
     key = connection.get_server_host_key()
     if key is not None:
-        known.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with known.open("a") as file:
-            file.write(
-                f"{_host_pattern(host, options.get('port', 22))} {key.export_public_key().decode().strip()}\n"
-            )
+        # Under the name given and the address reached: ssh and asyncssh check either (a name from
+        # ~/.ssh/config may stand for another HostName).
+        address = connection.get_extra_info("peername")[0]
+        names = ",".join(dict.fromkeys(_host_pattern(name, port) for name in (host, address)))
+        async with _RECORDING:
+            path = known_hosts_path()
+            if not _known([str(path)] if path.exists() else [], host, port):
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with path.open("a") as file:
+                    file.write(f"{names} {key.export_public_key().decode().strip()}\n")
     return connection
+
+
+def _known_hosts_files() -> list[str]:
+    return [str(path) for path in (known_hosts_path(), Path("/etc/ssh/ssh_known_hosts")) if path.exists()]
+
+
+def _known(files: list[str], host: str, port: int) -> bool:
+    """Whether any known_hosts entry (or certificate authority) speaks for `host`."""
+    if not files:
+        return False
+    trusted_keys, trusted_authorities, *_ = asyncssh.read_known_hosts(files).match(host, "", port)
+    return bool(trusted_keys or trusted_authorities)
 
 
 def _host_pattern(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
-
-
-def _is_known(path: Path, host: str, port: int) -> bool:
-    if not path.exists():
-        return False
-    pattern = _host_pattern(host, port)
-    for line in path.read_text().splitlines():
-        names = line.split(" ", 1)[0].split(",")
-        if pattern in names:
-            return True
-    return False
 
 
 def _text(data: str | bytes | None) -> str:

@@ -62,10 +62,17 @@ def check_referenced(config: DeployConfig, secrets: Mapping[str, str]) -> None:
 
 def redact(text: str, secrets: Mapping[str, str]) -> str:
     """`text` with every secret value replaced by `[REDACTED]`, longest values first so none leaks in part."""
-    values = sorted({value for value in secrets.values() if value}, key=len, reverse=True)
+    # Also as the env file writes them (escaped), which is how a container may print them back.
+    written = {escaped(value) for value in secrets.values() if value}
+    values = sorted({value for value in secrets.values() if value} | written, key=len, reverse=True)
     if not values:
         return text
     return re.sub("|".join(map(re.escape, values)), REDACTED, text)
+
+
+def escaped(value: str) -> str:
+    """A value as the env file holds it: escaped as inside a double-quoted literal (spec 7.3)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def redact_data(data: object, secrets: Mapping[str, str]) -> object:
@@ -108,7 +115,8 @@ def _parse(text: str, source: str, environ: Mapping[str, str], root: Path) -> di
         if content.strip() and not content.lstrip().startswith("#"):
             match = _ASSIGNMENT.match(content)
             if not match:
-                raise ConfigError(f"{where}: expected KEY=value, got {content.strip()!r}")
+                # The line itself is not shown: it may be part of a secret (a key's second line).
+                raise ConfigError(f"{where}: expected KEY=value (a multi-line value must be quoted)")
             start = position + match.end()
             if start < end and text[start] in "'\"":
                 close = _closing_quote(text, start)

@@ -135,11 +135,14 @@ def test_failing_command_names_file_and_line_without_substituted_secrets(tmp_pat
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("A=1\nnot an assignment\n", ".kamal/secrets:2: expected KEY=value, got 'not an assignment'"),
+        (
+            "A=1\nnot an assignment\n",
+            ".kamal/secrets:2: expected KEY=value (a multi-line value must be quoted)",
+        ),
         ('A=1\nB="open\nC=2\n', '.kamal/secrets:2: the " quote of B is never closed'),
         ("A='x' y\n", ".kamal/secrets:1: unexpected text after the closing quote of A"),
         ("A=$(echo\n", ".kamal/secrets:1: $( is never closed"),
-        ('A="one\ntwo"\nB\n', ".kamal/secrets:3: expected KEY=value, got 'B'"),
+        ('A="one\ntwo"\nB\n', ".kamal/secrets:3: expected KEY=value (a multi-line value must be quoted)"),
     ],
 )
 def test_syntax_errors_name_file_and_line(tmp_path, text, message):

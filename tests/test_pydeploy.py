@@ -191,6 +191,14 @@ async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path:
     aliased = pydeploy(bed, app, "running")
     assert aliased.returncode == 0 and aliased.stdout.count("v1") == len(bed.hosts), aliased.stdout
 
+    back = pydeploy(bed, app, "rollback")
+    assert "Rolled back to v2" in back.stdout, "the failed v3 never served: rollback goes to v2"
+    again = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for host in bed.hosts:
+        running = on_host(bed, host, "docker ps --filter label=service=testapp --format '{{.Names}}'")
+        assert running.split() == ["testapp-web-v2"], "deploying a version again replaces its container"
+
 
 async def test_a_second_deploy_is_refused_while_one_runs(bed: Testbed, tmp_path: Path) -> None:
     app = project(bed, tmp_path / "app")

@@ -117,3 +117,30 @@ def test_a_terminal_gets_a_live_table_of_steps_and_secrets_never_show() -> None:
     shown = out.console.file.getvalue()
     assert "10.0.0.1" in shown and "done in" in shown and "FAILED after" in shown
     assert "hunter2" not in shown and "[REDACTED]" in shown
+
+
+def test_role_options_cannot_reach_the_shell(app: Path) -> None:
+    config_file = app / "config" / "deploy.yml"
+    config_file.write_text(
+        config_file.read_text().replace(
+            "    cmd: bin/jobs\n", '    cmd: bin/jobs\n    options:\n      "x $(touch /tmp/pwned)": 1\n'
+        )
+    )
+    config = load_config(app, version="abc123")
+    command = docker.run_app(config, config.roles[1], "abc123", "10.0.0.2")
+    assert "'--x $(touch /tmp/pwned)=1'" in command, command
+
+
+def test_a_secret_is_redacted_also_as_the_env_file_escapes_it() -> None:
+    from deployer.secrets import redact
+
+    secret = "line one\nline\\two"
+    printed = "DB=line one\\nline\\\\two"  # what `env` in the container shows
+    assert "line one" not in redact(printed, {"DB": secret})
+
+
+def test_options_after_an_alias_are_pydeploys_not_the_commands(app: Path) -> None:
+    config_file = app / "config" / "deploy.yml"
+    config_file.write_text(config_file.read_text() + "aliases:\n  shell: app exec sh\n")
+    done = pydeploy(app, "shell", "-h", "10.9.9.9", "--version", "v1")
+    assert (done.returncode, done.stderr.strip()) == (2, "pydeploy: No --hosts match for 10.9.9.9")
