@@ -291,7 +291,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         queue = self.queue
         queue.append(request)
         if len(queue) == 1:
-            self._start_when_writable(request)
+            self._start(request)
         elif len(queue) >= MAX_PIPELINED:
             self._pause(_PAUSE_QUEUE)
 
@@ -355,17 +355,14 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     # -- dispatching ----------------------------------------------------------------
 
-    def _start_when_writable(self, request: Request) -> None:
-        """Start `request` unless the client is not taking the responses already sent: then it
-        waits (and no more is read) until the client catches up. Answers made at once (pythrust's
-        cache, files) would otherwise pile up in memory for a client that pipelines and never reads."""
+    def _start(self, request: Request) -> None:
         if self.write_paused:
+            # The client is not taking the responses already sent: this request waits (and no more is
+            # read) until it catches up. Answers made at once (pythrust's cache, files) would otherwise
+            # pile up in memory for a client that pipelines and never reads.
             self.start_waiting = True
             self._pause(_PAUSE_WRITE)
-        else:
-            self._start(request)
-
-    def _start(self, request: Request) -> None:
+            return
         answer = self.server.dispatcher.route(request)
         if answer:
             if answer.__class__ is int:
@@ -396,7 +393,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         if self.pause_reasons & _PAUSE_QUEUE and len(queue) < MAX_PIPELINED:
             self._resume(_PAUSE_QUEUE)
         if queue:
-            self._start_when_writable(queue[0])
+            self._start(queue[0])
         elif self.pending_reject:
             self._reject(self.pending_reject)
         else:

@@ -447,15 +447,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- ending the exchange ------------------------------------------------------
 
     def _finish(self) -> None:
-        client, request = self._end_exchange()
-        self._complete(client, request)
-
-    def _complete(self, client: ClientConnection, request: Request) -> None:
-        """The target's response has ended: so has the client's."""
-        client.response_finished(request)
-
-    def _end_exchange(self) -> tuple[ClientConnection, Request]:
-        """Detach from the client and give the connection back to the pool."""
+        """The response has ended: detach from the client, give the connection back to the pool."""
         client, request = self.client, self.request
         reusable = (
             self.keep_alive
@@ -474,7 +466,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # This connection may have paused the client's reading (request body
         # backlog); it no longer writes for this client.
         client.resume_reading_for_upstream()
-        return client, request
+        self._complete(client, request)
+
+    def _complete(self, client: ClientConnection, request: Request) -> None:
+        """The target's response has ended: so has the client's (pythrust's connections may first have
+        more to send)."""
+        client.response_finished(request)
 
     def _fail_head(self, status: int) -> None:
         client, request = self.client, self.request
