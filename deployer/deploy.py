@@ -109,6 +109,7 @@ class Deployment:
         picked)."""
         host = self.primary
         history = (await host.run(docker.read_history(self.config))).stdout.split()
+        self.out.info(f"Versions {host.name} has served, oldest first: {', '.join(history) or 'none'}")
         current = history[-1] if history else None
         earlier = [version for version in reversed(history) if version != current]
         if not earlier:

@@ -163,6 +163,9 @@ async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path:
     rollback = await load.during(lambda: pydeploy(bed, app, "rollback"))
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr
     assert "Rolled back to v1" in rollback.stdout
+    assert f"Versions {bed.hosts[0]} has served, oldest first: v1, v2" in rollback.stdout, (
+        "listed for the user"
+    )
     assert not load.failed, load.failed[:5]
     for host in bed.hosts:
         assert await version_served(host) == "v1"
