@@ -200,7 +200,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         if self.start_waiting:
             self.start_waiting = False
             self._resume(_PAUSE_WRITE)
-            self._start(self.queue[0])
+            if self.queue and not self.closed:  # (a request rejected meanwhile has emptied the queue)
+                self._start(self.queue[0])
             return
         upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
         if upstream is not None:
