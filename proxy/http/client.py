@@ -24,6 +24,7 @@ from proxy.http.upstream import WRITE_HIGH_WATER
 from proxy.tlsalpn import ACME_TLS_ALPN
 
 if TYPE_CHECKING:
+    from proxy.http.replay import Replay, Replays
     from proxy.http.server import HttpServer
     from proxy.http.upstream import UpstreamConnection
 
@@ -61,6 +62,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "forwarded_plain",
+        "fresh_read",
         "head_read",
         "head_size",
         "in_head",
@@ -73,6 +75,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         "port",
         "queue",
         "reading",
+        "replays",
         "scheme",
         "server",
         "start_waiting",
@@ -111,6 +114,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.tunnel_backlog: list[bytes] = []
         self.last_host = None
         self.last_host_line = b""
+        self.replays: Replays | None = server.replays.get(scheme)
+        self.fresh_read: bytes | None = None
 
     # -- connection events --------------------------------------------------------
 
@@ -141,6 +146,13 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         if self.upgraded:
             self._buffer_for_tunnel(data)
             return
+        replays = self.replays
+        if replays is not None and self.reading is None and not self.queue:
+            replay = replays.find(data, self.server.loop.time())
+            if replay is not None and not self.write_paused and not self.closing:
+                self._replay(replay)
+                return
+            self.fresh_read = data  # a read that may hold one whole request: its answer may be kept
         if self.in_head:
             self.head_read += len(data)
         try:
@@ -155,6 +167,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         except httptools.HttpParserError:
             self._reject(400)
             return
+        finally:
+            self.fresh_read = None
         if self.in_head:
             if self.head_read > self.server.max_head_bytes:
                 # A head still unfinished after this much: do not keep buffering it.
@@ -162,6 +176,13 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             elif self.deadline_kind != HEADER and not self.queue:
                 # Set once per head, when it does not arrive whole: a trickle cannot extend it.
                 self._set_deadline(HEADER, self.server.header_timeout)
+
+    def _replay(self, replay: Replay) -> None:
+        """Answer a read that repeats, byte for byte, a request answered from memory before."""
+        started_at = time.time()
+        self.transport.write(replay.response)
+        self.server.log_replayed(self, replay, started_at)
+        self._await_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -529,6 +529,7 @@ class Http2Stream:
 
     closing = False
     protocol = b"HTTP/2.0"
+    replays = None  # requests arrive as frames, not reads: none is answered again (proxy/http/replay.py)
 
     def __init__(self, connection: Http2Connection, stream_id: int, request: Request) -> None:
         self.connection = connection

@@ -20,6 +20,7 @@ from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
 from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
+from proxy.http.replay import Replay, Replays
 from proxy.http.request import Dispatcher, Request
 from proxy.http.responses import error_response, page_response
 from proxy.http.tlslistener import HandshakeGate, TlsListener
@@ -58,19 +59,27 @@ class HttpServer:
         metrics: RequestObserver | None = None,
         log_requests: bool = True,
         error_pages: dict[int, bytes] | None = None,
+        replay_answers: bool = False,
     ) -> None:
+        """`replay_answers`: keep answers made from memory for repeated requests (proxy/http/replay.py;
+        for dispatchers whose pools answer themselves, and not with metrics, which need each request)."""
         limits = limits or HttpLimits()
         self.loop = asyncio.get_running_loop()
         self.dispatcher = dispatcher
         self.log = log
         self.access_log = AccessLog(log)
         self.metrics = metrics
+        self.logs_requests = log_requests
         # Called once per finished request: straight to the access log unless metrics are on.
         if not log_requests:
             self.log_request = _no_log if metrics is None else self._observe
         else:
             self.log_request = self.access_log.write if metrics is None else self._log_and_observe
         self.error_pages = error_pages or {}
+        # One table per scheme: a kept answer is only replayed on the kind of listener that made it.
+        self.replays: dict[bytes, Replays] = (
+            {b"http": Replays(), b"https": Replays()} if replay_answers and metrics is None else {}
+        )
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
@@ -92,6 +101,10 @@ class HttpServer:
     def _log_and_observe(self, client: ClientConnection, request: Request) -> None:
         self.access_log.write(client, request)
         self.metrics.observe(request)
+
+    def log_replayed(self, client: ClientConnection, replay: Replay, started_at: float) -> None:
+        if self.logs_requests:
+            self.access_log.write_replayed(client, replay.log_middle, replay.log_end, started_at)
 
     def _observe(self, client: ClientConnection, request: Request) -> None:
         self.metrics.observe(request)
