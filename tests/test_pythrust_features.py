@@ -659,6 +659,34 @@ async def test_a_cached_file_response_varies_by_cookie_per_user(start_app, tmp_p
     assert (await fetch(thrust, url("/hits", path="/statement"))).body == b"2"
 
 
+async def test_repeats_of_a_cached_file_response_follow_edits_and_users(start_app, tmp_path):
+    """On one kept connection, repeats are answered from kept answers (proxy/http/replay.py)."""
+    statement = tmp_path / "alice.txt"
+    statement.write_text("alice owes 10")
+    (tmp_path / "bob.txt").write_text("bob owes 20")
+    thrust = await start_app()
+    reader, writer = await asyncio.open_connection("127.0.0.1", thrust.http_port)
+    path = url("/statement", dir=tmp_path)
+
+    async def get(user: str) -> bytes:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nCookie: user={user}\r\n\r\n".encode())
+        head = await asyncio.wait_for(read_head(reader), 5)
+        return await asyncio.wait_for(reader.readexactly(int(head.header("Content-Length"))), 5)
+
+    try:
+        for _ in range(3):
+            assert await get("alice") == b"alice owes 10"
+            assert await get("bob") == b"bob owes 20"
+        statement.write_text("alice owes 99")
+        later = statement.stat().st_mtime + 10
+        os.utime(statement, (later, later))
+        assert await get("alice") == b"alice owes 99"
+        assert await get("bob") == b"bob owes 20"
+    finally:
+        writer.close()
+    assert (await fetch(thrust, url("/hits", path="/statement"))).body == b"2"
+
+
 async def test_vary_on_a_forwarded_header_is_honoured(start_app):
     thrust = await start_app()
     for host in ("evil.example", "good.example", "good.example"):

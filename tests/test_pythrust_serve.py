@@ -224,6 +224,37 @@ async def test_validators_give_304_and_an_edited_file_is_served_fresh(start_pyth
         assert fresh.headers["etag"] != etag
 
 
+async def test_repeated_requests_on_kept_connections_see_each_edit_at_once(start_pythrust, www):
+    """Repeats of a request are answered from a kept answer (proxy/http/replay.py): never stale."""
+    path = www / "app.css"
+    original = put(www, "app.css", b"body { color: red }")
+    port = await serve(start_pythrust, www)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = request_bytes("/app.css", close=False)
+
+    async def get() -> Reply:
+        writer.write(request)
+        return await read_reply(reader)
+
+    try:
+        for _ in range(3):  # made, held, then answered as a repeat
+            assert (await get()).body == original
+        edited = put(www, "app.css", b"body { color: tan }")
+        later = path.stat().st_mtime + 10
+        os.utime(path, (later, later))
+        assert (await get()).body == edited
+        assert (await get()).body == edited
+        swapped = www / "app.css.new"  # a deploy's way: a new file renamed over the old
+        swapped.write_bytes(b"body { color: blue }")
+        os.replace(swapped, path)
+        assert (await get()).body == b"body { color: blue }"
+        assert (await get()).body == b"body { color: blue }"
+        path.unlink()
+        assert (await get()).status == 404
+    finally:
+        writer.close()
+
+
 async def test_ranges_single_multiple_and_unsatisfiable(start_pythrust, www):
     content = put(www, "notes.txt", TEXT)
     size = len(content)
@@ -380,6 +411,18 @@ async def test_a_50_mb_file_downloads_whole_over_h2c(start_pythrust, www):
         await client.close()
     assert reply.status == 200 and reply.headers[b"content-length"] == str(BIG).encode()
     assert len(reply.body) == BIG and reply.body.endswith(marker)
+
+
+async def test_a_small_file_asked_for_again_and_again_over_h2c(start_pythrust, www):
+    """Repeats over HTTP/2 take the held response too (an HTTP/1.1 repeat would be replayed)."""
+    small = put(www, "small.txt", b"tiny\n")
+    port = await serve(start_pythrust, www, H2C_ENABLED="true")
+    client = await H2Client.connect(port, "example.test", None)
+    try:
+        replies = [await client.get("/small.txt") for _ in range(4)]
+    finally:
+        await client.close()
+    assert [(reply.status, reply.body) for reply in replies] == [(200, small)] * 4
 
 
 async def test_one_connection_carries_several_requests(start_pythrust, www):

@@ -31,7 +31,12 @@ class FrontServers:
             max_body_bytes=max(config.max_request_body, 0),
         )
         self.main = HttpServer(
-            dispatcher, log, self.limits, log_requests=config.log_requests, error_pages=error_pages
+            dispatcher,
+            log,
+            self.limits,
+            log_requests=config.log_requests,
+            error_pages=error_pages,
+            replay_answers=True,
         )
         self.servers = [self.main]
         self.certificates = DomainCertificates(config, log) if config.tls_domains else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from proxy.http import replay
 from proxy.http.upstream import connection_tail
 from thruster.cache import CachedResponse, not_modified, vary_names
 from thruster.compression import MIN_SIZE, Compressor, padding_for
@@ -113,8 +114,13 @@ class CacheHits:
             held = self.app.rendered.get(rendered_as)
             if held is not None:
                 request.response_bytes = len(held.body)
-                client.transport.write(held.head + connection_tail(request, client) + held.body)
+                response = held.head + connection_tail(request, client) + held.body
+                client.transport.write(response)
                 client.response_finished(request)
+                # Not past the cache entry's own expiry: a replay skips the cache lookup.
+                fresh_for = exchange.hit.expires - time.monotonic()
+                expires = min(held.expires, self.app.rendered.loop.time() + fresh_for)
+                replay.offer(client, request, response, expires, held.unchanged)
                 return
         head = ResponseHead(exchange.hit.head + b"\r\n")
         send_file(client, request, head, path, exchange, rendered_as)

@@ -18,6 +18,7 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
+from proxy.http import replay
 from proxy.http.filesender import FileSender, Piece
 from proxy.http.request import Request
 from proxy.http.responses import error_response, redirect_response
@@ -114,7 +115,9 @@ class StaticFiles:
         if plain:
             held = self.rendered.get(key)
             if held is not None:
-                _answer(client, request, held.head + connection_tail(request, client), held.body)
+                response = held.head + connection_tail(request, client) + held.body
+                _answer(client, request, response, len(held.body))
+                replay.offer(client, request, response, held.expires, held.unchanged)
                 return
         ranged = b"range" in headers
         accepted = accepted_encodings(headers.get(b"accept-encoding")) if self.compress and not ranged else ()
@@ -168,9 +171,9 @@ class StaticFiles:
         response_head = head + connection_tail(request, client)
         request.status = plan.status
         if request.is_head or not plan.ranges:
-            _answer(client, request, response_head, b"")
+            _answer(client, request, response_head, 0)
         elif body is not None and not plan.parts and plan.ranges == [(0, len(body))]:
-            _answer(client, request, response_head, body)
+            _answer(client, request, response_head + body, len(body))
             if plain:
                 self.rendered.put(key, served, info, head, body)
         else:
@@ -200,12 +203,12 @@ class StaticFiles:
         FileSender(client, request, fd, pieces).start()
 
 
-def _answer(client: ClientConnection, request: Request, head: bytes, body: bytes) -> None:
+def _answer(client: ClientConnection, request: Request, response: bytes, body_size: int) -> None:
     """A whole response from memory."""
     request.status = request.status or 200
     request.response_started = True
-    request.response_bytes = len(body)
-    client.transport.write(head + body)
+    request.response_bytes = body_size
+    client.transport.write(response)
     client.response_finished(request)
 
 
