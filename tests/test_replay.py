@@ -71,11 +71,12 @@ class Listener:
 
 
 @pytest.fixture
-async def listener(tmp_path: Path) -> AsyncIterator[Listener]:
+async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Listener]:
     log_path = tmp_path / "access.log"
     log = JsonLog(fd=os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     pool = NumberedAnswers()
-    server = HttpServer(pool, log, replay_answers=True)
+    log_requests = getattr(request, "param", True)
+    server = HttpServer(pool, log, log_requests=log_requests, replay_answers=True)
     listening = await server.listen("127.0.0.1", 0)
     yield Listener(server, pool, listening.sockets[0].getsockname()[1], log_path)
     await server.shutdown(1.0)
@@ -108,6 +109,15 @@ async def test_a_repeated_request_is_answered_again_without_the_pool_and_logged_
         assert isinstance(line["duration"], int) and line["duration"] >= 0
     assert first["path"] == "/asset.css" and first["status"] == 200 and first["resp_content_length"] == 23
     assert first["user_agent"] == 'tricky/1 "duration":5,"method":"x' and first["method"] == "GET"
+
+
+@pytest.mark.parametrize("listener", [False], indirect=True)
+async def test_with_the_access_log_off_repeats_are_answered_and_not_logged(listener):
+    reader, writer = await listener.connect()
+    bodies = [await answer(reader, writer) for _ in range(3)]
+    writer.close()
+    assert bodies == [b"answer 1 for /asset.css"] * 3
+    assert listener.log_lines() == []
 
 
 async def test_a_request_differing_in_any_byte_reaches_the_pool(listener):

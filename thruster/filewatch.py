@@ -51,7 +51,9 @@ class Directory:
         self.changes = 0
 
     def unchanged_since(self, changes: int) -> bool:
-        self.watch.catch_up()
+        watch = self.watch
+        if not watch.caught_up:
+            watch.catch_up()
         return self.changes == changes
 
 
@@ -97,11 +99,10 @@ class DirectoryWatch:
         return directory, True
 
     def catch_up(self) -> None:
-        """Read the events queued so far, once per loop turn."""
-        if not self.caught_up:
-            self.caught_up = True
-            self.loop.call_soon(self._next_turn)
-            self.drain()
+        """Read the events queued so far (once per loop turn: `caught_up` says whether done)."""
+        self.caught_up = True
+        self.loop.call_soon(self._next_turn)
+        self.drain()
 
     def _next_turn(self) -> None:
         self.caught_up = False

@@ -20,7 +20,7 @@ from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
 from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
-from proxy.http.replay import Replay, Replays
+from proxy.http.replay import Replays
 from proxy.http.request import Dispatcher, Request
 from proxy.http.responses import error_response, page_response
 from proxy.http.tlslistener import HandshakeGate, TlsListener
@@ -69,12 +69,13 @@ class HttpServer:
         self.log = log
         self.access_log = AccessLog(log)
         self.metrics = metrics
-        self.logs_requests = log_requests
         # Called once per finished request: straight to the access log unless metrics are on.
         if not log_requests:
             self.log_request = _no_log if metrics is None else self._observe
         else:
             self.log_request = self.access_log.write if metrics is None else self._log_and_observe
+        # For a request answered from a kept answer (no metrics then: see `replays`).
+        self.log_replayed = self.access_log.write_replayed if log_requests else _no_log_replayed
         self.error_pages = error_pages or {}
         # One table per scheme: a kept answer is only replayed on the kind of listener that made it.
         self.replays: dict[bytes, Replays] = (
@@ -101,10 +102,6 @@ class HttpServer:
     def _log_and_observe(self, client: ClientConnection, request: Request) -> None:
         self.access_log.write(client, request)
         self.metrics.observe(request)
-
-    def log_replayed(self, client: ClientConnection, replay: Replay, started_at: float) -> None:
-        if self.logs_requests:
-            self.access_log.write_replayed(client, replay.log_middle, replay.log_end, started_at)
 
     def _observe(self, client: ClientConnection, request: Request) -> None:
         self.metrics.observe(request)
@@ -206,3 +203,7 @@ def _listening_socket(host: str | None, port: int) -> socket.socket:
 
 def _no_log(client: object, request: Request) -> None:
     """`log_request` with access logging off."""
+
+
+def _no_log_replayed(client: object, middle: bytes, end: bytes, started_at: float) -> None:
+    """`log_replayed` with access logging off."""
