@@ -93,13 +93,13 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dat
 
 async def test_a_repeated_request_is_answered_again_without_the_pool_and_logged_each_time(listener):
     reader, writer = await listener.connect()
-    bodies = [await answer(reader, writer) for _ in range(4)]
+    bodies = [await answer(reader, writer) for _ in range(4)]  # noted, kept, then answered again
     other_reader, other_writer = await listener.connect()
     bodies.append(await answer(other_reader, other_writer))  # kept for the listener, not the connection
     writer.close()
     other_writer.close()
-    assert bodies == [b"answer 1 for /asset.css"] * 5
-    assert listener.pool.asked == 1
+    assert bodies == [b"answer 1 for /asset.css"] + [b"answer 2 for /asset.css"] * 4
+    assert listener.pool.asked == 2
     lines = listener.log_lines()
     assert len(lines) == 5, "a replayed request is still a request in the access log"
     per_request = ("time", "duration", "client_addr", "port")
@@ -114,9 +114,9 @@ async def test_a_repeated_request_is_answered_again_without_the_pool_and_logged_
 @pytest.mark.parametrize("listener", [False], indirect=True)
 async def test_with_the_access_log_off_repeats_are_answered_and_not_logged(listener):
     reader, writer = await listener.connect()
-    bodies = [await answer(reader, writer) for _ in range(3)]
+    bodies = [await answer(reader, writer) for _ in range(4)]
     writer.close()
-    assert bodies == [b"answer 1 for /asset.css"] * 3
+    assert bodies == [b"answer 1 for /asset.css"] + [b"answer 2 for /asset.css"] * 3
     assert listener.log_lines() == []
 
 
@@ -125,8 +125,10 @@ async def test_a_request_differing_in_any_byte_reaches_the_pool(listener):
     assert await answer(reader, writer) == b"answer 1 for /asset.css"
     other = GET.replace(b"gzip", b"br")
     assert await answer(reader, writer, other) == b"answer 2 for /asset.css"
-    assert await answer(reader, writer, other) == b"answer 2 for /asset.css"
-    assert await answer(reader, writer) == b"answer 1 for /asset.css"
+    assert await answer(reader, writer, other) == b"answer 3 for /asset.css"
+    assert await answer(reader, writer, other) == b"answer 3 for /asset.css"
+    assert await answer(reader, writer) == b"answer 4 for /asset.css"
+    assert await answer(reader, writer) == b"answer 4 for /asset.css"
     writer.close()
 
 
@@ -137,8 +139,8 @@ async def test_requests_that_arrive_together_are_each_answered_and_not_kept(list
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200")
         assert await reader.readexactly(23) == b"answer %d for /asset.css" % number
-    assert await answer(reader, writer) == b"answer 3 for /asset.css"  # now alone: kept from here
-    assert await answer(reader, writer) == b"answer 3 for /asset.css"
+    for number in (3, 4, 4):  # now alone: noted, kept, answered again
+        assert await answer(reader, writer) == b"answer %d for /asset.css" % number
     writer.close()
 
 
@@ -153,11 +155,13 @@ async def test_a_request_that_closes_its_connection_is_not_kept(listener):
 
 async def test_an_answer_no_longer_valid_is_made_anew(listener):
     reader, writer = await listener.connect()
-    assert await answer(reader, writer) == b"answer 1 for /asset.css"
+    for number in (1, 2, 2):
+        assert await answer(reader, writer) == b"answer %d for /asset.css" % number
     listener.pool.valid = False  # e.g. its file was edited
-    assert await answer(reader, writer) == b"answer 2 for /asset.css"
+    assert await answer(reader, writer) == b"answer 3 for /asset.css"
     listener.pool.valid = True
-    assert await answer(reader, writer) == b"answer 2 for /asset.css"
+    for number in (4, 4):
+        assert await answer(reader, writer) == b"answer %d for /asset.css" % number
     writer.close()
 
 
@@ -172,11 +176,23 @@ async def test_an_expired_answer_is_made_anew(listener):
 async def test_the_kept_answers_are_dropped_when_they_would_exceed_their_memory(listener, monkeypatch):
     reader, writer = await listener.connect()
     replays = listener.server.replays[b"http"]
-    await answer(reader, writer, GET.replace(b"/asset.css", b"/a"))
-    monkeypatch.setattr(replay, "MAX_HELD_BYTES", 2 * replays.held_bytes + 1)  # room for two like it
-    await answer(reader, writer, GET.replace(b"/asset.css", b"/b"))
+    a, b = (GET.replace(b"/asset.css", target) for target in (b"/a", b"/b"))
+    for _ in range(2):
+        await answer(reader, writer, a)  # noted, then kept
+    monkeypatch.setattr(replay, "MAX_HELD_BYTES", replays.held_bytes + len(b))  # room to note b only
+    assert await answer(reader, writer, b) == b"answer 3 for /b"
     assert len(replays.held) == 2
-    await answer(reader, writer, GET.replace(b"/asset.css", b"/c"))
-    assert list(replays.held) == [GET.replace(b"/asset.css", b"/c")]
-    assert await answer(reader, writer, GET.replace(b"/asset.css", b"/a")) == b"answer 4 for /a"
+    assert await answer(reader, writer, b) == b"answer 4 for /b"  # keeping it drops everything else
+    assert list(replays.held) == [b]
+    assert await answer(reader, writer, a) == b"answer 5 for /a"
+    assert await answer(reader, writer, b) == b"answer 4 for /b"
+    writer.close()
+
+
+async def test_requests_seen_once_are_noted_not_kept(listener):
+    reader, writer = await listener.connect()
+    for number in range(1, 4):
+        await answer(reader, writer, GET.replace(b"/asset.css", b"/once-%d" % number))
+    replays = listener.server.replays[b"http"]
+    assert len(replays.held) == 3 and all(kept is None for kept in replays.held.values())
     writer.close()

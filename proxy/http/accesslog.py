@@ -15,6 +15,7 @@ from proxy.log import JsonLog
 
 if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
+    from proxy.http.replay import Replay
     from proxy.http.request import Request
 
 # Printable ASCII that needs no escaping inside a JSON string.
@@ -76,14 +77,17 @@ class AccessLog:
         end_at = line.index(_AFTER_DURATION, duration_at)
         return line[len(_KEPT_START) : duration_at], line[end_at : -len(client.log_fields) - 2]
 
-    def write_replayed(self, client: ClientConnection, middle: bytes, end: bytes, started_at: float) -> None:
+    def write_replayed(self, client: ClientConnection, replay: Replay, started_at: float) -> None:
         """The line of a request answered again from its kept answer (proxy/http/replay.py)."""
         now = time.time()
+        if replay.request is not None:
+            replay.log_middle, replay.log_end = self.fixed_fields(client, replay.request)
+            replay.request = None
         line = _REPLAYED % (
             self.log.timestamp(now),
-            middle,
+            replay.log_middle,
             int((now - started_at) * 1e9),
-            end,
+            replay.log_end,
             client.log_fields,
         )
         self.log.write_buffered(line)

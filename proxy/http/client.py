@@ -181,7 +181,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         """Answer a read that repeats, byte for byte, a request answered from memory before."""
         started_at = time.time()
         self.transport.write(replay.response)
-        self.server.log_replayed(self, replay.log_middle, replay.log_end, started_at)
+        self.server.log_replayed(self, replay, started_at)
         self._await_next()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -12,8 +12,11 @@ answer can only differ if its source changed; each kept answer carries the
 expiry and the freshness check of the response it copies.
 
 Only bodiless keep-alive requests of up to 4 KiB with answers of up to
-64 KiB are kept, within 32 MiB in all (the lot is dropped when full, so a
-client sending endless distinct requests costs nothing but misses).
+64 KiB are kept, within 32 MiB in all (the lot is dropped when full). An
+answer is kept at the second offer for the same bytes: the first only
+notes the bytes, so traffic that never repeats (a cookie that changes on
+every request) costs a dict entry per request, not a kept answer. The
+access log's fixed fields of a kept answer are made at its first replay.
 """
 
 from __future__ import annotations
@@ -34,26 +37,23 @@ _HEAD_END = b"\r\n\r\n"
 class Replay:
     """One kept answer: the response bytes, the access log's fixed fields, and how long it holds."""
 
-    __slots__ = ("expires", "log_end", "log_middle", "response", "still_valid")
+    __slots__ = ("expires", "log_end", "log_middle", "request", "response", "still_valid")
 
     def __init__(
-        self,
-        response: bytes,
-        log_parts: tuple[bytes, bytes],
-        expires: float,
-        still_valid: Callable[[], bool] | None,
+        self, response: bytes, request: Request, expires: float, still_valid: Callable[[], bool] | None
     ) -> None:
         self.response = response
-        self.log_middle, self.log_end = log_parts
+        self.request: Request | None = request  # until the log's fields are made from it (first replay)
+        self.log_middle = self.log_end = b""
         self.expires = expires  # loop time
         self.still_valid = still_valid  # e.g. "the file is the one the answer was made from"
 
 
 class Replays:
-    """The answers kept for one listener scheme, keyed by the exact request bytes."""
+    """The answers kept for one listener scheme, keyed by the exact request bytes (None: seen once)."""
 
     def __init__(self) -> None:
-        self.held: dict[bytes, Replay] = {}
+        self.held: dict[bytes, Replay | None] = {}
         self.held_bytes = 0
 
     def find(self, data: bytes, now: float) -> Replay | None:
@@ -66,12 +66,25 @@ class Replays:
             return None
         return replay
 
-    def keep(self, data: bytes, replay: Replay) -> None:
-        size = len(data) + len(replay.response)
+    def offered(
+        self,
+        data: bytes,
+        response: bytes,
+        request: Request,
+        expires: float,
+        still_valid: Callable[[], bool] | None,
+    ) -> None:
+        held = self.held
+        if data not in held:
+            size = len(data)  # seen once: noted, not kept
+            replay = None
+        else:
+            size = 2 * len(data) + len(response)  # the bytes, the request made from them, the answer
+            replay = Replay(response, request, expires, still_valid)
         if self.held_bytes + size > MAX_HELD_BYTES:
-            self.held.clear()
+            held.clear()
             self.held_bytes = 0
-        self.held[data] = replay
+        held[data] = replay
         self.held_bytes += size
 
 
@@ -82,7 +95,7 @@ def offer(
     expires: float,
     still_valid: Callable[[], bool] | None = None,
 ) -> None:
-    """Keep `response` (already sent whole for `request`) for the same request bytes read again.
+    """Offer `response` (already sent whole for `request`) for the same request bytes read again.
 
     Called by pools that answer from memory, after setting the request's
     status and response size. Nothing is kept unless the read that brought
@@ -99,5 +112,4 @@ def offer(
         return
     if len(data) > MAX_REQUEST or data.find(_HEAD_END) != len(data) - 4:
         return  # part of a request, or more than one
-    log_parts = client.server.access_log.fixed_fields(client, request)
-    replays.keep(data, Replay(response, log_parts, expires, still_valid))
+    replays.offered(data, response, request, expires, still_valid)

@@ -20,7 +20,7 @@ from proxy.http.accesslog import AccessLog
 from proxy.http.client import ClientConnection
 from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
-from proxy.http.replay import Replays
+from proxy.http.replay import Replay, Replays
 from proxy.http.request import Dispatcher, Request
 from proxy.http.responses import error_response, page_response
 from proxy.http.tlslistener import HandshakeGate, TlsListener
@@ -205,5 +205,5 @@ def _no_log(client: object, request: Request) -> None:
     """`log_request` with access logging off."""
 
 
-def _no_log_replayed(client: object, middle: bytes, end: bytes, started_at: float) -> None:
+def _no_log_replayed(client: object, replay: Replay, started_at: float) -> None:
     """`log_replayed` with access logging off."""
