@@ -404,11 +404,19 @@ def parse_wrk(output: str) -> tuple[float, float, int, int]:
     return float(rps.group(1)), p99_ms, int(count.group(1)), errors
 
 
-def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int, resolve_lua: Path) -> str:
+def run_wrk(
+    port: int,
+    scenario: Scenario,
+    seconds: int,
+    connections: int,
+    resolve_lua: Path,
+    script: Path | None = None,
+) -> str:
     """One wrk run on CPU 0, bounded in time; returns its output.
 
     HTTPS runs request https://bench.test:PORT/ so that wrk sends bench.test as SNI and Host (it sends the
-    URL's host, even an IP address, as SNI); the resolve_lua script points that name at 127.0.0.1.
+    URL's host, even an IP address, as SNI); the resolve_lua script points that name at 127.0.0.1. A plain
+    run may have a `script` of its own (thrust_bench.py's changing cookie).
     """
     argv = [
         "taskset",
@@ -428,6 +436,7 @@ def run_wrk(port: int, scenario: Scenario, seconds: int, connections: int, resol
     if scenario.tls:
         argv += ["-s", str(resolve_lua), f"https://{TLS_NAME}:{port}/{scenario.size}"]
     else:
+        argv += ["-s", str(script)] if script is not None else []
         argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
