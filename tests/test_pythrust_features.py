@@ -19,7 +19,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import brotli
 import h2.events
@@ -295,6 +295,63 @@ async def test_disabled_sendfile_drops_a_sendfile_type_the_client_sent(start_app
     thrust = await start_app(X_SENDFILE_ENABLED="false")
     received = await app_headers(thrust, {"X-Sendfile-Type": "X-Sendfile"})
     assert "x-sendfile-type" not in received
+
+
+# X-Accel-Redirect
+
+
+async def test_accel_redirect_serves_the_file_behind_a_mapped_uri(start_app, tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "report one.txt").write_bytes(TEXT)
+    (storage / "über.txt").write_text("a name in UTF-8")
+    thrust = await start_app(X_ACCEL_MAPPING=f"{storage}/=/files/")
+    told = await app_headers(thrust, {"X-Accel-Mapping": "/=/everything/", "X-Sendfile-Type": "X-Sendfile"})
+    assert told["x-sendfile-type"] == "X-Accel-Redirect"
+    assert told["x-accel-mapping"] == f"{storage}/=/files/", "the client's own mapping never reaches the app"
+
+    served = await fetch(
+        thrust, url("/accel", uri="/files/report%20one.txt"), headers={"Accept-Encoding": "identity"}
+    )
+    assert (served.status, served.body) == (200, TEXT)
+    assert served.header("Content-Length") == str(len(TEXT)) and not served.has("X-Accel-Redirect")
+    ranged = await fetch(thrust, url("/accel", uri="/files/report%20one.txt"), headers={"Range": "bytes=0-9"})
+    assert (ranged.status, ranged.body) == (206, TEXT[:10])
+    named = await fetch(thrust, url("/accel", uri="/files/" + quote("über.txt")))
+    assert (named.status, named.body) == (200, b"a name in UTF-8")
+    assert (await fetch(thrust, url("/accel", uri="/files/missing.txt"))).status == 404
+
+
+async def test_accel_redirect_never_leaves_its_directory(start_app, tmp_path):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "inside.txt").write_text("inside")
+    secret = b"TOP SECRET 5151"
+    (tmp_path / "secret.txt").write_bytes(secret)
+    (storage / "link.txt").symlink_to(tmp_path / "secret.txt")
+    thrust = await start_app(X_ACCEL_MAPPING=f"{storage}=/files", X_SENDFILE_ROOTS=str(storage))
+    assert (await fetch(thrust, url("/accel", uri="/files/inside.txt"))).body == b"inside"
+    for uri in (
+        "/files/../secret.txt",
+        "/files/%2e%2e/secret.txt",
+        "/files/..%2fsecret.txt",
+        "/files/sub/../../secret.txt",
+        "/files/inside.txt%00.png",
+        "/elsewhere/secret.txt",
+        "/files/link.txt",  # a symlink out, refused by X_SENDFILE_ROOTS (which holds the mapped directory)
+    ):
+        refused = await fetch(thrust, url("/accel", uri=uri))
+        assert refused.status == 500, uri
+        assert secret not in refused.body
+    await thrust.wait_for_line("X-Accel-Redirect outside X_ACCEL_MAPPING")
+    await thrust.wait_for_line("outside X_SENDFILE_ROOTS")
+
+
+async def test_a_mapping_entry_that_does_not_parse_is_named_in_the_log(start_app, tmp_path):
+    thrust = await start_app(X_ACCEL_MAPPING=f"relative=/files/, {tmp_path}=/files/")
+    await thrust.wait_for_line("X_ACCEL_MAPPING entry ignored.*relative=/files/")
+    told = await app_headers(thrust, {})
+    assert told["x-accel-mapping"] == f"{tmp_path}/=/files/"
 
 
 # Large files in bounded memory

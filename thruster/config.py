@@ -26,6 +26,7 @@ class ThrusterConfig:
     max_cache_item_size: int = 1024 * 1024
     x_sendfile_enabled: bool = True
     x_sendfile_roots: tuple[str, ...] = ()  # ours: empty = any path the app names, as thruster
+    x_accel_mapping: tuple[str, ...] = ()  # ours: DIR=URI pairs for X-Accel-Redirect (thruster/accel.py)
     gzip_compression_enabled: bool = True
     gzip_compression_disable_on_auth: bool = False
     gzip_compression_jitter: int = 32
@@ -83,6 +84,7 @@ def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
         max_cache_item_size=integer("MAX_CACHE_ITEM_SIZE", defaults.max_cache_item_size),
         x_sendfile_enabled=boolean("X_SENDFILE_ENABLED", defaults.x_sendfile_enabled),
         x_sendfile_roots=_items(text("X_SENDFILE_ROOTS", ""), ":"),
+        x_accel_mapping=_items(text("X_ACCEL_MAPPING", ""), ","),
         gzip_compression_enabled=boolean("GZIP_COMPRESSION_ENABLED", defaults.gzip_compression_enabled),
         gzip_compression_disable_on_auth=boolean(
             "GZIP_COMPRESSION_DISABLE_ON_AUTH", defaults.gzip_compression_disable_on_auth

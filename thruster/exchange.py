@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from proxy.http.request import Request
 from proxy.http.upstream import UpstreamPool
+from thruster.accel import AccelMapping
 from thruster.cache import CachedResponse, HttpCache, cache_key, freshness
 from thruster.compression import (
     MIN_SIZE,
@@ -31,13 +32,13 @@ from thruster.headers import ResponseHead, request_headers
 from thruster.hits import CacheHits, stored_response
 from thruster.rendered import PLAIN_REQUEST, RenderedResponses
 from thruster.rework import Rework
-from thruster.sendfile import FileRoots, send_file
+from thruster.sendfile import FileRoots, refuse, send_file
 
 if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
     from proxy.log import JsonLog
 
-_SENDFILE_TYPE = b"x-sendfile-type:"
+_SENDFILE_REQUEST_HEADERS = (b"x-sendfile-type:", b"x-accel-mapping:")
 
 
 class AppDispatcher:
@@ -52,7 +53,18 @@ class AppDispatcher:
         self.cache = HttpCache(config.cache_size, config.max_cache_item_size)
         self.max_cache_item_size = config.max_cache_item_size
         self.sendfile = config.x_sendfile_enabled
-        self.roots = FileRoots(config.x_sendfile_roots)
+        self.accel = AccelMapping(config.x_accel_mapping)
+        for ignored in self.accel.ignored:
+            log.warn("X_ACCEL_MAPPING entry ignored: not DIR=URI with both absolute", entry=ignored)
+        # Mapped directories are the X-Accel-Redirect files' own roots; X_SENDFILE_ROOTS, if set, too.
+        roots = config.x_sendfile_roots
+        self.roots = FileRoots(roots + self.accel.directories if roots else ())
+        if not self.sendfile:
+            self.sendfile_request_lines = b""
+        elif self.accel:
+            self.sendfile_request_lines = self.accel.request_lines
+        else:
+            self.sendfile_request_lines = b"X-Sendfile-Type: X-Sendfile\r\n"
         self.compress = config.gzip_compression_enabled
         self.compress_guard = config.gzip_compression_disable_on_auth
         self.jitter = config.gzip_compression_jitter
@@ -77,11 +89,13 @@ class AppDispatcher:
         ):
             if value is not None:
                 headers[name] = value
-        if b"x-sendfile-type" in headers:
-            # Only pythrust says whether the app may answer with a file, never the client.
-            request.headers = [line for line in request.headers if line[:16].lower() != _SENDFILE_TYPE]
-        if self.sendfile:
-            request.headers.append(b"X-Sendfile-Type: X-Sendfile\r\n")
+        if b"x-sendfile-type" in headers or b"x-accel-mapping" in headers:
+            # Only pythrust says whether and how the app may answer with a file, never the client.
+            request.headers = [
+                line for line in request.headers if not line.lower().startswith(_SENDFILE_REQUEST_HEADERS)
+            ]
+        if self.sendfile_request_lines:
+            request.headers.append(self.sendfile_request_lines)
         exchange = Exchange(self, headers)
         request.context = exchange
         if request.method in (b"GET", b"HEAD") and request.upgrade is None:
@@ -93,6 +107,19 @@ class AppDispatcher:
             if b"range" not in headers:
                 exchange.cache_key = key  # a partial response is never stored (but a whole one serves it)
         return 0
+
+    def file_named(self, head: ResponseHead) -> tuple[bool, str | None]:
+        """Whether the app answered with a file (X-Sendfile, or X-Accel-Redirect when mapped), and its
+        path: None for an X-Accel-Redirect URI that names no file the mapping allows."""
+        if not self.sendfile:
+            return False, None
+        sendfile = head.get(b"x-sendfile")
+        if sendfile is not None:
+            return True, os.fsdecode(sendfile)  # the bytes the app named, as the file system has them
+        redirect = head.get(b"x-accel-redirect") if self.accel else None
+        if redirect is not None:
+            return True, self.accel.path_for(redirect)
+        return False, None
 
     def renderable(self, request: Request, headers: dict[bytes, bytes]) -> bool:
         """Whether a ready response (thruster/rendered.py) may answer: a GET without validators or
@@ -156,10 +183,9 @@ class Exchange:
         vary = head.get(b"vary")
         if app.compress:
             head.add_vary(b"Accept-Encoding")
-        sendfile = head.get(b"x-sendfile") if app.sendfile else None
-        if sendfile is not None:
-            path = os.fsdecode(sendfile)  # the bytes the app named, as the file system has them
-            if ttl:
+        named, path = app.file_named(head)
+        if named:
+            if ttl and path is not None:
                 self._store(stored_response(head, None, ttl, self.headers.get, vary, sendfile=path))
             return b"", _SendfileWork(head, path, self)
         on_captured = None
@@ -205,11 +231,11 @@ class _Capture:
 
 
 class _SendfileWork:
-    """The app answered with X-Sendfile: drop its body, then send the file."""
+    """The app answered with X-Sendfile or X-Accel-Redirect: drop its body, then send the file."""
 
     __slots__ = ("ends_at_head", "exchange", "head", "path")
 
-    def __init__(self, head: ResponseHead, path: str, exchange: Exchange) -> None:
+    def __init__(self, head: ResponseHead, path: str | None, exchange: Exchange) -> None:
         self.head = head
         self.path = path
         self.exchange = exchange
@@ -221,4 +247,9 @@ class _SendfileWork:
 
     def end(self, client: ClientConnection, request: Request) -> None:
         self.head.remove(b"connection")  # send_file ends the head as this request needs
+        if self.path is None:
+            uri = (self.head.get(b"x-accel-redirect") or b"").decode("latin-1")
+            log = self.exchange.app.log
+            refuse(client, request, self.head, log, "X-Accel-Redirect outside X_ACCEL_MAPPING", uri=uri)
+            return
         send_file(client, request, self.head, self.path, self.exchange)

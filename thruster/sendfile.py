@@ -23,6 +23,7 @@ from thruster.static import content_type_for, file_etag, plan_file
 if TYPE_CHECKING:
     from proxy.http.client import ClientConnection
     from proxy.http.request import Request
+    from proxy.log import JsonLog
     from thruster.exchange import Exchange
 
 IN_MEMORY = 64 * 1024  # files up to this size are sent from memory (their bytes kept in the cache)
@@ -70,7 +71,14 @@ def send_file(
         request.keep_alive = False  # answered before its body was read: the connection closes
     tail = connection_tail(request, client)
     app = exchange.app
-    head.remove(b"x-sendfile", b"content-length", b"transfer-encoding", b"content-range", b"accept-ranges")
+    head.remove(
+        b"x-sendfile",
+        b"x-accel-redirect",
+        b"content-length",
+        b"transfer-encoding",
+        b"content-range",
+        b"accept-ranges",
+    )
     try:
         # Non-blocking: a FIFO named by mistake must not stall the server (it is refused below).
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -91,8 +99,7 @@ def send_file(
         return
     if not app.roots.allows(fd):
         os.close(fd)
-        app.log.info("X-Sendfile path outside X_SENDFILE_ROOTS", path=path)
-        _answer_plain(client, request, head, 500, b"500 Internal Server Error\n")
+        refuse(client, request, head, app.log, "X-Sendfile path outside X_SENDFILE_ROOTS", path=path)
         return
     # The file's identity decides whether bytes kept in memory are still this file's; the app's own
     # ETag, if it gave one, is what the client sees.
@@ -151,6 +158,14 @@ def send_file(
         else:
             pieces += plan.ranges
     FileSender(client, request, fd, pieces).start()
+
+
+def refuse(
+    client: ClientConnection, request: Request, head: ResponseHead, log: JsonLog, reason: str, **fields: str
+) -> None:
+    """A file the app may not name: 500 for the client (never the file), the reason in the log."""
+    log.info(reason, **fields)
+    _answer_plain(client, request, head, 500, b"500 Internal Server Error\n")
 
 
 def _answer_plain(

@@ -9,6 +9,7 @@ GET /cached?max_age=N&pad=K   "Cache-Control: public, max-age=N", ETag, Set-Cook
 GET /text?size=N              N bytes of HTML; with &private=1 Cache-Control private
 GET /stream                   text/event-stream: event 1, then event 2 once /release is called
 GET /release                  lets /stream send its second event
+GET /accel?uri=U              an empty 200 with X-Accel-Redirect: U (as Rack::Sendfile sends it)
 GET /statement?dir=D          X-Sendfile of D/<cookie "user">.txt, public, Vary: Cookie (per-user files)
 GET /forwarded                echoes X-Forwarded-Host; public, Vary: X-Forwarded-Host
 GET /nothing                  204, public
@@ -52,6 +53,13 @@ def raw_sendfile() -> Response:
     response.headers["X-Sendfile"] = request.args["path"].encode().decode("latin-1")
     if "encoding" in request.args:
         response.headers["Content-Encoding"] = request.args["encoding"]
+    return response
+
+
+@app.get("/accel")
+def accel() -> Response:
+    response = Response(b"", mimetype="text/plain")
+    response.headers["X-Accel-Redirect"] = request.args["uri"]
     return response
 
 
