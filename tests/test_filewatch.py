@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,13 @@ def hold(rendered: RenderedResponses, path: Path) -> tuple:
 
 
 @pytest.fixture
+async def rendered() -> AsyncIterator[RenderedResponses]:
+    responses = RenderedResponses()
+    yield responses
+    responses.watch.close()
+
+
+@pytest.fixture
 def page(tmp_path: Path) -> Path:
     path = tmp_path / "site" / "page.html"
     path.parent.mkdir()
@@ -32,8 +40,7 @@ def page(tmp_path: Path) -> Path:
     return path
 
 
-async def test_an_edit_that_keeps_size_and_time_still_drops_the_held_response(page):
-    rendered = RenderedResponses()
+async def test_an_edit_that_keeps_size_and_time_still_drops_the_held_response(rendered, page):
     key = hold(rendered, page)
     assert rendered.get(key) is not None
     assert rendered.get(key).directory is not None, "the directory is watched"
@@ -44,8 +51,7 @@ async def test_an_edit_that_keeps_size_and_time_still_drops_the_held_response(pa
     assert rendered.get(key) is None
 
 
-async def test_a_use_reads_the_kernels_events_before_the_loop_does(page):
-    rendered = RenderedResponses()
+async def test_a_use_reads_the_kernels_events_before_the_loop_does(rendered, page):
     key = hold(rendered, page)
     assert rendered.get(key) is not None
     await next_turn()
@@ -56,8 +62,7 @@ async def test_a_use_reads_the_kernels_events_before_the_loop_does(page):
 
 
 @pytest.mark.parametrize("change", ["replace", "remove", "chmod"])
-async def test_replacing_removing_or_changing_the_file_drops_it(page, change):
-    rendered = RenderedResponses()
+async def test_replacing_removing_or_changing_the_file_drops_it(rendered, page, change):
     key = hold(rendered, page)
     if change == "replace":  # as a deploy swaps an asset: a new file renamed over the old
         new = page.with_name("page.html.new")
@@ -71,16 +76,14 @@ async def test_replacing_removing_or_changing_the_file_drops_it(page, change):
     assert rendered.get(key) is None
 
 
-async def test_a_change_elsewhere_keeps_the_held_response(page, tmp_path):
-    rendered = RenderedResponses()
+async def test_a_change_elsewhere_keeps_the_held_response(rendered, page, tmp_path):
     key = hold(rendered, page)
     (tmp_path / "elsewhere.txt").write_text("unrelated")
     await next_turn()
     assert rendered.get(key) is not None
 
 
-async def test_a_removed_directory_is_watched_anew_when_it_comes_back(page):
-    rendered = RenderedResponses()
+async def test_a_removed_directory_is_watched_anew_when_it_comes_back(rendered, page):
     key = hold(rendered, page)
     page.unlink()
     page.parent.rmdir()
@@ -95,10 +98,49 @@ async def test_a_removed_directory_is_watched_anew_when_it_comes_back(page):
     assert rendered.get(key) is None
 
 
-async def test_without_a_watch_each_use_stats_the_file(page, monkeypatch):
+async def test_without_a_watch_each_use_stats_the_file(rendered, page, monkeypatch):
     monkeypatch.setattr(filewatch, "MAX_WATCHED", 0)  # as when the kernel's watch limit is reached
-    rendered = RenderedResponses()
     key = hold(rendered, page)
     assert rendered.get(key).directory is None
     page.write_bytes(b"<p>three</p>")  # another length: a stat tells
+    assert rendered.get(key) is None
+
+
+async def test_a_path_through_a_symlink_is_checked_by_a_stat(rendered, page, tmp_path):
+    link = tmp_path / "link.html"  # as an app may name a file in X-Sendfile
+    link.symlink_to(page)
+    key = hold(rendered, link)
+    assert rendered.get(key).directory is None, "the change would happen outside the link's directory"
+    page.write_bytes(b"<p>edited through its real name</p>")
+    assert rendered.get(key) is None
+
+
+async def test_a_directory_swapped_for_another_by_that_name_is_watched_anew(rendered, page):
+    site = page.parent
+    hold(rendered, page)
+    site.rename(site.with_name("site.old"))  # as a deploy swaps a release's directory
+    site.mkdir()
+    page.write_bytes(b"<p>new release</p>")
+    await next_turn()
+    key = hold(rendered, page)
+    assert rendered.get(key).body == b"<p>new release</p>"
+    page.write_bytes(b"<p>edited in the new release</p>")
+    await next_turn()
+    assert rendered.get(key) is None
+
+
+async def test_a_watch_ends_at_its_first_change_and_the_next_response_starts_one(rendered, page):
+    key = hold(rendered, page)
+    (page.parent / "log.txt").write_text("the app writes here")
+    await next_turn()
+    assert rendered.get(key) is None
+    assert rendered.watch.by_path == {}, "no watch on a directory that holds nothing now"
+    key = hold(rendered, page)
+    assert list(rendered.watch.by_path) == [str(page.parent)]
+    assert rendered.get(key) is not None
+
+
+async def test_after_close_nothing_held_is_trusted(rendered, page):
+    key = hold(rendered, page)
+    rendered.watch.close()
     assert rendered.get(key) is None

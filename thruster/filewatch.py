@@ -2,14 +2,21 @@
 
 A response held in memory must not outlive an edit of its file. A stat per
 request tells, but costs about as much as the rest of a repeated request's
-answer; inotify tells for free. A directory's watch counts the changes the
-kernel reported in it (a file written, replaced, renamed, removed, its
-attributes changed), and a held response is good while that count is the one
-it was made under. Events are read when the loop sees the inotify descriptor
-ready and, so that an edit finished before a request was read is never
-missed, also at the first check of every loop turn.
+answer; inotify tells for free. Each watch is on a file's directory and is
+used once: the first change the kernel reports in it (a file written,
+replaced, renamed, removed, its attributes changed; the directory itself
+moved or removed) marks the watch changed and removes it, so every response
+held under it is dropped, and the next response held there starts a new
+watch. A directory the app keeps writing to thus wakes pythrust at most
+once per response it holds, and nothing stays watched that nothing uses.
 
-Linux only. Where inotify is missing or its watch limit is reached,
+Events are read when the loop sees the inotify descriptor ready, and also
+at the first check of every loop turn, before the requests that the turn's
+poll brought are answered: an edit finished before that poll is never
+missed. One that lands while a turn's batch of requests is being answered
+may be seen only from the next turn on (microseconds to a millisecond).
+
+Linux only. Where inotify is missing or the watch limit is reached,
 `directory` returns None and callers stat the file instead. Changes the
 local kernel does not see (another machine writing to NFS) are not told;
 held responses are dropped after a second anyway (thruster/rendered.py).
@@ -36,25 +43,25 @@ _CHANGES = (
     | 0x01000000  # IN_ONLYDIR
 )
 _Q_OVERFLOW = 0x4000
-_IGNORED = 0x8000  # the watch is gone (its directory was removed)
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (of the name that follows)
 MAX_WATCHED = 1024
 
 
 class Directory:
-    """One watched directory: `changes` grows with every change the kernel reports in it."""
+    """One watch of a directory, until its first change."""
 
-    __slots__ = ("changes", "watch")
+    __slots__ = ("changed", "identity", "watch")
 
-    def __init__(self, watch: DirectoryWatch) -> None:
+    def __init__(self, watch: DirectoryWatch, identity: tuple[int, int]) -> None:
         self.watch = watch
-        self.changes = 0
+        self.identity = identity  # device and inode of the directory watched
+        self.changed = False
 
-    def unchanged_since(self, changes: int) -> bool:
+    def unchanged(self) -> bool:
         watch = self.watch
         if not watch.caught_up:
             watch.catch_up()
-        return self.changes == changes
+        return not self.changed
 
 
 class DirectoryWatch:
@@ -66,7 +73,7 @@ class DirectoryWatch:
         self.by_wd: dict[int, Directory] = {}
         self.caught_up = False
         self.fd = -1
-        self._add_watch = None
+        self._libc: ctypes.CDLL | None = None
         self._started = False
 
     def _start(self) -> None:
@@ -77,24 +84,31 @@ class DirectoryWatch:
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd >= 0:
                 self.fd = fd
-                self._add_watch = libc.inotify_add_watch
+                self._libc = libc
                 self.loop.add_reader(fd, self.drain)
 
     def directory(self, path: str) -> tuple[Directory, bool] | None:
-        """The watch of directory `path` and whether it is new; None when it cannot be watched."""
+        """The live watch of directory `path` and whether it is new; None when it cannot be watched."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        identity = (info.st_dev, info.st_ino)
         known = self.by_path.get(path)
         if known is not None:
-            return known, False
+            if known.identity == identity and not known.changed:
+                return known, False
+            self._forget(known)  # another directory by that name now (a deploy swapped it)
         if not self._started:
             self._start()
-        if self._add_watch is None or len(self.by_path) >= MAX_WATCHED:
+        if self._libc is None or len(self.by_path) >= MAX_WATCHED:
             return None
-        wd = self._add_watch(self.fd, os.fsencode(path), _CHANGES)
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), _CHANGES)
         if wd < 0:
             return None
         directory = self.by_wd.get(wd)  # the same directory by another name (a symlink)
-        if directory is None:
-            directory = self.by_wd[wd] = Directory(self)
+        if directory is None or directory.changed:
+            directory = self.by_wd[wd] = Directory(self, identity)
         self.by_path[path] = directory
         return directory, True
 
@@ -108,6 +122,8 @@ class DirectoryWatch:
         self.caught_up = False
 
     def drain(self) -> None:
+        if self.fd < 0:
+            return  # closed
         while True:
             try:
                 data = os.read(self.fd, 64 * 1024)
@@ -118,20 +134,26 @@ class DirectoryWatch:
                 wd, mask, _, name_length = _EVENT.unpack_from(data, offset)
                 offset += _EVENT.size + name_length
                 if mask & _Q_OVERFLOW:
-                    self._forget_all()  # events were lost: nothing held can be trusted
-                    return
+                    for directory in list(self.by_wd.values()):
+                        self._forget(directory)  # events were lost: nothing held can be trusted
+                    continue
                 directory = self.by_wd.get(wd)
                 if directory is not None:
-                    directory.changes += 1
-                    if mask & _IGNORED:
-                        self._forget(wd, directory)
+                    self._forget(directory)
 
-    def _forget(self, wd: int, directory: Directory) -> None:
-        del self.by_wd[wd]
+    def _forget(self, directory: Directory) -> None:
+        """Mark `directory` changed, and stop watching it."""
+        directory.changed = True
+        for wd in [wd for wd, known in self.by_wd.items() if known is directory]:
+            del self.by_wd[wd]
+            self._libc.inotify_rm_watch(self.fd, wd)  # the kernel then sends IN_IGNORED: unknown, skipped
         self.by_path = {path: known for path, known in self.by_path.items() if known is not directory}
 
-    def _forget_all(self) -> None:
-        for directory in self.by_wd.values():
-            directory.changes += 1
-        self.by_wd.clear()
-        self.by_path.clear()
+    def close(self) -> None:
+        for directory in list(self.by_wd.values()):
+            self._forget(directory)
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            self._libc = None

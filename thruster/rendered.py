@@ -25,7 +25,7 @@ PLAIN_REQUEST = frozenset(
 class Rendered:
     """One ready response, and how to tell that its file has not changed since it was made."""
 
-    __slots__ = ("body", "directory", "expires", "head", "identity", "path", "seen")
+    __slots__ = ("body", "directory", "expires", "head", "identity", "path")
 
     def __init__(
         self,
@@ -42,13 +42,12 @@ class Rendered:
         self.head = head  # status line and headers, without the connection tail and the blank line
         self.body = body
         self.directory = directory  # the watch of the file's directory; None: stat at each use
-        self.seen = directory.changes if directory is not None else 0
 
     def unchanged(self) -> bool:
         """Whether the file is still the one the response was made from."""
         directory = self.directory
         if directory is not None:
-            return directory.unchanged_since(self.seen)
+            return directory.unchanged()
         return _same_file(self.path, self.identity)
 
 
@@ -65,7 +64,9 @@ class RenderedResponses:
         return held
 
     def put(self, key: tuple, path: str, info: os.stat_result, head: bytes, body: bytes) -> None:
-        watched = self.watch.directory(os.path.dirname(path))
+        # A path through a symlink (an X-Sendfile path the app named) is checked by a stat at each use:
+        # an edit of the target, or the link pointed elsewhere, happens outside the watched directory.
+        watched = self.watch.directory(os.path.dirname(path)) if os.path.realpath(path) == path else None
         directory = None
         if watched is not None:
             directory, new = watched
