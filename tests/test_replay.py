@@ -160,7 +160,7 @@ async def test_an_answer_no_longer_valid_is_made_anew(listener):
     listener.pool.valid = False  # e.g. its file was edited
     assert await answer(reader, writer) == b"answer 3 for /asset.css"
     listener.pool.valid = True
-    for number in (4, 4):
+    for number in (3, 3):  # the new answer was kept at once: its bytes were seen before
         assert await answer(reader, writer) == b"answer %d for /asset.css" % number
     writer.close()
 
@@ -179,20 +179,37 @@ async def test_the_kept_answers_are_dropped_when_they_would_exceed_their_memory(
     a, b = (GET.replace(b"/asset.css", target) for target in (b"/a", b"/b"))
     for _ in range(2):
         await answer(reader, writer, a)  # noted, then kept
-    monkeypatch.setattr(replay, "MAX_HELD_BYTES", replays.held_bytes + len(b))  # room to note b only
-    assert await answer(reader, writer, b) == b"answer 3 for /b"
-    assert len(replays.held) == 2
-    assert await answer(reader, writer, b) == b"answer 4 for /b"  # keeping it drops everything else
-    assert list(replays.held) == [b]
-    assert await answer(reader, writer, a) == b"answer 5 for /a"
-    assert await answer(reader, writer, b) == b"answer 4 for /b"
+    kept_a = replays.held_bytes
+    assert kept_a > len(a) + len(b"answer 2 for /a"), "the request, the answer and their upkeep count"
+    monkeypatch.setattr(replay, "MAX_HELD_BYTES", kept_a + kept_a // 2)  # room for one like it
+    for number in (3, 4):
+        assert await answer(reader, writer, b) == b"answer %d for /b" % number  # noted, then kept
+    assert list(replays.held) == [b], "keeping b dropped a"
+    assert replays.held_bytes == kept_a  # the same size of request, answer and log fields
+    assert await answer(reader, writer, a) == b"answer 5 for /a"  # seen before: kept again, b dropped
+    assert list(replays.held) == [a]
     writer.close()
 
 
-async def test_requests_seen_once_are_noted_not_kept(listener):
+async def test_an_answer_dropped_as_stale_gives_back_its_memory(listener):
     reader, writer = await listener.connect()
-    for number in range(1, 4):
-        await answer(reader, writer, GET.replace(b"/asset.css", b"/once-%d" % number))
     replays = listener.server.replays[b"http"]
-    assert len(replays.held) == 3 and all(kept is None for kept in replays.held.values())
+    for _ in range(2):
+        await answer(reader, writer)
+    assert replays.held_bytes > 0
+    listener.pool.valid = False
+    await answer(reader, writer)  # the stale answer dropped, the new one kept in its place
+    (kept,) = replays.held.values()
+    assert replays.held_bytes == kept.size
+    writer.close()
+
+
+async def test_requests_seen_once_are_noted_by_hash_and_bounded(listener, monkeypatch):
+    monkeypatch.setattr(replay, "MAX_NOTED", 3)
+    reader, writer = await listener.connect()
+    replays = listener.server.replays[b"http"]
+    for number in range(1, 5):
+        await answer(reader, writer, GET.replace(b"/asset.css", b"/once-%d" % number))
+        assert len(replays.noted) == (number - 1) % 3 + 1
+    assert replays.held == {}
     writer.close()

@@ -80,9 +80,6 @@ class AccessLog:
     def write_replayed(self, client: ClientConnection, replay: Replay, started_at: float) -> None:
         """The line of a request answered again from its kept answer (proxy/http/replay.py)."""
         now = time.time()
-        if replay.request is not None:
-            replay.log_middle, replay.log_end = self.fixed_fields(client, replay.request)
-            replay.request = None
         line = _REPLAYED % (
             self.log.timestamp(now),
             replay.log_middle,

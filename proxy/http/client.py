@@ -18,6 +18,7 @@ import httptools
 from proxy.http import headers as h
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.http2 import Http2Connection
+from proxy.http.replay import MAX_REQUEST
 from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -147,7 +148,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self._buffer_for_tunnel(data)
             return
         replays = self.replays
-        if replays is not None and self.reading is None and not self.queue:
+        if replays is not None and self.reading is None and not self.queue and len(data) <= MAX_REQUEST:
             replay = replays.find(data, self.server.loop.time())
             if replay is not None and not self.write_paused and not self.closing:
                 self._replay(replay)
