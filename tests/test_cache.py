@@ -335,3 +335,23 @@ def test_an_expired_variant_is_a_miss() -> None:
 )
 def test_not_modified(etag: bytes | None, if_none_match: bytes | None, expected: bool) -> None:
     assert not_modified(response(etag=etag), if_none_match) is expected
+
+
+def test_an_entry_knows_whether_it_is_still_stored() -> None:
+    """What a replayed cache hit (proxy/http/replay.py) checks: evicted, replaced or expired ends it."""
+    size = stored_size()
+    clock = Clock()
+    cache = HttpCache(2 * size, size, clock=clock)
+    first, replacement, b, c = response(), response(), response(), response(expires=5.0)
+    cache.put(key(b"/a"), first, request())
+    assert first.stored
+    cache.put(key(b"/a"), replacement, request())
+    assert (first.stored, replacement.stored) == (False, True)
+    cache.put(key(b"/b"), b, request())
+    cache.put(key(b"/c"), c, request())
+    assert not replacement.stored and b.stored and c.stored  # /a was the least recently used
+    clock.now = 6.0
+    assert cache.get(key(b"/c"), request()) is None
+    assert not c.stored
+    too_big = response(b"x" * 2 * size)
+    assert not cache.put(key(b"/d"), too_big, request()) and not too_big.stored

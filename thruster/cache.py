@@ -44,6 +44,7 @@ class CachedResponse:
     sendfile: str | None = None  # an X-Sendfile response: the file is sent again on each hit
     compressible: bool = False  # worth compressing for a client that accepts it
     size: int = field(init=False)
+    stored: bool = field(default=False, init=False)  # in the cache now (not evicted, replaced, expired)
 
     def __post_init__(self) -> None:
         # Everything the entry holds counts, the request's Vary values too (a client picks those).
@@ -177,11 +178,14 @@ class HttpCache:
         while self.size + response.size > self.capacity:
             _, evicted = self._entries.popitem(last=False)
             self.size -= evicted.size
+            evicted.stored = False
         self._entries[key] = response
         self.size += response.size
+        response.stored = True
         return True
 
     def _remove(self, key: bytes) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.size -= entry.size
+            entry.stored = False

@@ -117,10 +117,10 @@ class CacheHits:
                 response = held.head + connection_tail(request, client) + held.body
                 client.transport.write(response)
                 client.response_finished(request)
-                # Not past the cache entry's own expiry: a replay skips the cache lookup.
-                fresh_for = exchange.hit.expires - time.monotonic()
-                expires = min(held.expires, self.app.rendered.loop.time() + fresh_for)
-                replay.offer(client, request, response, expires, held.unchanged)
+                # A replay skips the cache lookup: it ends with the entry (expired, evicted or replaced).
+                entry = exchange.hit
+                expires = min(held.expires, self.app.rendered.loop.time() + entry.expires - time.monotonic())
+                replay.offer(client, request, response, expires, lambda: entry.stored and held.unchanged())
                 return
         head = ResponseHead(exchange.hit.head + b"\r\n")
         send_file(client, request, head, path, exchange, rendered_as)
