@@ -7,8 +7,8 @@ slashed path, so its relative links work). A client that accepts br, zstd
 or gzip gets the file's precompressed sibling (`.br`, `.zst`, `.gz`) if
 there is one, else a copy compressed once and kept in the cache. Files up
 to 64 KiB are kept in memory (never served stale: thruster/rendered.py);
-larger ones go out by sendfile. Fingerprinted names (`app-4b2f8e9a1c.css`) are cached by clients
-for a year.
+larger ones go out by sendfile. Fingerprinted names (`app-4b2f8e9a1c.css`)
+are cached by clients for a year.
 """
 
 from __future__ import annotations

@@ -121,9 +121,8 @@ def offer(
         return
     if not request.keep_alive or not request.complete or client.closing or len(response) > MAX_RESPONSE:
         return
-    if len(data) > MAX_REQUEST or data.find(_HEAD_END) != len(data) - 4:
-        return  # part of a request, or more than one
-
+    if data.find(_HEAD_END) != len(data) - 4:
+        return  # part of a request, or more than one (ClientConnection keeps only reads of MAX_REQUEST)
     if replays.seen_before(data):
         log_parts = client.server.access_log.fixed_fields(client, request)
         replays.keep(data, Replay(response, log_parts, expires, still_valid, len(data)))
