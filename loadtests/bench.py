@@ -6,6 +6,8 @@ with each proxy's req/s and p99 latency and pyproxy's ratio to nginx measured in
 See loadtests/README.md.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import datetime
@@ -115,6 +117,17 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds a server spent in its own code (user) and in the kernel on its behalf (system)."""
+
+    user: float
+    system: float
+
+    def __sub__(self, earlier: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.user - earlier.user, self.system - earlier.system)
+
+
+@dataclass(frozen=True)
 class Measurement:
     """What one wrk run reported, plus the CPU time the server under test used meanwhile."""
 
@@ -122,7 +135,11 @@ class Measurement:
     p99_ms: float
     requests: int
     errors: int
-    cpu_seconds: float
+    cpu: CpuTimes
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu.user + self.cpu.system
 
     @property
     def rps_per_core(self) -> float:
@@ -138,6 +155,8 @@ class Summary:
     p99_ms: float
     cpu_share: float
     rps_per_core: float
+    user_us: float  # CPU microseconds per request in the server's own code
+    system_us: float  # and in the kernel: sockets, TCP over loopback, epoll
     errors: int
 
 
@@ -220,7 +239,13 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds used so far by the live processes of a process group."""
-    ticks = 0
+    times = group_cpu_times(pgid)
+    return times.user + times.system
+
+
+def group_cpu_times(pgid: int) -> CpuTimes:
+    """User and system CPU seconds used so far by the live processes of a process group."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -230,8 +255,10 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
         if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return CpuTimes(user / tick, system / tick)
 
 
 def wait_ready(
@@ -456,14 +483,14 @@ def measure(
         raise BenchError(f"no HTTPS port for {scenario.label}")
     if scenario.http2:
         run_h2load(port, scenario, WARMUP_SECONDS)
-        cpu_before = group_cpu_seconds(endpoint.pgid)
+        cpu_before = group_cpu_times(endpoint.pgid)
         rps, requests, errors = parse_h2load(run_h2load(port, scenario, args.duration))
-        cpu = group_cpu_seconds(endpoint.pgid) - cpu_before
+        cpu = group_cpu_times(endpoint.pgid) - cpu_before
         return Measurement(rps, float("nan"), requests, errors, cpu)
     run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua)
-    cpu_before = group_cpu_seconds(endpoint.pgid)
+    cpu_before = group_cpu_times(endpoint.pgid)
     output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua)
-    cpu = group_cpu_seconds(endpoint.pgid) - cpu_before
+    cpu = group_cpu_times(endpoint.pgid) - cpu_before
     rps, p99_ms, requests, errors = parse_wrk(output)
     return Measurement(rps, p99_ms, requests, errors, cpu)
 
@@ -504,8 +531,15 @@ def summarise(runs: list[Measurement], duration: int) -> Summary:
         p99_ms=statistics.median(m.p99_ms for m in runs),
         cpu_share=statistics.median(m.cpu_seconds / duration for m in runs),
         rps_per_core=statistics.median(m.rps_per_core for m in runs),
+        user_us=statistics.median(per_request_us(m.cpu.user, m) for m in runs),
+        system_us=statistics.median(per_request_us(m.cpu.system, m) for m in runs),
         errors=sum(m.errors for m in runs),
     )
+
+
+def per_request_us(seconds: float, run: Measurement) -> float:
+    """CPU seconds spread over a run's requests, in microseconds."""
+    return seconds / run.requests * 1e6 if run.requests else float("nan")
 
 
 def fmt_rps(value: float) -> str:
@@ -516,6 +550,11 @@ def fmt_rps(value: float) -> str:
 def fmt_ms(value: float) -> str:
     """Milliseconds with two decimals; "-" where the tool reports no percentile (h2load)."""
     return "-" if value != value else f"{value:.2f} ms"
+
+
+def fmt_us(value: float) -> str:
+    """Microseconds with one decimal."""
+    return f"{value:.1f} us"
 
 
 def fmt_ratio(value: float) -> str:
@@ -544,7 +583,7 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
 
     HTTPS rows have no direct column ("-"): the upstream serves plain HTTP only.
     """
-    main_rows, core_rows = [], []
+    main_rows, core_rows, split_rows = [], [], []
     for sc in scenarios:
         ngx, tuned, pyp = (results[sc, t] for t in ("nginx", "nginx-tuned", "pyproxy"))
         direct = results.get((sc, "direct"))
@@ -570,6 +609,16 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
                 fmt_rps(pyp.rps_per_core),
                 fmt_ratio(pyp.rps_per_core / ngx.rps_per_core),
                 fmt_ratio(pyp.rps_per_core / tuned.rps_per_core),
+            ]
+        )
+        split_rows.append(
+            [
+                sc.label,
+                fmt_us(ngx.system_us),
+                fmt_us(ngx.user_us),
+                fmt_us(pyp.system_us),
+                fmt_us(pyp.user_us),
+                fmt_us(ngx.system_us + ngx.user_us - pyp.system_us),
             ]
         )
     main = table(
@@ -600,7 +649,24 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
         core_rows,
         markdown,
     )
-    return f"{main}\n\nPer proxy core (requests per CPU-second the proxy used):\n\n{core}"
+    split = table(
+        [
+            "scenario",
+            "nginx kernel",
+            "nginx user",
+            "pyproxy kernel",
+            "pyproxy user",
+            "pyproxy user at 1.0x per core",
+        ],
+        split_rows,
+        markdown,
+    )
+    return (
+        f"{main}\n\nPer proxy core (requests per CPU-second the proxy used):\n\n{core}\n\n"
+        "CPU per request, in the kernel and in the proxy's own code (last column: what pyproxy's own code\n"
+        "may spend to equal nginx per core, given the kernel time pyproxy was measured with):\n\n"
+        f"{split}"
+    )
 
 
 def cpu_model() -> str:
