@@ -30,9 +30,15 @@ _TEXTS = {
 }
 
 
+def page_body(code: int, text: str | None = None) -> bytes:
+    """The built-in page for `code`, with `text` (HTML the caller escaped: a stop message) as its sentence."""
+    text = _TEXTS.get(code, "") if text is None else text
+    return _PAGE.format(code=code, reason=HTTPStatus(code).phrase, text=text).encode()
+
+
 def _build(code: int, head_only: bool = False) -> bytes:
     reason = HTTPStatus(code).phrase
-    body = _PAGE.format(code=code, reason=reason, text=_TEXTS.get(code, "")).encode()
+    body = page_body(code)
     head = (
         f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
