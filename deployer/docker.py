@@ -2,7 +2,9 @@
 
 Names follow Kamal (spec 6.2): app containers `<service>-<role>[-<dest>]-<version>`, labelled service,
 role, destination and version; the proxy container is `pyproxy` on the network `pydeploy`, its state in
-the volume `pyproxy-state`.
+the volume `pyproxy-state`. The proxy image is the one Kamal boots too (the top-level Dockerfile): the
+program is called by its kamal-proxy name inside it, which finds the image's admin socket and keeps its
+state in `~/.config/kamal-proxy`, where the volume is mounted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from deployer.secrets import escaped
 PROXY_CONTAINER = "pyproxy"
 NETWORK = "pydeploy"
 PROXY_VOLUME = "pyproxy-state"
+PROXY_PROGRAM = "kamal-proxy"  # `pyproxy` under the name it answers Kamal by (same commands and flags)
+PROXY_STATE_DIR = "/home/kamal-proxy/.config/kamal-proxy"  # in the image: state file and ACME certificates
 DEFAULT_PROXY_IMAGE = "pyproxy:latest"
 
 
@@ -190,7 +194,7 @@ def run_proxy(proxy_image: str) -> str:
     """Start the proxy container if it exists, else create it (boot never replaces a running proxy)."""
     create = (
         f"docker run --name {PROXY_CONTAINER} --network {NETWORK} --detach --restart unless-stopped"
-        f" --volume {PROXY_VOLUME}:/home/pyproxy/.config/pyproxy --publish 80:80 --publish 443:443"
+        f" --volume {PROXY_VOLUME}:{PROXY_STATE_DIR} --publish 80:80 --publish 443:443"
         f' --log-opt max-size="10m" {quote(proxy_image)}'
     )
     return f"docker container start {PROXY_CONTAINER} 2>/dev/null || {create}"
@@ -201,7 +205,7 @@ def remove_proxy() -> str:
 
 
 def proxy_deploy(config: DeployConfig, role: Role, target: str) -> str:
-    """`pyproxy deploy` in the proxy container: health-check the new container, switch, drain the old."""
+    """`kamal-proxy deploy` in the proxy container: health-check the new container, switch, drain the old."""
     proxy = role.proxy or ProxySettings()
     flags = [
         f"--target={quote(f'{target}:{proxy.app_port}')}",
@@ -219,7 +223,7 @@ def proxy_deploy(config: DeployConfig, role: Role, target: str) -> str:
     if proxy.forward_headers is not None:
         flags.append(f"--forward-headers={str(proxy.forward_headers).lower()}")
     service = quote(config.container_prefix(role))
-    return f"docker exec {PROXY_CONTAINER} pyproxy deploy {service} {' '.join(flags)}"
+    return f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} deploy {service} {' '.join(flags)}"
 
 
 def proxy_logs(lines: int = 100) -> str:
@@ -227,4 +231,5 @@ def proxy_logs(lines: int = 100) -> str:
 
 
 def proxy_details() -> str:
-    return f"docker ps --filter name=^{PROXY_CONTAINER}$ && docker exec {PROXY_CONTAINER} pyproxy list"
+    listed = f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} list"
+    return f"docker ps --filter name=^{PROXY_CONTAINER}$ && {listed}"

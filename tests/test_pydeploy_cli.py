@@ -91,7 +91,7 @@ def test_the_app_container_gets_secrets_only_through_its_env_file(app: Path) -> 
 def test_the_proxy_deploy_carries_the_role_settings(app: Path) -> None:
     config = load_config(app, version="abc123")
     command = docker.proxy_deploy(config, config.roles[0], "f00dcafe")
-    assert command.startswith("docker exec pyproxy pyproxy deploy shop-web ")
+    assert command.startswith("docker exec pyproxy kamal-proxy deploy shop-web ")
     for flag in (
         "--target=f00dcafe:3000",
         "--host=shop.example",
