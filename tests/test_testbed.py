@@ -2,7 +2,7 @@
 
 Each host answers SSH with the bed's key and runs its own dockerd; a host logs in to the registry, pulls
 the test app and serves its /up; the pyproxy image runs on a host as non-root on :80, and
-`docker exec <container> pyproxy` drives it, as the deployer will.
+`docker exec <container> kamal-proxy` drives it, as the deployer and Kamal will.
 """
 
 from __future__ import annotations
@@ -88,11 +88,11 @@ async def test_pyproxy_image_runs_on_a_host_and_takes_deploys(bed: Testbed) -> N
         bed,
         host,
         "docker run -d --name pyproxy --network smoke -p 80:80 -p 443:443 --health-interval 1s"
-        f" -v pyproxy-config:/home/pyproxy/.config/pyproxy {bed.proxy_image}",
+        f" -v pyproxy-config:/home/kamal-proxy/.config/kamal-proxy {bed.proxy_image}",
     )
-    await run(bed, host, until("docker exec pyproxy pyproxy list >/dev/null 2>&1"))
-    await run(bed, host, "docker exec pyproxy pyproxy deploy web --target web-v2:80")
-    assert "web-v2:80" in await run(bed, host, "docker exec pyproxy pyproxy list")
+    await run(bed, host, until("docker exec pyproxy kamal-proxy list >/dev/null 2>&1"))
+    await run(bed, host, "docker exec pyproxy kamal-proxy deploy web --target web-v2:80")
+    assert "web-v2:80" in await run(bed, host, "docker exec pyproxy kamal-proxy list")
     assert get(f"http://{host}/version") == (200, "v2")
     await run(bed, host, until("docker inspect -f '{{.State.Health.Status}}' pyproxy | grep -qx healthy"))
-    assert (await run(bed, host, "docker exec pyproxy id -un")).strip() == "pyproxy"
+    assert (await run(bed, host, "docker exec pyproxy id -un")).strip() == "kamal-proxy"

@@ -45,6 +45,7 @@ class Testbed:
     registry_ca: Path  # the registry's CA, for clients other than docker
     app_image: str  # "<registry>/testapp": tags v1 and v2 healthy, v3's /up answers 404; see app()
     proxy_image: str  # the top-level Dockerfile built on base_image, pushed: "<registry>/pyproxy:test"
+    kamal_proxy_image: str  # the same image, tagged as Kamal wants it: "<registry>/pyproxy:v0.10.0"
     base_image: str  # local only: Debian 12 + python3, the stand-in for python:3.12-slim
     docker_config: Path  # DOCKER_CONFIG of the root namespace, logged in to the registry (for pushes)
 
@@ -64,6 +65,7 @@ class Testbed:
             registry_ca=Path(env["TESTBED_REGISTRY_CA"]),
             app_image=env["TESTBED_APP_IMAGE"],
             proxy_image=env["TESTBED_PROXY_IMAGE"],
+            kamal_proxy_image=env["TESTBED_KAMAL_PROXY_IMAGE"],
             base_image=env["TESTBED_BASE_IMAGE"],
             docker_config=Path(env["TESTBED_DOCKER_CONFIG"]),
         )

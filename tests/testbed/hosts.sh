@@ -1,5 +1,5 @@
 #!/bin/bash
-# hosts.sh net|up|reset|down|unnet - the simulated hosts h1..hN.
+# hosts.sh net|up|reset|fresh-images|down|unnet - the simulated hosts h1..hN.
 #
 # Each host is a network namespace (eth0 = NET.1i on bridge $BRIDGE, whose root side NET.1 serves the registry)
 # plus its own mount and UTS namespaces, where /run, /root, /var/lib/docker, /etc/hosts and /etc/resolv.conf
@@ -9,6 +9,8 @@
 #   net    create the bridge (the registry binds to its address, so this comes first)
 #   up     start the hosts that are not running, then reset them all (unless PYDEPLOY_TESTBED_KEEP_STATE=1)
 #   reset  like a fresh machine: no containers, networks, volumes, nothing in /root; pulled images stay
+#   fresh-images  drop the hosts' pulled copies of the bed's images that the last build replaced (a host's
+#          `docker run` uses the copy it has: without this it would go on running an old pyproxy)
 #   down   stop the hosts by PID and delete their namespaces;  unnet  delete the bridge and firewall rule
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -143,6 +145,17 @@ reset() {
   done
 }
 
+fresh_images() {
+  local i image built pulled
+  for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$PROXY_IMAGE" "$KAMAL_PROXY_IMAGE"; do
+    built=$(docker image inspect -f '{{.Id}}' "$image")
+    for ((i = 1; i <= NHOSTS; i++)); do
+      pulled=$(docker -H "unix://$base/h$i/docker.sock" image inspect -f '{{.Id}}' "$image" 2>/dev/null) || continue
+      [ "$pulled" = "$built" ] || docker -H "unix://$base/h$i/docker.sock" rmi -f "$image" >/dev/null
+    done
+  done
+}
+
 init_gone() { ! pid_alive "$1"; }
 
 down() {
@@ -175,5 +188,6 @@ down() {
 
 case ${1:-} in
 net | up | reset | down | unnet) "$1" ;;
-*) echo "usage: $0 net|up|reset|down|unnet" >&2; exit 2 ;;
+fresh-images) fresh_images ;;
+*) echo "usage: $0 net|up|reset|fresh-images|down|unnet" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 #   $BASE_IMAGE          Debian 12 minbase + python3 by mmdebstrap, stands in for python:3.12-slim (~30 s, once)
 #   $APP_IMAGE:v1 v2 v3  the busybox httpd test app from apps/; v3's /up answers 404   (~1 s)
 #   $PROXY_IMAGE         the repository's Dockerfile on $BASE_IMAGE                    (pip install: ~20 s cold)
+#   $KAMAL_PROXY_IMAGE   the same image, tagged v<pyproject version> as Kamal wants its proxy image
 # Docker's layer cache makes a second run cheap, and the registry keeps the layers it already has.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -48,7 +49,8 @@ app_images() {
 }
 
 proxy_image() {
-  quiet_build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$PROXY_IMAGE" "$REPO"
+  quiet_build --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$PROXY_VERSION" \
+    -t "$PROXY_IMAGE" -t "$KAMAL_PROXY_IMAGE" "$REPO"
 }
 
 push() {
@@ -56,7 +58,7 @@ push() {
   # (docker login warns that DOCKER_CONFIG holds the password: it is a throwaway one)
   out=$(printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" 2>&1) ||
     { printf '%s\n' "$out" >&2; return 1; }
-  for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$PROXY_IMAGE"; do
+  for image in "$APP_IMAGE:v1" "$APP_IMAGE:v2" "$APP_IMAGE:v3" "$PROXY_IMAGE" "$KAMAL_PROXY_IMAGE"; do
     docker push -q "$image" >/dev/null
   done
 }

@@ -4,7 +4,8 @@
 #   packages  the Debian packages below, when one is missing
 #   dockerd   the machine's daemon, started only when none answers
 #   network   bridge $BRIDGE; registry (TLS + basic auth) on its address; hosts h1..hN (hosts.sh)
-#   images    base, test app and pyproxy images, pushed to the registry (images.sh)
+#   images    base, test app and pyproxy images, pushed to the registry (images.sh); the hosts forget
+#             their copies of images that changed
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -55,6 +56,7 @@ write_env() {
     echo "TESTBED_REGISTRY_CA=$TB/registry/ca.crt"
     echo "TESTBED_APP_IMAGE=$APP_IMAGE"
     echo "TESTBED_PROXY_IMAGE=$PROXY_IMAGE"
+    echo "TESTBED_KAMAL_PROXY_IMAGE=$KAMAL_PROXY_IMAGE"
     echo "TESTBED_BASE_IMAGE=$BASE_IMAGE"
     echo "TESTBED_DOCKER_CONFIG=$DOCKER_CONFIG"
   } >"$TB/env.new"
@@ -70,5 +72,6 @@ step network "$HERE/hosts.sh" net
 step registry "$HERE/registry.sh" start
 step hosts "$HERE/hosts.sh" up
 "$HERE/images.sh"
+step fresh-images "$HERE/hosts.sh" fresh-images
 write_env
 log "up in $(since "$start") s; environment in $TB/env"
