@@ -45,7 +45,7 @@ class Testbed:
     registry_ca: Path  # the registry's CA, for clients other than docker
     app_image: str  # "<registry>/testapp": tags v1 and v2 healthy, v3's /up answers 404; see app()
     proxy_image: str  # the top-level Dockerfile built on base_image, pushed: "<registry>/pyproxy:test"
-    kamal_proxy_image: str  # the same image, tagged as Kamal wants it: "<registry>/pyproxy:v0.10.0"
+    kamal_proxy_image: str  # the same, as Kamal wants it: "<registry>/pyproxy/kamal-proxy:v0.10.0"
     base_image: str  # local only: Debian 12 + python3, the stand-in for python:3.12-slim
     docker_config: Path  # DOCKER_CONFIG of the root namespace, logged in to the registry (for pushes)
 
@@ -73,6 +73,16 @@ class Testbed:
     def app(self, version: str) -> str:
         """The test app's image for `version` ("v1", "v2" or "v3")."""
         return f"{self.app_image}:{version}"
+
+    @property
+    def kamal_proxy_version(self) -> str:
+        """The tag of kamal_proxy_image ("v0.10.0"): what Kamal's proxy.run `version` names."""
+        return self.kamal_proxy_image.rpartition(":")[2]
+
+    @property
+    def kamal_proxy_repository(self) -> str:
+        """kamal_proxy_image without the registry and the tag ("pyproxy/kamal-proxy")."""
+        return self.kamal_proxy_image.rpartition(":")[0].removeprefix(f"{self.registry}/")
 
     def ssh_command(self, host: str, *command: str) -> list[str]:
         """An `ssh` command line that runs `command` on `host` as the deployer would log in."""

@@ -4,7 +4,7 @@
 #   $BASE_IMAGE          Debian 12 minbase + python3 by mmdebstrap, stands in for python:3.12-slim (~30 s, once)
 #   $APP_IMAGE:v1 v2 v3  the busybox httpd test app from apps/; v3's /up answers 404   (~1 s)
 #   $PROXY_IMAGE         the repository's Dockerfile on $BASE_IMAGE                    (pip install: ~20 s cold)
-#   $KAMAL_PROXY_IMAGE   the same image, tagged v<pyproject version> as Kamal wants its proxy image
+#   $KAMAL_PROXY_IMAGE   the same image, named and tagged as Kamal wants it (.../kamal-proxy:v<version>)
 # Docker's layer cache makes a second run cheap, and the registry keeps the layers it already has.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh

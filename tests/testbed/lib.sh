@@ -15,10 +15,11 @@ APP_IMAGE=$REGISTRY/testapp                         # :v1 :v2 healthy, :v3 fails
 PROXY_IMAGE=$REGISTRY/pyproxy:test                  # the top-level Dockerfile built on $BASE_IMAGE
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-# The same image under the tag scheme Kamal accepts (v<version>, which must be >= v0.9.2), for proxy.run.
+# The same image as Kamal wants it: tagged v<version> (>= v0.9.2), and named .../kamal-proxy, as the legacy
+# `kamal proxy boot_config set --registry R --repository pyproxy` makes it R/pyproxy/kamal-proxy.
 PROXY_VERSION=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
   "$REPO/pyproject.toml")
-KAMAL_PROXY_IMAGE=$REGISTRY/pyproxy:v$PROXY_VERSION
+KAMAL_PROXY_IMAGE=$REGISTRY/pyproxy/kamal-proxy:v$PROXY_VERSION
 # The root namespace's docker login lives here, not in /root/.docker.
 export DOCKER_CONFIG=$TB/docker-config
 # No buildx on Debian 12: say so, so the CLI uses the legacy builder without trying BuildKit.
