@@ -61,6 +61,7 @@ class AccessLog:
             user_agent,
             b"HTTP/1.0" if request.http10 else client.protocol,
             query,
+            request.extra_log,
             client.log_fields,
         )
         self.log.write_buffered(line)
@@ -98,7 +99,7 @@ class AccessLog:
 _TEMPLATE = (
     b'{"time":"%s","level":"INFO","msg":"Request","host":"%s","path":"%s",'
     b'"request_id":"%s","status":%d,"service":"%s","target":"%s","duration":%d,"method":"%s",'
-    b'"resp_content_length":%d,"user_agent":"%s","proto":"%s","query":"%s",%s}\n'
+    b'"resp_content_length":%d,"user_agent":"%s","proto":"%s","query":"%s"%s,%s}\n'
 )
 _DURATION = b'"duration":'
 _AFTER_DURATION = b',"method":"'

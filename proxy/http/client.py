@@ -429,7 +429,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self._respond_error(request, status)
 
     def _respond_error(self, request: Request, status: int) -> None:
-        self._respond_with(request, status, self.server.error_response(status, request.is_head))
+        response = self.server.error_response(status, request.is_head, request.pages)
+        self._respond_with(request, status, response)
 
     def _respond_with(self, request: Request, status: int, response: bytes) -> None:
         """Answer `request` with a response of the proxy's own, then close."""

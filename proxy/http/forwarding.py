@@ -74,6 +74,11 @@ class RequestForwarding:
         elif kind == h.FORWARDED_HOST:
             request.xfh = request.xfh or value
             return
+        elif kind == h.KAMAL_TARGET:
+            # Replaced by the target the request goes to (kept in front of it with forward_headers).
+            prior = request.kamal_target
+            request.kamal_target = value if prior is None else prior + b", " + value
+            return
         else:
             return
         request.headers.append(b"%s: %s\r\n" % (name, value))

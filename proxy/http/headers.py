@@ -17,6 +17,7 @@ REQUEST_ID = 9
 REQUEST_START = 10
 USER_AGENT = 11
 CONTENT_LENGTH = 12
+KAMAL_TARGET = 13
 
 REQUEST_SPECIAL = {
     b"host": HOST,
@@ -36,6 +37,7 @@ REQUEST_SPECIAL = {
     b"x-request-start": REQUEST_START,
     b"user-agent": USER_AGENT,
     b"content-length": CONTENT_LENGTH,
+    b"x-kamal-target": KAMAL_TARGET,
 }
 REQUEST_SPECIAL_LENGTHS = frozenset(len(name) for name in REQUEST_SPECIAL)
 

@@ -733,7 +733,8 @@ class Http2Stream:
         self.response_finished(request)
 
     def respond_error(self, status: int) -> None:
-        self.respond(self.connection.server.error_response(status, self.request.is_head))
+        request = self.request
+        self.respond(self.connection.server.error_response(status, request.is_head, request.pages))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()

@@ -8,9 +8,11 @@ forwarding rules need, and the routing decision the dispatcher writes into it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from proxy.http.buffering import BufferPolicy
     from proxy.http.upstream import UpstreamConnection, UpstreamPool
 
 
@@ -21,20 +23,25 @@ class Request:
         "body",
         "body_received",
         "body_size",
+        "buffering",
         "chunked",
         "complete",
         "connection",
         "content_length",
         "context",
+        "extra_log",
         "forward_headers",
         "had_body",
         "head",
+        "head_filter",
         "headers",
         "host",
         "http10",
         "is_head",
+        "kamal_target",
         "keep_alive",
         "method",
+        "pages",
         "path",
         "pool",
         "request_id",
@@ -47,6 +54,7 @@ class Request:
         "started_at",
         "status",
         "target_timeout",
+        "unmetered",
         "upgrade",
         "upstream",
         "url",
@@ -88,6 +96,13 @@ class Request:
         self.service = b""
         self.context: object = None  # what a dispatcher keeps for its own response handling (pythrust)
         self.forward_headers = False
+        self.kamal_target: bytes | None = None  # the client's X-Kamal-Target, kept with forward_headers
+        # Per-service choices the dispatcher makes (None: the server's defaults, nothing extra).
+        self.pages: dict[int, bytes] | None = None  # the service's own error pages, status -> HTML
+        self.head_filter: Callable[[Request, bytes], bytes] | None = None  # rewrites the response head
+        self.buffering: BufferPolicy | None = None  # request/response buffering (proxy/http/buffering.py)
+        self.unmetered = False  # routed to a path the service excludes from metrics
+        self.extra_log = b""  # more access-log fields, ready-made JSON: ',"name":value...'
         self.target_timeout = 0.0
         self.response_started = False
         self.response_bytes = 0
@@ -100,7 +115,8 @@ class Dispatcher(Protocol):
 
     `route` reads `request.host`, `request.url`, `request.method` and
     `request.scheme`, and either fills in `pool`, `path`, `forward_headers`,
-    `target_timeout` and `service` and returns 0; or returns the status of an
+    `target_timeout` and `service` (and, for services that want them, `pages`,
+    `head_filter` and `buffering`) and returns 0; or returns the status of an
     error page the proxy must give itself (404 when nothing matches, 503 when no
     target is healthy); or returns a complete response to send (redirects).
 

@@ -74,10 +74,16 @@ def text_response(body: bytes) -> bytes:
     )
 
 
-def page_response(code: int, page: bytes, head_only: bool = False) -> bytes:
-    """An error response with an operator's own HTML page (pythrust's BAD_GATEWAY_PAGE)."""
-    head = (
-        f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: text/html\r\n"
-        f"Content-Length: {len(page)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-    ).encode()
+def page_response(
+    code: int, page: bytes, head_only: bool = False, content_type: bytes = b"text/html"
+) -> bytes:
+    """An error response with an operator's own HTML page (pythrust's BAD_GATEWAY_PAGE, a service's
+    --error-pages); its encoding is only named when it is known."""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+        code,
+        HTTPStatus(code).phrase.encode(),
+        content_type,
+        len(page),
+    )
+    head += b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
     return head if head_only else head + page

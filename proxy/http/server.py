@@ -106,8 +106,12 @@ class HttpServer:
     def _observe(self, client: ClientConnection, request: Request) -> None:
         self.metrics.observe(request)
 
-    def error_response(self, status: int, head_only: bool) -> bytes:
-        """The response for an error the proxy answers itself: the operator's page if one was given."""
+    def error_response(self, status: int, head_only: bool, pages: dict[int, bytes] | None = None) -> bytes:
+        """The response for an error the proxy answers itself: the service's page (`pages`, from
+        `Request.pages`) or the operator's one if given, else the built-in one."""
+        page = pages.get(status) if pages else None
+        if page is not None:
+            return page_response(status, page, head_only, b"text/html; charset=utf-8")  # checked UTF-8
         page = self.error_pages.get(status)
         if page is not None:
             return page_response(status, page, head_only)

@@ -143,14 +143,16 @@ class UpstreamPool:
         while self.idle:
             self.idle.pop().transport.close()
 
-    async def drain(self, timeout: float) -> int:
+    async def drain(self, timeout: float, keep_pooling: bool = False) -> int:
         """Let in-flight requests finish within `timeout`, then cut the rest.
 
         Returns how many requests had to be cut. Upgraded connections
         (WebSockets) are not waited for; they are closed once the requests
-        are done, as the old target is about to go away.
+        are done, as the old target is about to go away. A target that stays
+        (a paused service) can `keep_pooling`.
         """
-        self.close()
+        if not keep_pooling:
+            self.close()
         if self.busy:
             self.drained = self.loop.create_future()
             with contextlib.suppress(TimeoutError):
@@ -437,6 +439,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         status = self.parser.get_status_code()
         request.status = status
         head, framed = relay_response_head(bytes(self.scan_buffer[self.head_start : self.head_end - 2]))
+        if request.head_filter is not None:
+            head = request.head_filter(request, head)
         if not framed and not request.is_head and status >= 200 and status not in (204, 304):
             self.close_delimited = True
             request.keep_alive = False
