@@ -11,32 +11,54 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What `load` found: the services it could read, and why the rest could not be."""
+
+    services: list[dict[str, Any]]
+    found: bool = True  # False: no state file yet (a first boot)
+    problem: str = ""  # why the file did not read whole; it was then moved to `moved_to`
+    moved_to: Path | None = None
 
 
 class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = asyncio.Lock()
+        self._frozen = ""  # why saving is refused: a damaged file that could not be moved aside
 
-    def load(self) -> list[dict[str, Any]]:
-        """The saved services; [] when there is no state yet. Raises ValueError when unreadable."""
+    def load(self) -> SavedState:
+        """Read the saved services. A damaged file (truncated, not JSON, not a list) gives up what can
+        still be read, and is moved aside under a name that says so, so no later save overwrites the
+        only copy of the routes it held."""
         try:
-            text = self.path.read_text()
+            text = self.path.read_bytes().decode("utf-8", "replace")
         except FileNotFoundError:
-            return []
+            return SavedState([], found=False)
+        services, problem = _salvage(text)
+        if not problem:
+            return SavedState(services)
+        aside = self.path.with_name(
+            f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise ValueError(f"{self.path}: expected a list of services")
-        return data
+            os.replace(self.path, aside)
+        except OSError as exc:
+            self._frozen = f"{self.path} is damaged and could not be moved aside ({exc.strerror})"
+            return SavedState(services, problem=problem)
+        return SavedState(services, problem=problem, moved_to=aside)
 
     async def save(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
         """Write what `snapshot()` returns once any earlier write has finished."""
+        if self._frozen:
+            raise OSError(f"not saved: {self._frozen}")
         async with self._lock:
             data = json.dumps(snapshot(), indent=2).encode()
             await asyncio.get_running_loop().run_in_executor(None, self._write, data)
@@ -57,3 +79,34 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _salvage(text: str) -> tuple[list[dict[str, Any]], str]:
+    """The services in a state file's text, and "" or what is wrong with it.
+
+    A file cut short (a full disk, a crash of an older version that did not write atomically) still
+    gives every service written before the cut: the list is read one element at a time."""
+    decoder = json.JSONDecoder()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON: {exc}"
+    else:
+        if not isinstance(data, list):
+            return [], "expected a list of services"
+        services = [entry for entry in data if isinstance(entry, dict)]
+        return services, "" if len(services) == len(data) else "entries that are not services"
+    services: list[dict[str, Any]] = []
+    at = len(text) - len(text.lstrip())
+    if text[at : at + 1] != "[":
+        return services, problem
+    at += 1
+    while True:
+        while text[at : at + 1] in (" ", "\n", "\r", "\t", ","):
+            at += 1
+        try:
+            entry, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return services, problem
+        if isinstance(entry, dict):
+            services.append(entry)
