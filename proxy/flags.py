@@ -94,10 +94,14 @@ def split_list(values: Iterable[str]) -> list[str]:
     return items
 
 
-def env_default(name: str, prefix: str = "PYPROXY_") -> str | None:
-    """Value of `<prefix><name>`, else `<name>`, else None (a set-but-empty variable still counts)."""
-    value = os.environ.get(prefix + name)
-    return os.environ.get(name) if value is None else value
+def env_default(name: str, prefixes: tuple[str, ...] = ("PYPROXY_", "KAMAL_PROXY_")) -> str | None:
+    """Value of `<prefix><name>` for the first prefix set, else `<name>`, else None (a set-but-empty
+    variable still counts). kamal-proxy's own prefix is read too, so its operators' settings carry over."""
+    for prefix in prefixes:
+        value = os.environ.get(prefix + name)
+        if value is not None:
+            return value
+    return os.environ.get(name)
 
 
 def default_note(value: object) -> str:

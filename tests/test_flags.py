@@ -148,18 +148,22 @@ def test_split_list_rejects_broken_quotes():
 
 
 def test_env_default_prefers_prefixed(monkeypatch):
+    monkeypatch.delenv("KAMAL_PROXY_HTTP_PORT", raising=False)
     monkeypatch.setenv("HTTP_PORT", "81")
     assert env_default("HTTP_PORT") == "81"
+    monkeypatch.setenv("KAMAL_PROXY_HTTP_PORT", "83")
+    assert env_default("HTTP_PORT") == "83"
     monkeypatch.setenv("PYPROXY_HTTP_PORT", "82")
     assert env_default("HTTP_PORT") == "82"
     monkeypatch.setenv("PYPROXY_HTTP_PORT", "")
     assert env_default("HTTP_PORT") == ""
-    assert env_default("HTTP_PORT", prefix="OTHER_") == "81"
+    assert env_default("HTTP_PORT", prefixes=("OTHER_",)) == "81"
 
 
 def test_env_default_unset(monkeypatch):
     monkeypatch.delenv("HTTP_PORT", raising=False)
     monkeypatch.delenv("PYPROXY_HTTP_PORT", raising=False)
+    monkeypatch.delenv("KAMAL_PROXY_HTTP_PORT", raising=False)
     assert env_default("HTTP_PORT") is None
 
 
@@ -374,6 +378,7 @@ def clean_env(monkeypatch):
     for name in ("HTTP_PORT", "DEBUG", "GRACE", "BIND"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"PYPROXY_{name}", raising=False)
+        monkeypatch.delenv(f"KAMAL_PROXY_{name}", raising=False)
     return monkeypatch
 
 
