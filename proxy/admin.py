@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from proxy.health import HealthCheckConfig
+from proxy.http.buffering import BufferPolicy
 from proxy.manager import DeployError, DeployRequest, ServiceManager, ServiceNotFound
 from proxy.service import ServiceOptions, TlsOptions
 from proxy.target import parse_target
@@ -63,11 +65,10 @@ def parse_deploy(payload: Any) -> DeployRequest:
     service = _field(payload, "service", str, "")
     if not service:
         raise BadRequest('"service" is required')
-    targets = _string_list(payload, "targets")
-    if not targets:
-        raise BadRequest('"targets" needs at least one target')
+    targets = _targets(payload, "targets")
+    read_targets = _string_list(payload, "read_targets")
     try:
-        for target in targets:
+        for target in read_targets:
             parse_target(target)
         hc = _field(payload, "health_check", dict, {})
         defaults = HealthCheckConfig()
@@ -88,6 +89,15 @@ def parse_deploy(payload: Any) -> DeployRequest:
             forward_headers=_field(payload, "forward_headers", bool, not tls.enabled),
             tls=tls,
             canonical_host=_field(payload, "canonical_host", str, "").lower(),
+            buffering=_buffering(_field(payload, "buffering", dict, {})),
+            log_request_headers=tuple(_string_list(payload, "log_request_headers")),
+            log_response_headers=tuple(_string_list(payload, "log_response_headers")),
+            error_pages_path=_field(payload, "error_pages", str, ""),
+            writer_affinity_timeout=_field(payload, "writer_affinity_timeout", float, 1.0),
+            read_targets_accept_websockets=_field(payload, "read_targets_accept_websockets", bool, False),
+            exclude_metrics_paths=tuple(_string_list(payload, "exclude_metrics_paths")),
+            client_ip_header=_field(payload, "client_ip_header", str, ""),
+            scope_cookie_paths=_field(payload, "scope_cookie_paths", bool, False),
         )
     except BadRequest:
         raise
@@ -102,7 +112,35 @@ def parse_deploy(payload: Any) -> DeployRequest:
         deploy_timeout=_field(payload, "deploy_timeout", float, 30.0),
         drain_timeout=_field(payload, "drain_timeout", float, 30.0),
         force=_field(payload, "force", bool, False),
+        read_targets=tuple(read_targets),
     )
+
+
+def _targets(payload: dict[str, Any], name: str) -> list[str]:
+    """At least one well-formed `host[:port]`."""
+    targets = _string_list(payload, name)
+    if not targets:
+        raise BadRequest(f'"{name}" needs at least one target')
+    try:
+        for target in targets:
+            parse_target(target)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return targets
+
+
+def _buffering(buffering: dict[str, Any]) -> BufferPolicy:
+    defaults = BufferPolicy()
+    policy = BufferPolicy(
+        requests=_field(buffering, "requests", bool, False),
+        responses=_field(buffering, "responses", bool, False),
+        memory=_field(buffering, "memory", int, defaults.memory),
+        max_request_body=_field(buffering, "max_request_body", int, 0),
+        max_response_body=_field(buffering, "max_response_body", int, 0),
+    )
+    if min(policy.memory, policy.max_request_body, policy.max_response_body) < 0:
+        raise BadRequest("buffer sizes must not be negative")
+    return policy
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -110,6 +148,20 @@ async def _json_body(request: web.Request) -> Any:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+
+
+async def _object(request: web.Request) -> dict[str, Any]:
+    payload = await _json_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequest("expected a JSON object")
+    return payload
+
+
+def _name(payload: dict[str, Any]) -> str:
+    name = _field(payload, "service", str, "")
+    if not name:
+        raise BadRequest('"service" is required')
+    return name
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -124,6 +176,12 @@ class AdminApi:
             [
                 web.post("/deploy", self.deploy),
                 web.post("/remove", self.remove),
+                web.post("/pause", self.pause),
+                web.post("/stop", self.stop_service),
+                web.post("/resume", self.resume),
+                web.post("/rollout/deploy", self.rollout_deploy),
+                web.post("/rollout/set", self.rollout_set),
+                web.post("/rollout/stop", self.rollout_stop),
                 web.get("/services", self.services),
             ]
         )
@@ -152,6 +210,34 @@ class AdminApi:
             deploy = parse_deploy(await _json_body(request))
         except BadRequest as exc:
             return _error(400, str(exc))
+        return await self._stream(
+            request, deploy.service, lambda progress: self.manager.deploy(deploy, progress)
+        )
+
+    async def rollout_deploy(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload = await _object(request)
+            name = _name(payload)
+            targets = _targets(payload, "targets")
+            read_targets = _string_list(payload, "read_targets")
+            deploy_timeout = _field(payload, "deploy_timeout", float, 30.0)
+            drain_timeout = _field(payload, "drain_timeout", float, 30.0)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        if name not in self.manager.services:
+            return _error(404, str(ServiceNotFound(name)))
+        return await self._stream(
+            request,
+            name,
+            lambda progress: self.manager.rollout_deploy(
+                name, tuple(targets), tuple(read_targets), deploy_timeout, drain_timeout, progress
+            ),
+        )
+
+    async def _stream(
+        self, request: web.Request, service: str, operation: Callable[[Any], Awaitable[None]]
+    ) -> web.StreamResponse:
+        """Run a long operation, streaming its progress as JSON lines."""
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -162,11 +248,11 @@ class AdminApi:
         async def run() -> None:
             # Runs to the end even if the client goes away: a deploy is never left half done.
             try:
-                await self.manager.deploy(deploy, progress)
-            except DeployError as exc:
+                await operation(progress)
+            except (DeployError, ServiceNotFound) as exc:
                 events.put_nowait({"error": str(exc)})
             except Exception as exc:
-                self.manager.log.error("Deploy failed", service=deploy.service, error=repr(exc))
+                self.manager.log.error("Deploy failed", service=service, error=repr(exc))
                 events.put_nowait({"error": f"internal error: {exc!r}"})
             finally:
                 events.put_nowait(None)
@@ -182,16 +268,57 @@ class AdminApi:
         return response
 
     async def remove(self, request: web.Request) -> web.Response:
+        return await self._change(request, lambda payload, name: self.manager.remove(name))
+
+    async def pause(self, request: web.Request) -> web.Response:
+        return await self._change(
+            request,
+            lambda payload, name: self.manager.pause(
+                name,
+                _field(payload, "drain_timeout", float, 30.0),
+                _field(payload, "max_pause", float, 30.0),
+            ),
+        )
+
+    async def stop_service(self, request: web.Request) -> web.Response:
+        return await self._change(
+            request,
+            lambda payload, name: self.manager.stop(
+                name, _field(payload, "drain_timeout", float, 30.0), _field(payload, "message", str, "")
+            ),
+        )
+
+    async def resume(self, request: web.Request) -> web.Response:
+        return await self._change(request, lambda payload, name: self.manager.resume(name))
+
+    async def rollout_set(self, request: web.Request) -> web.Response:
+        def rollout_set(payload: dict[str, Any], name: str) -> Awaitable[None]:
+            percentage = _field(payload, "percentage", int, 0)
+            if not 0 <= percentage <= 100:
+                raise BadRequest("percent must be between 0 and 100")
+            return self.manager.rollout_set(name, percentage, _string_list(payload, "allowlist"))
+
+        return await self._change(request, rollout_set)
+
+    async def rollout_stop(self, request: web.Request) -> web.Response:
+        return await self._change(request, lambda payload, name: self.manager.rollout_stop(name))
+
+    async def _change(
+        self, request: web.Request, operation: Callable[[dict[str, Any], str], Awaitable[None]]
+    ) -> web.Response:
+        """One change to a named service: 400 for a malformed request, 404 for an unknown service,
+        409 for a change the service's state does not allow."""
         try:
-            payload = await _json_body(request)
-            name = _field(payload if isinstance(payload, dict) else {}, "service", str, "")
+            payload = await _object(request)
+            name = _name(payload)
+            await operation(payload, name)
         except BadRequest as exc:
             return _error(400, str(exc))
-        try:
-            await self.manager.remove(name)
         except ServiceNotFound as exc:
             return _error(404, str(exc))
-        return web.json_response({"removed": name})
+        except DeployError as exc:
+            return _error(409, str(exc))
+        return web.json_response({"service": name})
 
     async def services(self, request: web.Request) -> web.Response:
         return web.json_response(self.manager.describe())

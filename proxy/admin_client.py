@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.paths import socket_path
+from proxy.paths import program_name, socket_path
 
 # Deploys wait for health checks and draining; the server bounds them, not the client.
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
@@ -31,7 +31,7 @@ async def _request(method: str, path: str, payload: Any = None) -> aiohttp.Clien
             await response.read()
         except aiohttp.ClientConnectionError as exc:
             raise AdminError(
-                f"cannot reach pyproxy at {socket_path()} (is `pyproxy run` running?): {exc}"
+                f"cannot reach pyproxy at {socket_path()} (is `{program_name()} run` running?): {exc}"
             ) from None
     await _raise_for_error(response)
     return response
@@ -46,11 +46,14 @@ async def _raise_for_error(response: aiohttp.ClientResponse) -> None:
         raise AdminError(message)
 
 
-async def deploy(payload: dict[str, Any], on_progress: Callable[[dict[str, Any]], None]) -> None:
-    """Send a deploy and report each progress event until it is done; AdminError if it failed."""
+async def deploy(
+    payload: dict[str, Any], on_progress: Callable[[dict[str, Any]], None], path: str = "/deploy"
+) -> None:
+    """Send a deploy (or a rollout deploy) and report each progress event until it is done; AdminError if
+    it failed."""
     async with _session() as session:
         try:
-            async with session.post("http://pyproxy/deploy", json=payload) as response:
+            async with session.post(f"http://pyproxy{path}", json=payload) as response:
                 await _raise_for_error(response)
                 finished = False
                 async for line in response.content:
@@ -63,14 +66,15 @@ async def deploy(payload: dict[str, Any], on_progress: Callable[[dict[str, Any]]
                     finished = event.get("event") == "done"
         except aiohttp.ClientConnectionError as exc:
             raise AdminError(
-                f"cannot reach pyproxy at {socket_path()} (is `pyproxy run` running?): {exc}"
+                f"cannot reach pyproxy at {socket_path()} (is `{program_name()} run` running?): {exc}"
             ) from None
     if not finished:
         raise AdminError("the deploy ended without a result (did pyproxy stop?)")
 
 
-async def remove(service: str) -> None:
-    await _request("POST", "/remove", {"service": service})
+async def change(path: str, service: str, **details: Any) -> None:
+    """One change to a service: `/remove`, `/pause`, `/stop`, `/resume`, `/rollout/set`, `/rollout/stop`."""
+    await _request("POST", path, {"service": service, **details})
 
 
 async def list_services() -> list[dict[str, Any]]:

@@ -48,14 +48,18 @@ async def _serve(settings: RunSettings) -> int:
     tls = TlsTerminator(auto.alpn_challenges)
     dispatcher = ServiceDispatcher(auto.tokens)
     manager = ServiceManager(dispatcher, tls, auto, store, log)
-    try:
-        saved = store.load()
-    except ValueError as exc:
-        log.error("Could not read saved state; starting empty", error=str(exc))
-        saved = []
-    if not saved:
-        log.info("No previous state", path=str(store.path))
-    manager.restore(saved)
+    saved = store.load()
+    if not saved.found:
+        log.info("No previous state to restore", path=str(store.path))  # kamal-proxy's words; Kamal checks
+    elif saved.problem:
+        log.error(
+            "Saved state is damaged: restoring what could be read",
+            path=str(store.path),
+            error=saved.problem,
+            moved_to=str(saved.moved_to) if saved.moved_to else "(could not move it; not saving until fixed)",
+            services=len(saved.services),
+        )
+    manager.restore(saved.services)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,6 +67,7 @@ async def _serve(settings: RunSettings) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     metrics = Metrics.start(bind, settings.metrics_port) if settings.metrics_port else None
+    dispatcher.metrics = metrics
     http = HttpServer(dispatcher, log, settings.limits, metrics=metrics)
     admin = AdminApi(manager)
     try:

@@ -15,21 +15,25 @@ from typing import Any
 from proxy import admin_client
 from proxy.acme import LETS_ENCRYPT_STAGING
 from proxy.flags import FlagParser
-from proxy.paths import data_dir
+from proxy.paths import data_dir, program_name
 
 COMMANDS = {
     "run": "Run the proxy server",
     "deploy": "Deploy a target for a service, with zero downtime",
     "remove": "Remove a service (alias: rm)",
     "list": "List the services (alias: ls)",
+    "pause": "Pause a service: hold its requests until it is resumed",
+    "stop": "Stop a service: answer its requests with a 503 page (maintenance)",
+    "resume": "Resume a paused or stopped service",
+    "rollout": "Send some requests of a service to other targets (canary): rollout deploy|set|stop",
 }
 ALIASES = {"rm": "remove", "ls": "list"}
 
 
 def _usage() -> str:
-    lines = ["Usage: pyproxy <command> [flags]", "", "Commands:"]
+    lines = [f"Usage: {program_name()} <command> [flags]", "", "Commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
-    lines += ["", "Run `pyproxy <command> --help` for its flags."]
+    lines += ["", f"Run `{program_name()} <command> --help` for its flags."]
     return "\n".join(lines)
 
 
@@ -40,17 +44,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = ALIASES.get(args[0], args[0])
     if command not in COMMANDS:
-        print(f"pyproxy: unknown command: {args[0]} (try --help)", file=sys.stderr)
+        print(f"{program_name()}: unknown command: {args[0]} (try --help)", file=sys.stderr)
         return 2
-    handler = {"run": _run, "deploy": _deploy, "remove": _remove, "list": _list}[command]
-    return handler(args[1:])
+    handlers = {
+        "run": _run,
+        "deploy": _deploy,
+        "remove": _remove,
+        "list": _list,
+        "pause": _pause,
+        "stop": _stop,
+        "resume": _resume,
+        "rollout": _rollout,
+    }
+    return handlers[command](args[1:])
+
+
+def _parser(command: str, description: str | None = None) -> FlagParser:
+    return FlagParser(prog=f"{program_name()} {command}", description=description or COMMANDS[command])
 
 
 def _run(argv: list[str]) -> int:
     from proxy.app import RunSettings, run
     from proxy.http.server import HttpLimits
 
-    parser = FlagParser(prog="pyproxy run", description=COMMANDS["run"])
+    parser = _parser("run")
     parser.add_int("--http-port", default=80, env="HTTP_PORT", help="Port for HTTP traffic")
     parser.add_int(
         "--https-port",
@@ -97,7 +114,7 @@ def _run(argv: list[str]) -> int:
 
 
 def _deploy_parser() -> FlagParser:
-    parser = FlagParser(prog="pyproxy deploy", description=COMMANDS["deploy"])
+    parser = _parser("deploy")
     parser.add_argument("service", help="Service name")
     parser.add_list("--target", required=True, help="Target host:port (repeat or comma-separate for several)")
     parser.add_list("--host", help="Host(s) to serve this service on (default: any host)")
@@ -145,6 +162,36 @@ def _deploy_parser() -> FlagParser:
         help="Issue certificates for any host this URL (or a path of the service) answers 200 for",
     )
     parser.add_str("--canonical-host", help="Redirect every other host of this service to this one")
+    parser.add_list("--read-target", help="Read-only target(s): GET and HEAD requests go there")
+    parser.add_bool("--read-target-websockets", help="Let read-only targets take WebSocket connections")
+    parser.add_duration(
+        "--writer-affinity-timeout",
+        default=1.0,
+        help="After a write, how long the client's reads still go to the writers (0 = never)",
+    )
+    parser.add_bool("--buffer-requests", help="Read each request body whole before sending it to the target")
+    parser.add_bool("--buffer-responses", help="Read each response whole before sending it to the client")
+    parser.add_int(
+        "--buffer-memory",
+        default=1024 * 1024,
+        help="Bytes of a buffered body kept in memory; the rest on disk",
+    )
+    parser.add_int(
+        "--max-request-body", help="Largest request body in bytes, 413 above (needs --buffer-requests)"
+    )
+    parser.add_int(
+        "--max-response-body", help="Largest response body in bytes, 500 above (needs --buffer-responses)"
+    )
+    parser.add_str(
+        "--error-pages", help="Directory of <status>.html error pages (Go templates) for this service"
+    )
+    parser.add_list("--log-request-header", help="Request header(s) to add to the access log as req_<name>")
+    parser.add_list(
+        "--log-response-header", help="Response header(s) to add to the access log as resp_<name>"
+    )
+    parser.add_list("--exclude-metrics-path", help="Path(s) (after prefix stripping) not counted in metrics")
+    parser.add_str("--client-ip-header", help="Header that carries the real client IP (from a trusted proxy)")
+    parser.add_bool("--scope-cookie-paths", help="Move Set-Cookie paths under the stripped path prefix")
     return parser
 
 
@@ -158,6 +205,14 @@ def _deploy(argv: list[str]) -> int:
     if bool(ns.tls_certificate_path) != bool(ns.tls_private_key_path):
         parser.error("--tls-certificate-path and --tls-private-key-path must be given together")
     explicit = parser.explicit(ns)
+    # As kamal-proxy: the check is whether the flag was given, not its value (Kamal sends
+    # --buffer-requests="false" --max-request-body=N, which kamal-proxy accepts).
+    if "max_request_body" in explicit and "buffer_requests" not in explicit:
+        parser.error("max-request-body can only be set when request buffering is enabled")
+    if "max_response_body" in explicit and "buffer_responses" not in explicit:
+        parser.error("max-response-body can only be set when response buffering is enabled")
+    if min(ns.buffer_memory, ns.max_request_body, ns.max_response_body) < 0:
+        parser.error("--buffer-memory, --max-request-body and --max-response-body must not be negative")
     # As kamal-proxy: when pyproxy terminates TLS it is the edge, and must not trust client headers.
     forward_headers = ns.forward_headers if "forward_headers" in explicit else not ns.tls
     acme_directory = ns.tls_acme_directory or (LETS_ENCRYPT_STAGING if ns.tls_staging else "")
@@ -191,6 +246,22 @@ def _deploy(argv: list[str]) -> int:
             "on_demand_url": ns.tls_on_demand_url,
         },
         "canonical_host": ns.canonical_host,
+        "read_targets": ns.read_target,
+        "read_targets_accept_websockets": ns.read_target_websockets,
+        "writer_affinity_timeout": ns.writer_affinity_timeout,
+        "buffering": {
+            "requests": ns.buffer_requests,
+            "responses": ns.buffer_responses,
+            "memory": ns.buffer_memory,
+            "max_request_body": ns.max_request_body,
+            "max_response_body": ns.max_response_body,
+        },
+        "error_pages": _absolute(ns.error_pages),
+        "log_request_headers": ns.log_request_header,
+        "log_response_headers": ns.log_response_header,
+        "exclude_metrics_paths": ns.exclude_metrics_path,
+        "client_ip_header": ns.client_ip_header,
+        "scope_cookie_paths": ns.scope_cookie_paths,
     }
     return _call(admin_client.deploy(payload, _print_progress))
 
@@ -223,15 +294,99 @@ def _print_progress(event: dict[str, Any]) -> None:
     print(text, flush=True)
 
 
-def _remove(argv: list[str]) -> int:
-    parser = FlagParser(prog="pyproxy remove", description=COMMANDS["remove"])
+def _service_parser(command: str, description: str | None = None) -> FlagParser:
+    parser = _parser(command, description)
     parser.add_argument("service", help="Service name")
+    return parser
+
+
+def _remove(argv: list[str]) -> int:
+    ns = _service_parser("remove").parse_args(argv)
+    return _call(admin_client.change("/remove", ns.service))
+
+
+def _add_drain_timeout(parser: FlagParser) -> None:
+    parser.add_duration(
+        "--drain-timeout",
+        default=30.0,
+        help="Maximum time to let in-flight requests finish before cutting them",
+    )
+
+
+def _pause(argv: list[str]) -> int:
+    parser = _service_parser("pause")
+    _add_drain_timeout(parser)
+    parser.add_duration("--max-pause", default=30.0, help="How long a request is held before it gets 504")
     ns = parser.parse_args(argv)
-    return _call(admin_client.remove(ns.service))
+    return _call(
+        admin_client.change("/pause", ns.service, drain_timeout=ns.drain_timeout, max_pause=ns.max_pause)
+    )
+
+
+def _stop(argv: list[str]) -> int:
+    parser = _service_parser("stop")
+    _add_drain_timeout(parser)
+    parser.add_str("--message", help="Text for the 503 page (the error page's {{ .Message }})")
+    ns = parser.parse_args(argv)
+    return _call(admin_client.change("/stop", ns.service, drain_timeout=ns.drain_timeout, message=ns.message))
+
+
+def _resume(argv: list[str]) -> int:
+    ns = _service_parser("resume").parse_args(argv)
+    return _call(admin_client.change("/resume", ns.service))
+
+
+ROLLOUT_COMMANDS = {
+    "deploy": "Deploy targets to the service's rollout slot, health-checked like a deploy",
+    "set": "Choose the requests the rollout targets get (--percent of kamal-rollout cookies, or --list)",
+    "stop": "Send every request to the active targets again",
+}
+
+
+def _rollout(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [f"Usage: {program_name()} rollout <deploy|set|stop> <service> [flags]", ""]
+        lines += [f"  {name:<7} {text}" for name, text in ROLLOUT_COMMANDS.items()]
+        print("\n".join(lines))
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in ROLLOUT_COMMANDS:
+        print(f"{program_name()} rollout: unknown command: {command} (try --help)", file=sys.stderr)
+        return 2
+    parser = _service_parser(f"rollout {command}", ROLLOUT_COMMANDS[command])
+    if command == "deploy":
+        parser.add_list("--target", required=True, help="Rollout target host:port (repeat for several)")
+        parser.add_list("--read-target", help="Read-only rollout target(s)")
+        parser.add_duration(
+            "--deploy-timeout", default=30.0, help="Maximum time for the targets to be healthy"
+        )
+        _add_drain_timeout(parser)
+        ns = parser.parse_args(rest)
+        payload = {
+            "service": ns.service,
+            "targets": ns.target,
+            "read_targets": ns.read_target,
+            "deploy_timeout": ns.deploy_timeout,
+            "drain_timeout": ns.drain_timeout,
+        }
+        return _call(admin_client.deploy(payload, _print_progress, path="/rollout/deploy"))
+    if command == "set":
+        parser.add_int("--percent", help="Share (0-100) of kamal-rollout cookie values sent to the rollout")
+        parser.add_list("--list", help="kamal-rollout cookie values always sent to the rollout")
+        ns = parser.parse_args(rest)
+        if not {"percent", "list"} & parser.explicit(ns):
+            parser.error("at least one of the flags in the group [percent list] is required")
+        if not 0 <= ns.percent <= 100:
+            parser.error(f"invalid percent {ns.percent}: must be between 0 and 100")
+        return _call(
+            admin_client.change("/rollout/set", ns.service, percentage=ns.percent, allowlist=ns.list)
+        )
+    ns = parser.parse_args(rest)
+    return _call(admin_client.change("/rollout/stop", ns.service))
 
 
 def _list(argv: list[str]) -> int:
-    parser = FlagParser(prog="pyproxy list", description=COMMANDS["list"])
+    parser = _parser("list")
     parser.parse_args(argv)
     services: list[dict[str, Any]] = []
 
@@ -250,9 +405,8 @@ def format_table(services: list[dict[str, Any]]) -> str:
     for s in services:
         targets = ", ".join(f"{t['address']} ({t['state']})" for t in s["targets"])
         tls = "yes" if s["tls"] else "no"
-        rows.append(
-            [s["service"], ",".join(s["hosts"]) or "*", ",".join(s["paths"]), targets, "running", tls]
-        )
+        state = f"{s['state']} ({s['held']} held)" if s.get("held") else s["state"]
+        rows.append([s["service"], ",".join(s["hosts"]) or "*", ",".join(s["paths"]), targets, state, tls])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows

@@ -1,47 +1,85 @@
 """Per-request routing: Host and path to a service, service to a target.
 
-The control plane swaps `table` for a new immutable RoutingTable on every
-change; the data plane reads it once per request without a lock.
+The control plane publishes a new immutable RoutingTable on every change; the data plane reads it once
+per request without a lock. A service with nothing beyond pick-and-proxy (the default options) takes the
+short path in `route`; the rest (maintenance, rollouts, read targets, error pages, buffering, logged
+headers...) is `_route_extended`, so those features cost nothing to the services that do not use them.
 """
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING, Any
+
 from proxy.acme import Http01Tokens
 from proxy.http.request import Request
 from proxy.http.responses import redirect_response, text_response
-from proxy.routing import RoutingTable, strip_port
+from proxy.pause import PAUSED, RUNNING, STOPPED, WaitingRoom
+from proxy.responsehead import WRITER_COOKIE, HeadRewrite
+from proxy.rollout import COOKIE as ROLLOUT_COOKIE
+from proxy.routing import Match, RoutingTable, strip_port
 from proxy.service import Service
+from proxy.target import Target
+
+if TYPE_CHECKING:
+    from proxy.metrics import Metrics
 
 _CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+# What a paused or stopped service answers to its own health-check path, so load balancers keep the host.
+_HEALTHY_WHILE_PAUSED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_READS = (b"GET", b"HEAD")
 
 
 class ServiceDispatcher:
     def __init__(self, tokens: Http01Tokens) -> None:
         self.table = RoutingTable.build(())
         self.tokens = tokens
+        self.metrics: Metrics | None = None
+        self._rooms: dict[str, WaitingRoom] = {}  # requests held by paused services
+
+    def publish(self, table: RoutingTable) -> None:
+        """Swap in a new table; requests held for a service no longer paused go on, to its new state."""
+        self.table = table
+        services = {service.name: service for service in table.routes()}
+        for name, room in list(self._rooms.items()):
+            service = services.get(name)
+            if service is not None and service.pause.state == PAUSED:
+                room.timeout = service.pause.fail_after
+            else:
+                del self._rooms[name]
+                room.release_all()
+
+    def held(self, name: str) -> int:
+        """How many requests the service `name` holds (for `list` and the in-flight gauge)."""
+        room = self._rooms.get(name)
+        return len(room) if room is not None else 0
 
     def route(self, request: Request) -> int | bytes:
-        url = request.url
-        match = self.table.lookup(request.host.decode("latin-1"), url.decode("latin-1"))
+        match = self.table.lookup(request.host.decode("latin-1"), request.url.decode("latin-1"))
         if match is None:
             return 404
+        service = match.service
+        request.service = service.name_bytes
+        if match.prefix == "/" or not service.strip_prefix:
+            request.path = request.url
+        else:
+            request.path = match.upstream_path.encode("latin-1")
+        if self.metrics is not None:
+            self.metrics.started(request, service)
+        return self._dispatch(request, match)
+
+    def _dispatch(self, request: Request, match: Match) -> int | bytes:
         service = match.service
         if service.checks_first or request.scheme == b"https":
             answer = self._answer_first(request, service)
             if answer:
                 return answer
+        if service.extended:
+            return self._route_extended(request, service, match.prefix)
         target = service.balancer.pick()
         if target is None:
             return 503
-        options = service.options
-        request.pool = target.pool
-        request.service = service.name_bytes
-        request.forward_headers = options.forward_headers
-        request.target_timeout = options.target_timeout
-        if match.prefix == "/" or not options.strip_prefix:
-            request.path = url
-        else:
-            request.path = match.upstream_path.encode("latin-1")
+        _send_to(request, service, target)
         return 0
 
     def _answer_first(self, request: Request, service: Service) -> int | bytes:
@@ -54,6 +92,116 @@ class ServiceDispatcher:
             key_authorization = self.tokens.get(request.url[len(_CHALLENGE_PREFIX) :].decode("latin-1"))
             return 404 if key_authorization is None else text_response(key_authorization)
         return _redirect(request, service, secure)
+
+    def _route_extended(self, request: Request, service: Service, prefix: str) -> int | bytes:
+        """Everything after the redirects for a service that uses more than the defaults (spec 5, 10c-d)."""
+        request.pages = service.pages
+        if service.log_headers is not None:
+            request.extra_log = service.log_headers.request_fields(request)
+        if service.client_ip_header:
+            client_ip = _header(request, service.client_ip_header)
+            if client_ip is not None:
+                request.xff = client_ip
+        state = service.pause.state
+        if state != RUNNING:
+            if request.method in _READS and request.path.partition(b"?")[0] == service.health_path:
+                return _HEALTHY_WHILE_PAUSED
+            if state == STOPPED:
+                request.pages = service.stopped_pages
+                return 503
+            room = self._rooms.get(service.name)
+            if room is None:
+                room = self._rooms[service.name] = WaitingRoom(self._release, service.pause.fail_after)
+            request.pool = room
+            request.target_timeout = service.options.target_timeout
+            return 0
+        balancer = service.balancer
+        cookies = _cookies(request) if service.split is not None or balancer.readers else {}
+        if service.split is not None and service.rollout is not None:
+            chosen = cookies.get(ROLLOUT_COOKIE)
+            if chosen is not None and service.split.chooses(chosen):
+                balancer = service.rollout
+        options = service.options
+        write = True
+        if balancer.readers:
+            write = not _is_read(request, options.read_targets_accept_websockets, cookies)
+            target = balancer.pick() if write else balancer.pick_reader()
+        else:
+            target = balancer.pick()
+        if target is None:
+            return 503
+        scoped = options.scope_cookie_paths and prefix != "/" and options.strip_prefix
+        if service.log_headers is not None or balancer.readers or scoped:
+            affinity = write and options.writer_affinity_timeout > 0
+            request.head_filter = HeadRewrite(
+                log_headers=service.log_headers,
+                strip_affinity=bool(balancer.readers),
+                affinity_ms=round(options.writer_affinity_timeout * 1000) if affinity else 0,
+                prefix=prefix.encode("latin-1") if scoped else b"",
+            )
+        request.buffering = service.buffering
+        _send_to(request, service, target)
+        return 0
+
+    def _release(self, request: Request, client: Any) -> None:
+        """A held request goes on: routed again, as the service is now (running, stopped or gone)."""
+        match = self.table.lookup(request.host.decode("latin-1"), request.url.decode("latin-1"))
+        answer = 404 if match is None else self._dispatch(request, match)
+        if answer.__class__ is bytes:
+            # Only a table change while it was held can send a held request to a redirect; as it
+            # cannot be told apart from a client's own mistake here, ask the client to try again.
+            answer = 503
+        if answer:
+            client.upstream_failed(request, answer)
+            return
+        pool = request.pool
+        if not pool.answers_itself:
+            request.head = client._upstream_head(request)
+        pool.acquire(request, client)
+
+
+def _send_to(request: Request, service: Service, target: Target) -> None:
+    options = service.options
+    request.pool = target.pool
+    request.forward_headers = options.forward_headers
+    request.target_timeout = options.target_timeout
+    if request.kamal_target is not None and options.forward_headers:
+        request.headers.append(
+            b"X-Kamal-Target: %s, %s\r\n" % (request.kamal_target, target.address.encode())
+        )
+    else:
+        request.headers.append(target.header_line)
+
+
+def _is_read(request: Request, websockets: bool, cookies: dict[bytes, bytes]) -> bool:
+    """A request read-only targets may answer (spec 7.3): GET or HEAD, not a WebSocket (unless allowed),
+    from a client that has not just written (a `kamal-writer` cookie still in the future)."""
+    if request.method not in _READS:
+        return False
+    if request.upgrade is not None and not websockets and request.upgrade.lower() == b"websocket":
+        return False
+    until = cookies.get(WRITER_COOKIE)
+    return until is None or not until.isdigit() or int(until) <= time.time() * 1000
+
+
+def _cookies(request: Request) -> dict[bytes, bytes]:
+    """The request's cookies by name (the first of each name), from its Cookie header lines."""
+    found: dict[bytes, bytes] = {}
+    for line in request.headers:
+        if line[:7].lower() == b"cookie:":
+            for pair in line[7:].split(b";"):
+                name, _, value = pair.partition(b"=")
+                found.setdefault(name.strip(), value.strip())
+    return found
+
+
+def _header(request: Request, name: bytes) -> bytes | None:
+    """The first value of a request header (`name` lower-cased), or None."""
+    size = len(name)
+    for line in request.headers:
+        if line[size : size + 1] == b":" and line[:size].lower() == name:
+            return line[size + 1 :].strip()
+    return None
 
 
 def _redirect(request: Request, service: Service, secure: bool) -> int | bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +20,13 @@ from proxy.acme import expires_at, issuer_name
 from proxy.autocert import AutoCertificates
 from proxy.balancer import LoadBalancer
 from proxy.dispatcher import ServiceDispatcher
+from proxy.errorpages import ErrorPages, load_error_pages
 from proxy.flags import format_duration
 from proxy.health import HealthChecker
 from proxy.log import JsonLog
 from proxy.ondemand import OnDemandCertificates
+from proxy.pause import PAUSED, RUNNING, STOPPED, PauseState
+from proxy.rollout import RolloutSplit
 from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
 from proxy.state import StateStore
@@ -54,6 +57,7 @@ class DeployRequest:
     deploy_timeout: float = 30.0
     drain_timeout: float = 30.0
     force: bool = False
+    read_targets: tuple[str, ...] = ()
 
 
 class ServiceManager:
@@ -103,27 +107,24 @@ class ServiceManager:
         name, options = request.service, request.options
         self._check_conflicts(name, options)
         certificate = _load_certificate(options)
-        balancer = LoadBalancer(self._new_target(a) for a in request.targets)
+        error_pages = _load_error_pages(options)
+        balancer = self._new_balancer(request.targets, request.read_targets)
         self._start_checks(balancer, options)
         if not request.force:
-            progress(
-                "waiting",
-                targets=[t.address for t in balancer.targets],
-                timeout=format_duration(request.deploy_timeout),
-            )
-            try:
-                await asyncio.wait_for(self._healthy_events[balancer].wait(), request.deploy_timeout)
-            except TimeoutError:
-                self._discard(balancer)
-                raise DeployError(self._unhealthy_message(balancer, request.deploy_timeout)) from None
-            progress("healthy")
+            await self._wait_healthy(balancer, request.deploy_timeout, progress)
         try:
             self._check_conflicts(name, options)
         except DeployError:
             self._discard(balancer)
             raise
         old = self.services.get(name)
-        self.services[name] = Service(name, options, balancer, certificate)
+        if old is None:
+            service = Service(name, options, balancer, certificate, error_pages=error_pages)
+        else:  # a deploy keeps the service's pause state and rollout (spec 6.1)
+            service = dataclasses.replace(
+                old, options=options, balancer=balancer, certificate=certificate, error_pages=error_pages
+            )
+        self.services[name] = service
         self._publish()
         self.log.info(
             "Deployed",
@@ -138,6 +139,18 @@ class ServiceManager:
         if old is not None:
             await self._drain(old.balancer, request.drain_timeout, progress)
         progress("done")
+
+    async def _wait_healthy(self, balancer: LoadBalancer, timeout: float, progress: Progress) -> None:
+        progress("waiting", targets=[t.address for t in balancer.targets], timeout=format_duration(timeout))
+        try:
+            await asyncio.wait_for(self._healthy_events[balancer].wait(), timeout)
+        except TimeoutError:
+            self._discard(balancer)
+            raise DeployError(self._unhealthy_message(balancer, timeout)) from None
+        progress("healthy")
+
+    def _new_balancer(self, writers: Iterable[str], readers: Iterable[str] = ()) -> LoadBalancer:
+        return LoadBalancer(map(self._new_target, writers), map(self._new_target, readers))
 
     def _new_target(self, address: str) -> Target:
         target = Target(address)
@@ -163,10 +176,17 @@ class ServiceManager:
             f"last health check: {'; '.join(failing)}"
         )
 
-    async def _drain(self, balancer: LoadBalancer, timeout: float, progress: Progress) -> None:
-        self._stop_checks(balancer)
+    async def _drain(
+        self, balancer: LoadBalancer, timeout: float, progress: Progress, replaced: bool = True
+    ) -> None:
+        """Wait for the requests in flight on `balancer`'s targets, cutting them at `timeout`. A balancer
+        being `replaced` stops its health checks and pooling; one being paused keeps both."""
+        if replaced:
+            self._stop_checks(balancer)
         progress("draining", requests=balancer.in_flight, timeout=format_duration(timeout))
-        cut = await asyncio.gather(*(t.pool.drain(timeout) for t in balancer.targets))
+        cut = await asyncio.gather(
+            *(t.pool.drain(timeout, keep_pooling=not replaced) for t in balancer.targets)
+        )
         if sum(cut):
             self.log.warn(
                 "Requests cut by drain timeout",
@@ -174,6 +194,85 @@ class ServiceManager:
                 requests=sum(cut),
             )
         progress("drained", cut=sum(cut))
+
+    # -- maintenance (spec 8) ------------------------------------------------------
+
+    async def pause(self, name: str, drain_timeout: float, max_pause: float) -> None:
+        """Hold new requests (504 after `max_pause`); return once those in flight are done."""
+        await self._set_pause(name, PauseState(PAUSED, fail_after=max_pause), drain_timeout)
+
+    async def stop(self, name: str, drain_timeout: float, message: str) -> None:
+        """Answer new requests 503 (the error page shows `message`); return once those in flight are done."""
+        await self._set_pause(name, PauseState(STOPPED, stop_message=message), drain_timeout)
+
+    async def resume(self, name: str) -> None:
+        await self._set_pause(name, PauseState(RUNNING), None)
+
+    async def _set_pause(self, name: str, state: PauseState, drain_timeout: float | None) -> None:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            service = self._service(name)
+            self.services[name] = dataclasses.replace(service, pause=state)
+            self._publish()
+            event = {PAUSED: "Service paused", STOPPED: "Service stopped", RUNNING: "Service resumed"}[state.state]
+            self.log.info(event, service=name, **({"message": state.stop_message} if state.stop_message else {}))
+            await self._persist()
+            if drain_timeout is not None:
+                for balancer in filter(None, (service.balancer, service.rollout)):
+                    await self._drain(balancer, drain_timeout, _no_progress, replaced=False)
+                self.log.info("Service drained", service=name)
+
+    # -- rollout (spec 7.4) ----------------------------------------------------------
+
+    async def rollout_deploy(
+        self,
+        name: str,
+        targets: tuple[str, ...],
+        read_targets: tuple[str, ...],
+        deploy_timeout: float,
+        drain_timeout: float,
+        progress: Progress,
+    ) -> None:
+        """Install targets in the service's rollout slot, health-checked like a deploy, with its options."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            options = self._service(name).options
+            balancer = self._new_balancer(targets, read_targets)
+            self._start_checks(balancer, options)
+            await self._wait_healthy(balancer, deploy_timeout, progress)
+            service = self._service(name)  # as it is now, after the wait
+            old = service.rollout
+            self.services[name] = dataclasses.replace(service, rollout=balancer)
+            self._publish()
+            self.log.info("Rollout deployed", service=name, targets=[t.address for t in balancer.targets])
+            progress("switched")
+            await self._persist()
+            if old is not None:
+                await self._drain(old, drain_timeout, progress)
+            progress("done")
+
+    async def rollout_set(self, name: str, percentage: int, allowlist: list[str]) -> None:
+        service = self._service(name)
+        if service.rollout is None:
+            raise DeployError("rollout target not set")
+        split = RolloutSplit(percentage, frozenset(value.encode() for value in allowlist))
+        self.services[name] = dataclasses.replace(service, split=split)
+        self._publish()
+        self.log.info("Rollout set", service=name, percentage=percentage, allowlist=allowlist)
+        await self._persist()
+
+    async def rollout_stop(self, name: str) -> None:
+        """Send every request to the active targets again; the rollout targets stay, for a later `set`."""
+        self.services[name] = dataclasses.replace(self._service(name), split=None)
+        self._publish()
+        self.log.info("Rollout stopped", service=name)
+        await self._persist()
+
+    def _service(self, name: str) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            raise ServiceNotFound(name)
+        return service
 
     # -- remove, list, restore ----------------------------------------------------
 
@@ -188,6 +287,8 @@ class ServiceManager:
         for host in service.hosts:
             if host not in wanted:
                 self.auto.forget(host)
+        if service.rollout is not None:
+            self._discard(service.rollout)
         self.log.info("Removed", service=name)
         await self._persist()
 
@@ -198,8 +299,17 @@ class ServiceManager:
                 "hosts": [h for h in s.options.hosts if h],
                 "paths": list(s.options.path_prefixes),
                 "tls": s.tls_enabled,
+                "state": s.pause.state,
+                "held": self.dispatcher.held(s.name),
                 "certificates": self._certificate_details(s),
                 "targets": [{"address": t.address, "state": t.state.value} for t in s.balancer.targets],
+                "rollout": {
+                    "targets": [t.address for t in s.rollout.targets],
+                    "percentage": s.split.percentage if s.split else None,
+                    "allowlist": sorted(v.decode() for v in s.split.allowlist) if s.split else [],
+                }
+                if s.rollout is not None
+                else None,
             }
             for s in sorted(self.services.values(), key=lambda s: s.name)
         ]
@@ -234,24 +344,57 @@ class ServiceManager:
                 options = ServiceOptions.from_json(entry)
                 self._check_conflicts(name, options)
                 certificate = _load_certificate(options)
-                balancer = LoadBalancer(self._new_target(a) for a in entry.get("active_targets") or [])
-            except (ValueError, TypeError, DeployError) as exc:
+                error_pages = self._restore_error_pages(name, options)
+                writers = entry.get("active_targets") or _legacy(entry, "active_target")
+                balancer = self._new_balancer(writers, entry.get("active_readers") or [])
+                rollout_writers = entry.get("rollout_targets") or _legacy(entry, "rollout_target")
+                rollout = (
+                    self._new_balancer(rollout_writers, entry.get("rollout_readers") or [])
+                    if rollout_writers
+                    else None
+                )
+                split = entry.get("rollout_controller")
+                service = Service(
+                    name,
+                    options,
+                    balancer,
+                    certificate,
+                    error_pages=error_pages,
+                    pause=PauseState.from_json(entry.get("pause_controller") or {}),
+                    rollout=rollout,
+                    split=RolloutSplit.from_json(split) if split and rollout else None,
+                )
+            except (ValueError, TypeError, AttributeError, DeployError) as exc:
                 self.log.error("Skipping saved service", service=name, error=str(exc))
                 continue
-            for target in balancer.targets:
-                balancer.set_state(target, TargetState.HEALTHY)
-            self.services[name] = Service(name, options, balancer, certificate)
+            for slot in filter(None, (balancer, rollout)):
+                for target in slot.targets:
+                    slot.set_state(target, TargetState.HEALTHY)
+                if len(slot.targets) > 1:
+                    self._start_checks(slot, options)
+            self.services[name] = service
             self._publish()
-            self._request_certificates(self.services[name], _no_progress)
-            if len(balancer.targets) > 1:
-                self._start_checks(balancer, options)
-            self.log.info("Restored", service=name, targets=[t.address for t in balancer.targets])
+            self._request_certificates(service, _no_progress)
+            self.log.info(
+                "Restored",
+                service=name,
+                targets=[t.address for t in balancer.targets],
+                state=service.pause.state,
+            )
+
+    def _restore_error_pages(self, name: str, options: ServiceOptions) -> ErrorPages | None:
+        """A saved service whose pages no longer load keeps its routes, with the built-in pages."""
+        try:
+            return _load_error_pages(options)
+        except DeployError as exc:
+            self.log.error("Error pages not restored; using the built-in ones", service=name, error=str(exc))
+            return None
 
     # -- internals ------------------------------------------------------------------
 
     def _publish(self) -> None:
         self._inherit_tls()
-        self.dispatcher.table = RoutingTable.build(self.services.values())
+        self.dispatcher.publish(RoutingTable.build(self.services.values()))
         self._publish_certificates()
 
     def _inherit_tls(self) -> None:
@@ -349,6 +492,22 @@ class ServiceManager:
         self._stop_checks(balancer)
         for target in balancer.targets:
             target.pool.close()
+
+
+def _legacy(entry: dict[str, Any], key: str) -> list[str]:
+    """Older kamal-proxy state files name one target per slot (spec 3)."""
+    value = entry.get(key)
+    return [value] if isinstance(value, str) and value else []
+
+
+def _load_error_pages(options: ServiceOptions) -> ErrorPages | None:
+    """The service's error pages, checked now so a directory that does not load fails the deploy."""
+    if not options.error_pages_path:
+        return None
+    try:
+        return load_error_pages(options.error_pages_path)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def _load_certificate(options: ServiceOptions) -> ssl.SSLContext | None:

@@ -12,7 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.balancer import LoadBalancer
+from proxy.errorpages import ErrorPages, stop_page
 from proxy.health import HealthCheckConfig
+from proxy.http.buffering import BufferPolicy
+from proxy.logheaders import LogHeaders
+from proxy.pause import RUNNING, STOPPED, PauseState
+from proxy.rollout import RolloutSplit
 from proxy.routing import normalize_hosts, normalize_prefixes, validate_host
 
 _NS = 1_000_000_000
@@ -47,6 +52,15 @@ class ServiceOptions:
     forward_headers: bool = True
     tls: TlsOptions = field(default_factory=TlsOptions)
     canonical_host: str = ""
+    buffering: BufferPolicy = field(default_factory=BufferPolicy)
+    log_request_headers: tuple[str, ...] = ()
+    log_response_headers: tuple[str, ...] = ()
+    error_pages_path: str = ""
+    writer_affinity_timeout: float = 1.0
+    read_targets_accept_websockets: bool = False
+    exclude_metrics_paths: tuple[str, ...] = ()
+    client_ip_header: str = ""
+    scope_cookie_paths: bool = False
 
     @classmethod
     def create(cls, hosts: list[str], path_prefixes: list[str], **rest: Any) -> ServiceOptions:
@@ -88,6 +102,7 @@ class ServiceOptions:
 
     def to_json(self) -> dict[str, Any]:
         hc = self.health_check
+        buffering = self.buffering
         return {
             "options": {
                 "hosts": [h for h in self.hosts if h],
@@ -103,6 +118,11 @@ class ServiceOptions:
                 "acme_eab_kid": self.tls.acme_eab_kid,
                 "acme_eab_hmac_key": self.tls.acme_eab_hmac_key,
                 "tls_on_demand_url": self.tls.on_demand_url,
+                "error_page_path": self.error_pages_path,
+                "writer_affinity_timeout": round(self.writer_affinity_timeout * _NS),
+                "read_targets_accept_websockets": self.read_targets_accept_websockets,
+                "exclude_metrics_paths": list(self.exclude_metrics_paths),
+                "client_ip_header": self.client_ip_header,
             },
             "target_options": {
                 "health_check_config": {
@@ -113,7 +133,15 @@ class ServiceOptions:
                     "host": hc.host,
                 },
                 "response_timeout": round(self.target_timeout * _NS),
+                "buffer_requests": buffering.requests,
+                "buffer_responses": buffering.responses,
+                "max_memory_buffer_size": buffering.memory,
+                "max_request_body_size": buffering.max_request_body,
+                "max_response_body_size": buffering.max_response_body,
+                "log_request_headers": list(self.log_request_headers),
+                "log_response_headers": list(self.log_response_headers),
                 "forward_headers": self.forward_headers,
+                "scope_cookie_paths": self.scope_cookie_paths,
             },
         }
 
@@ -148,6 +176,21 @@ class ServiceOptions:
                 on_demand_url=options.get("tls_on_demand_url", ""),
             ),
             canonical_host=options.get("canonical_host", ""),
+            buffering=BufferPolicy(
+                requests=target_options.get("buffer_requests", False),
+                responses=target_options.get("buffer_responses", False),
+                memory=target_options.get("max_memory_buffer_size", BufferPolicy.memory),
+                max_request_body=target_options.get("max_request_body_size", 0),
+                max_response_body=target_options.get("max_response_body_size", 0),
+            ),
+            log_request_headers=tuple(target_options.get("log_request_headers") or ()),
+            log_response_headers=tuple(target_options.get("log_response_headers") or ()),
+            error_pages_path=options.get("error_page_path", ""),
+            writer_affinity_timeout=options.get("writer_affinity_timeout", _NS) / _NS,
+            read_targets_accept_websockets=options.get("read_targets_accept_websockets", False),
+            exclude_metrics_paths=tuple(options.get("exclude_metrics_paths") or ()),
+            client_ip_header=options.get("client_ip_header", ""),
+            scope_cookie_paths=target_options.get("scope_cookie_paths", False),
         )
 
 
@@ -180,7 +223,7 @@ def _on_demand_problem(options: ServiceOptions, tls: TlsOptions) -> str | None:
 
 @dataclass(frozen=True)
 class Service:
-    """What the routing table points at. A deploy replaces the whole object."""
+    """What the routing table points at. A deploy, pause or rollout replaces the whole object."""
 
     name: str
     options: ServiceOptions
@@ -189,21 +232,61 @@ class Service:
     # A service without "/" among its prefixes follows the TLS settings (enabled, redirect) of the
     # service serving "/" for its first host (spec 4.5); the manager fills this in.
     inherited_tls: tuple[bool, bool] | None = None
+    error_pages: ErrorPages | None = None  # loaded from `options.error_pages_path` at deploy
+    pause: PauseState = field(default_factory=PauseState)
+    rollout: LoadBalancer | None = None  # the rollout slot (spec 7.4): used only while `split` is set
+    split: RolloutSplit | None = None
     # Read per request, so computed once here.
     name_bytes: bytes = field(init=False)
     tls_enabled: bool = field(init=False)
     tls_redirect: bool = field(init=False)
     acme: bool = field(init=False)
     checks_first: bool = field(init=False)
+    extended: bool = field(init=False)  # something beyond pick-and-proxy to do per request
+    pages: dict[int, bytes] | None = field(init=False)  # the custom pages, rendered without a message
+    stopped_pages: dict[int, bytes] = field(init=False)  # ... and the 503 of a stopped service
+    log_headers: LogHeaders | None = field(init=False)
+    buffering: BufferPolicy | None = field(init=False)
+    client_ip_header: bytes = field(init=False)
+    health_path: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        tls = self.options.tls
+        options = self.options
+        tls = options.tls
         enabled, redirect = self.inherited_tls or (tls.enabled, tls.redirect)
-        object.__setattr__(self, "name_bytes", self.name.encode())
-        object.__setattr__(self, "tls_enabled", enabled)
-        object.__setattr__(self, "tls_redirect", redirect)
-        object.__setattr__(self, "acme", self.options.acme)
-        object.__setattr__(self, "checks_first", enabled or bool(self.options.canonical_host))
+        pages = self.error_pages.rendered() if self.error_pages is not None else None
+        stopped = {**(pages or {}), 503: stop_page(self.error_pages, self.pause.stop_message)}
+        logged = options.log_request_headers or options.log_response_headers
+        buffering = options.buffering if options.buffering.requests or options.buffering.responses else None
+        set_ = object.__setattr__
+        set_(self, "name_bytes", self.name.encode())
+        set_(self, "tls_enabled", enabled)
+        set_(self, "tls_redirect", redirect)
+        set_(self, "acme", options.acme)
+        set_(self, "checks_first", enabled or bool(options.canonical_host))
+        set_(self, "pages", pages or None)
+        set_(self, "stopped_pages", stopped)
+        log_headers = (
+            LogHeaders(options.log_request_headers, options.log_response_headers) if logged else None
+        )
+        set_(self, "log_headers", log_headers)
+        set_(self, "buffering", buffering)
+        set_(self, "client_ip_header", options.client_ip_header.lower().encode())
+        set_(self, "health_path", options.health_check.path.encode())
+        set_(
+            self,
+            "extended",
+            bool(
+                pages
+                or logged
+                or buffering
+                or self.pause.state != RUNNING
+                or self.split
+                or self.balancer.readers
+                or options.client_ip_header
+                or options.scope_cookie_paths
+            ),
+        )
 
     # The routing table reads these three.
     @property
@@ -218,9 +301,19 @@ class Service:
     def strip_prefix(self) -> bool:
         return self.options.strip_prefix
 
+    @property
+    def stopped(self) -> bool:
+        return self.pause.state == STOPPED
+
     def to_json(self) -> dict[str, Any]:
+        rollout = self.rollout
         return {
             "name": self.name,
             **self.options.to_json(),
-            "active_targets": [t.address for t in self.balancer.targets],
+            "active_targets": [t.address for t in self.balancer.writers],
+            "active_readers": [t.address for t in self.balancer.readers],
+            "rollout_targets": [t.address for t in rollout.writers] if rollout else None,
+            "rollout_readers": [t.address for t in rollout.readers] if rollout else None,
+            "pause_controller": self.pause.to_json(),
+            "rollout_controller": self.split.to_json() if self.split else None,
         }

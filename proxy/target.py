@@ -31,6 +31,7 @@ class Target:
     def __init__(self, address: str) -> None:
         self.host, self.port = parse_target(address)
         self.address = f"{self.host}:{self.port}"
+        self.header_line = b"X-Kamal-Target: %s\r\n" % self.address.encode()  # sent with every request
         self.pool = UpstreamPool(self.host, self.port)
         self.state = TargetState.ADDING
         self.last_error = ""

@@ -191,6 +191,7 @@ class Upstream:
                 web.get("/ws", self.websocket),
                 web.route("*", "/slow", self.slow),
                 web.route("*", "/echo", self.echo),
+                web.route("*", "/respond", self.respond),
                 web.route("*", "/{tail:.*}", self.hello),
             ]
         )
@@ -226,6 +227,14 @@ class Upstream:
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         return web.Response(body=body, headers={"X-Upstream": self.name})
+
+    async def respond(self, request: web.Request) -> web.Response:
+        """Answers with the query's name=value pairs as response headers (Set-Cookie may repeat)."""
+        self.requests.append(request)
+        response = web.Response(text=self.name)
+        for name, value in request.query.items():
+            response.headers.add(name, value)
+        return response
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

@@ -35,6 +35,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, st
         (["run", "--tls"], "pyproxy run: unknown flag: --tls"),
         (["deploy", "web", "--target=a:1", "--tls-certificate-path=c.pem"], "must be given together"),
         (["launch"], "pyproxy: unknown command: launch"),
+        (
+            ["deploy", "web", "--target=a:1", "--max-request-body=10"],
+            "pyproxy deploy: max-request-body can only be set when request buffering is enabled",
+        ),
+        (
+            ["deploy", "web", "--target=a:1", "--max-response-body=10"],
+            "pyproxy deploy: max-response-body can only be set when response buffering is enabled",
+        ),
+        (["deploy", "web", "--target=a:1", "--buffer-memory=-1"], "must not be negative"),
+        (["pause"], "pyproxy pause: the following arguments are required: service"),
+        (["stop", "web", "--max-pause=1s"], "pyproxy stop: unknown flag: --max-pause"),
+        (["rollout", "launch", "web"], "pyproxy rollout: unknown command: launch"),
+        (["rollout", "deploy", "web"], "pyproxy rollout deploy: required flag --target not set"),
+        (["rollout", "set", "web"], "at least one of the flags in the group [percent list] is required"),
+        (["rollout", "set", "web", "--percent=200"], "must be between 0 and 100"),
     ],
 )
 def test_bad_flags_get_one_line_and_exit_2(args, message):
@@ -142,8 +157,10 @@ async def test_metrics_port_serves_request_counts(make_proxy, upstreams):
                 assert response.status == 200
         async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
             text = await response.text()
-    assert 'pyproxy_http_requests_total{method="GET",service="web",status="200"} 3.0' in text
-    assert "pyproxy_http_request_duration_seconds_bucket" in text
+    # kamal-proxy's names and labels, so its dashboards keep working; each request counted once.
+    assert 'kamal_proxy_http_requests_total{method="GET",service="web",status="200"} 3.0' in text
+    assert "kamal_proxy_http_request_duration_seconds_bucket" in text
+    assert "pyproxy_http_requests_total" not in text
 
 
 async def test_debug_logs_successful_health_checks(make_proxy, upstreams):
@@ -155,3 +172,32 @@ async def test_debug_logs_successful_health_checks(make_proxy, upstreams):
     assert (await verbose.deploy("web", upstreams[1].address)).status == 0
     line = await verbose.wait_for_log("Healthcheck succeeded", target=upstreams[1].address)
     assert line["level"] == "DEBUG"
+
+
+def test_kamal_proxy_is_the_same_program_with_kamal_proxys_defaults(tmp_path):
+    """Invoked as `kamal-proxy` (Kamal's name for it), the socket and state are where kamal-proxy keeps them,
+    and its KAMAL_PROXY_ variables are read."""
+    kamal_proxy = os.path.join(os.path.dirname(sys.executable), "kamal-proxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYPROXY_", "KAMAL_PROXY_"))}
+    env.pop("XDG_RUNTIME_DIR", None)
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    code = (
+        "import sys; sys.argv[0] = sys.argv[1]; from proxy.paths import socket_path, state_path; "
+        "print(socket_path()); print(state_path())"
+    )
+    for name, socket_name, state in (
+        ("kamal-proxy", "kamal-proxy.sock", "kamal-proxy/kamal-proxy.state"),
+        ("pyproxy", "pyproxy.sock", "pyproxy/pyproxy.state"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", code, f"/usr/local/bin/{name}"], capture_output=True, text=True, env=env
+        )
+        sock, state_file = out.stdout.split()
+        assert sock.endswith("/" + socket_name)
+        assert state_file == str(tmp_path / state)
+    done = subprocess.run([kamal_proxy, "deploy", "web"], capture_output=True, text=True, env=env, timeout=30)
+    assert (done.returncode, done.stderr.strip()) == (2, "kamal-proxy deploy: required flag --target not set")
+    env["KAMAL_PROXY_SOCKET"] = str(tmp_path / "k.sock")
+    done = subprocess.run([kamal_proxy, "list"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 1 and str(tmp_path / "k.sock") in done.stderr
+    assert "kamal-proxy run" in done.stderr
