@@ -17,7 +17,7 @@ from proxy.http.responses import redirect_response, text_response
 from proxy.pause import PAUSED, RUNNING, STOPPED, WaitingRoom
 from proxy.responsehead import WRITER_COOKIE, HeadRewrite
 from proxy.rollout import COOKIE as ROLLOUT_COOKIE
-from proxy.routing import Match, RoutingTable, strip_port
+from proxy.routing import RoutingTable, strip_port
 from proxy.service import Service
 from proxy.target import Target
 
@@ -55,21 +55,19 @@ class ServiceDispatcher:
         return len(room) if room is not None else 0
 
     def route(self, request: Request) -> int | bytes:
-        match = self.table.lookup(request.host.decode("latin-1"), request.url.decode("latin-1"))
+        url = request.url
+        match = self.table.lookup(request.host.decode("latin-1"), url.decode("latin-1"))
         if match is None:
             return 404
         service = match.service
+        routed_before = request.service  # a held request, let go: routed again, counted once
         request.service = service.name_bytes
         if match.prefix == "/" or not service.strip_prefix:
-            request.path = request.url
+            request.path = url
         else:
             request.path = match.upstream_path.encode("latin-1")
-        if self.metrics is not None:
+        if self.metrics is not None and not routed_before:
             self.metrics.started(request, service)
-        return self._dispatch(request, match)
-
-    def _dispatch(self, request: Request, match: Match) -> int | bytes:
-        service = match.service
         if service.checks_first or request.scheme == b"https":
             answer = self._answer_first(request, service)
             if answer:
@@ -144,20 +142,8 @@ class ServiceDispatcher:
         return 0
 
     def _release(self, request: Request, client: Any) -> None:
-        """A held request goes on: routed again, as the service is now (running, stopped or gone)."""
-        match = self.table.lookup(request.host.decode("latin-1"), request.url.decode("latin-1"))
-        answer = 404 if match is None else self._dispatch(request, match)
-        if answer.__class__ is bytes:
-            # Only a table change while it was held can send a held request to a redirect; as it
-            # cannot be told apart from a client's own mistake here, ask the client to try again.
-            answer = 503
-        if answer:
-            client.upstream_failed(request, answer)
-            return
-        pool = request.pool
-        if not pool.answers_itself:
-            request.head = client._upstream_head(request)
-        pool.acquire(request, client)
+        """A held request goes on: the client routes it again, to the service as it is now."""
+        client.start_again(request)
 
 
 def _send_to(request: Request, service: Service, target: Target) -> None:

@@ -214,8 +214,8 @@ class ServiceManager:
             service = self._service(name)
             self.services[name] = dataclasses.replace(service, pause=state)
             self._publish()
-            event = {PAUSED: "Service paused", STOPPED: "Service stopped", RUNNING: "Service resumed"}[state.state]
-            self.log.info(event, service=name, **({"message": state.stop_message} if state.stop_message else {}))
+            message = {"message": state.stop_message} if state.stop_message else {}
+            self.log.info(_PAUSE_EVENTS[state.state], service=name, **message)
             await self._persist()
             if drain_timeout is not None:
                 for balancer in filter(None, (service.balancer, service.rollout)):
@@ -492,6 +492,9 @@ class ServiceManager:
         self._stop_checks(balancer)
         for target in balancer.targets:
             target.pool.close()
+
+
+_PAUSE_EVENTS = {PAUSED: "Service paused", STOPPED: "Service stopped", RUNNING: "Service resumed"}
 
 
 def _legacy(entry: dict[str, Any], key: str) -> list[str]:

@@ -69,6 +69,11 @@ class OnDemandCertificates:
         url = service.options.tls.on_demand_url
         headers = {}
         if url.startswith("/"):
+            state = service.pause.state
+            if state != "running":
+                # The check goes through the service, which answers 503 while stopped (kamal-proxy).
+                self.log.warn("TLS on-demand check denied", host=host, reason=f"service {state}")
+                return False
             target = service.balancer.pick()
             if target is None:
                 self.log.warn("TLS on-demand check denied", host=host, reason="no healthy target")

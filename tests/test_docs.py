@@ -15,15 +15,24 @@ from thruster.config import ThrusterConfig
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-@pytest.mark.parametrize("command", ["run", "deploy"])  # remove and list take no flags
+# remove, list, resume and rollout stop take no flags
+@pytest.mark.parametrize("command", ["run", "deploy", "pause", "stop", "rollout deploy", "rollout set"])
 def test_every_pyproxy_flag_is_in_the_readme(command):
     help_text = subprocess.run(
-        [sys.executable, "-m", "proxy", command, "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "proxy", *command.split(), "--help"], capture_output=True, text=True, check=True
     ).stdout
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", help_text)) - {"--help"}
     assert flags, help_text
     missing = sorted(flag for flag in flags if f"`{flag}`" not in README and f"`{flag} " not in README)
     assert not missing, f"pyproxy {command} flags missing from README: {missing}"
+
+
+def test_every_pyproxy_command_is_in_the_readme():
+    from proxy.cli import COMMANDS, ROLLOUT_COMMANDS
+
+    missing = [name for name in COMMANDS if f"`{name}" not in README and f"|{name}" not in README]
+    missing += [name for name in ROLLOUT_COMMANDS if f"`rollout {name}" not in README]
+    assert not missing, f"pyproxy commands missing from README: {missing}"
 
 
 def test_every_pythrust_variable_is_in_the_readme():

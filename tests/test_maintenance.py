@@ -4,11 +4,13 @@ service's page and message, resume lets everything go on; the state survives a c
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 
 import aiohttp
 
 from tests.conftest import ProxyProcess, Upstream
+from tests.h2client import H2Client
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -162,3 +164,29 @@ async def test_an_upstream_is_never_reached_while_stopped(proxy, upstreams: list
         for _ in range(5):
             assert (await get(session, f"{proxy.url}/x"))[0] == 503
     assert blue.requests == []
+
+
+async def test_maintenance_and_rollouts_over_http2(make_proxy, upstreams):
+    blue, green = upstreams
+    proxy = await make_proxy("--h2c")
+    assert (await proxy.deploy("web", blue.address)).status == 0
+    client = await H2Client.connect(proxy.port, "h2.test", None)
+    try:
+        assert (await proxy.cli("pause", "web")).status == 0
+        held = client.start("/held")
+        await wait_held(proxy, 1)
+        assert (await proxy.cli("resume", "web")).status == 0
+        response = await client.response(held)
+        assert response.status == 200
+        assert json.loads(response.body)["headers"]["X-Kamal-Target"] == blue.address
+        assert (await proxy.cli("stop", "web", "--message=over h2")).status == 0
+        stopped = await client.get("/")
+        assert stopped.status == 503 and b"over h2" in stopped.body
+        assert (await proxy.cli("resume", "web")).status == 0
+        assert (await proxy.cli("rollout", "deploy", "web", f"--target={green.address}")).status == 0
+        assert (await proxy.cli("rollout", "set", "web", "--list=canary")).status == 0
+        # HTTP/2 clients may split cookies into several fields; the proxy reads them all.
+        canary = await client.get("/", headers=[("cookie", "a=1"), ("cookie", "kamal-rollout=canary")])
+        assert json.loads(canary.body)["upstream"] == "green"
+    finally:
+        await client.close()

@@ -402,6 +402,11 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self._clear_deadline()
         pool.acquire(request, self)
 
+    def start_again(self, request: Request) -> None:
+        """Route `request` anew and go on with it: a pool that held it (a paused service) lets it go."""
+        if not self.closed and self.queue and self.queue[0] is request:
+            self._start(request)
+
     def response_finished(self, request: Request) -> None:
         """The target finished the response to the request at the head of the queue."""
         queue = self.queue

@@ -577,6 +577,11 @@ class Http2Stream:
         self.deadline = server.loop.time() + timeout
         request.pool.acquire(request, self)
 
+    def start_again(self, request: Request) -> None:
+        """Route the request anew and go on with it: a pool that held it (a paused service) lets it go."""
+        if not self.closed:
+            self.start()
+
     def body_received(self, data: bytes, flow_length: int) -> None:
         request = self.request
         if self.deadline and not request.response_started:
