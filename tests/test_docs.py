@@ -19,7 +19,10 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 @pytest.mark.parametrize("command", ["run", "deploy", "pause", "stop", "rollout deploy", "rollout set"])
 def test_every_pyproxy_flag_is_in_the_readme(command):
     help_text = subprocess.run(
-        [sys.executable, "-m", "proxy", *command.split(), "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "proxy", *command.split(), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", help_text)) - {"--help"}
     assert flags, help_text
