@@ -28,6 +28,7 @@ _CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 # What a paused or stopped service answers to its own health-check path, so load balancers keep the host.
 _HEALTHY_WHILE_PAUSED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _READS = (b"GET", b"HEAD")
+_COOKIE_VALUE_BYTES = bytes(sorted(set(range(0x20, 0x7F)) - {ord('"'), ord(";"), ord("\\")}))
 
 
 class ServiceDispatcher:
@@ -171,13 +172,19 @@ def _is_read(request: Request, websockets: bool, cookies: dict[bytes, bytes]) ->
 
 
 def _cookies(request: Request) -> dict[bytes, bytes]:
-    """The request's cookies by name (the first of each name), from its Cookie header lines."""
+    """The request's cookies by name (the first of each name), from its Cookie header lines. As Go's
+    net/http reads them: a value in double quotes loses them, and one with bytes a cookie value cannot
+    hold (controls, non-ASCII, a quote or backslash inside) is dropped, as is an empty one."""
     found: dict[bytes, bytes] = {}
     for line in request.headers:
         if line[:7].lower() == b"cookie:":
             for pair in line[7:].split(b";"):
                 name, _, value = pair.partition(b"=")
-                found.setdefault(name.strip(), value.strip())
+                value = value.strip()
+                if value[:1] == b'"' and value[-1:] == b'"' and len(value) > 1:
+                    value = value[1:-1]
+                if value and not value.translate(None, _COOKIE_VALUE_BYTES):
+                    found.setdefault(name.strip(), value)
     return found
 
 

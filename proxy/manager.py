@@ -122,7 +122,12 @@ class ServiceManager:
             service = Service(name, options, balancer, certificate, error_pages=error_pages)
         else:  # a deploy keeps the service's pause state and rollout (spec 6.1)
             service = dataclasses.replace(
-                old, options=options, balancer=balancer, certificate=certificate, error_pages=error_pages
+                old,
+                options=options,
+                balancer=balancer,
+                certificate=certificate,
+                error_pages=error_pages,
+                inherited_tls=None,  # worked out again for the new options by _publish
             )
         self.services[name] = service
         self._publish()

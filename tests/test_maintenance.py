@@ -190,3 +190,32 @@ async def test_maintenance_and_rollouts_over_http2(make_proxy, upstreams):
         assert json.loads(canary.body)["upstream"] == "green"
     finally:
         await client.close()
+
+
+async def test_a_deploy_with_error_pages_that_do_not_load_is_refused_and_changes_nothing(
+    proxy, upstreams, tmp_path
+):
+    blue, green = upstreams
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "503.html").write_text("old page {{ .Message }}")
+    assert (await proxy.deploy("web", blue.address, args=(f"--error-pages={good}",))).status == 0
+    unparsable = tmp_path / "unparsable"
+    unparsable.mkdir()
+    (unparsable / "503.html").write_text("{{ range .Items }}x{{ end }}")
+    no_html = tmp_path / "no-html"
+    no_html.mkdir()
+    (no_html / "503.txt").write_text("text")
+    for directory, why in (
+        (unparsable, "503.html:1: unsupported action"),
+        (no_html, "unable to load error pages"),
+        (tmp_path / "missing", "unable to load error pages"),
+    ):
+        refused = await proxy.deploy("web", green.address, args=(f"--error-pages={directory}",))
+        assert refused.status == 1, directory
+        assert why in refused.stderr
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, proxy.url))[0] == 200
+        assert (await proxy.cli("stop", "web", "--message=still")).status == 0
+        assert await get(session, proxy.url) == (503, "old page still")
+    assert green.requests == []

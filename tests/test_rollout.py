@@ -42,9 +42,17 @@ async def test_percent_rollout_follows_the_fnv1a_rule_exactly(proxy, upstreams):
         assert mismatches == []
         for vip in ("vip-1", "vip-2"):
             assert await upstream_for(session, proxy, Cookie=f"kamal-rollout={vip}") == "green"
-        # Without the cookie, never the rollout; a garbage value is just a value hashed like any other.
+        # Without the cookie, never the rollout.
         assert {await upstream_for(session, proxy) for _ in range(20)} == {"blue"}
-        assert await upstream_for(session, proxy, Cookie="kamal-rollout") == "blue"
+        # Garbage in the cookie is as if there were none (Go's cookie parser drops such values): each
+        # value below would hash into the rollout's share if it were taken as a value.
+        garbage = ["kamal-rollout", "kamal-rollout="]
+        for bad in ('"', "\u00e9", "\\"):
+            value = next(f"u{i}{bad}" for i in range(10_000) if fnv1a_32(f"u{i}{bad}".encode()) <= split)
+            garbage.append(f"kamal-rollout={value}")
+        for cookie in garbage:
+            assert await upstream_for(session, proxy, Cookie=cookie) == "blue", cookie
+        assert await upstream_for(session, proxy, Cookie='kamal-rollout="vip-1"') == "green"
 
 
 async def test_rollout_stop_sends_everyone_back_and_set_brings_the_rollout_back(proxy, upstreams):
