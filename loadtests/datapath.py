@@ -24,11 +24,16 @@ import sys
 import time
 from typing import Any
 
+from proxy.acme import Http01Tokens
+from proxy.balancer import LoadBalancer
+from proxy.dispatcher import ServiceDispatcher
 from proxy.http.client import ClientConnection
-from proxy.http.request import Request
 from proxy.http.server import HttpServer
 from proxy.http.upstream import UpstreamConnection, UpstreamPool
 from proxy.log import JsonLog
+from proxy.routing import RoutingTable
+from proxy.service import Service, ServiceOptions
+from proxy.target import Target, TargetState
 
 REQUEST = b"GET /13 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
 RESPONSE = (  # what nginx sends for a 13-byte file
@@ -69,26 +74,23 @@ class CountingTransport:
     def write_eof(self) -> None: ...
 
 
-class OneTarget:
-    """A dispatcher that sends everything to one pool, as a single default service does."""
-
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-
-    def route(self, request: Request) -> int:
-        request.pool = self.pool
-        request.service = b"bench"
-        request.forward_headers = True
-        request.target_timeout = 30.0
-        request.path = request.url
-        return 0
+def one_service(pool: UpstreamPool) -> ServiceDispatcher:
+    """pyproxy's own dispatcher with one service deployed with the default options, whose only target
+    is `pool`: what `pyproxy deploy web --target ...` makes."""
+    target = Target(f"{pool.host}:{pool.port}")
+    target.pool = pool
+    balancer = LoadBalancer([target])
+    balancer.set_state(target, TargetState.HEALTHY)
+    dispatcher = ServiceDispatcher(Http01Tokens())
+    dispatcher.table = RoutingTable.build([Service("bench", ServiceOptions(), balancer)])
+    return dispatcher
 
 
 async def run_requests(count: int, access_log: bool) -> float:
     """Proxy `count` requests on one keep-alive connection; seconds per request."""
     pool = UpstreamPool("127.0.0.1", 1)
     log = JsonLog(fd=os.open(os.devnull, os.O_WRONLY))
-    server = HttpServer(OneTarget(pool), log)
+    server = HttpServer(one_service(pool), log)
     if not access_log:
         server.log_request = lambda client, request: None
     upstream = UpstreamConnection(pool)

@@ -78,7 +78,15 @@ class ServiceDispatcher:
         target = service.balancer.pick()
         if target is None:
             return 503
-        _send_to(request, service, target)
+        # _send_to, written out: this is the path of every request to a service with the defaults.
+        options = service.options
+        request.pool = target.pool
+        request.forward_headers = options.forward_headers
+        request.target_timeout = options.target_timeout
+        if request.kamal_target is None:
+            request.headers.append(target.header_line)
+        else:
+            _chain_kamal_target(request, options.forward_headers, target)
         return 0
 
     def _answer_first(self, request: Request, service: Service) -> int | bytes:
@@ -152,10 +160,17 @@ def _send_to(request: Request, service: Service, target: Target) -> None:
     request.pool = target.pool
     request.forward_headers = options.forward_headers
     request.target_timeout = options.target_timeout
-    if request.kamal_target is not None and options.forward_headers:
-        request.headers.append(
-            b"X-Kamal-Target: %s, %s\r\n" % (request.kamal_target, target.address.encode())
-        )
+    if request.kamal_target is None:
+        request.headers.append(target.header_line)
+    else:
+        _chain_kamal_target(request, options.forward_headers, target)
+
+
+def _chain_kamal_target(request: Request, forward_headers: bool, target: Target) -> None:
+    """The client sent X-Kamal-Target: kept in front of ours behind a trusted proxy, else replaced."""
+    if forward_headers:
+        chain = (request.kamal_target, target.address.encode())
+        request.headers.append(b"X-Kamal-Target: %s, %s\r\n" % chain)
     else:
         request.headers.append(target.header_line)
 
