@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -60,12 +61,19 @@ class Answer:
         return self.body.decode(errors="replace").strip()
 
 
-async def request(host: str, path: str = "/version", timeout: float = 10) -> Answer:
-    """GET `path` from `host`'s port 80 for APP_HOST, on a new connection, as a browser would."""
+async def request(
+    host: str,
+    path: str = "/version",
+    host_header: str = APP_HOST,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10,
+) -> Answer:
+    """GET `path` from `host`'s port 80 (443 with `tls`, SNI = the Host) on a new connection, as a browser."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, 80)
+        port, sni = (443, host_header) if tls else (80, None)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=sni)
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {APP_HOST}\r\nConnection: close\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode())
             return Answer(await reader.read(-1))
         finally:
             writer.close()

@@ -4,16 +4,20 @@ host (shared/specs/kamal-invocations.md), over SSH on a test-bed host, without K
 
 One host's life, in order: `kamal proxy boot` by the legacy boot-config line (the image reference from
 `.kamal/proxy/image*` as `kamal proxy boot_config set` writes them, the default CMD); an app deployed with
-Kamal's default `kamal-proxy deploy` flags; a switch to v2 under load; maintenance with an uploaded error
-page, and back; `kamal proxy reboot` (stop, prune by label, the proxy.run line with --debug and
+Kamal's default `kamal-proxy deploy` flags; every other flag Kamal can send, and `remove`; a switch to v2
+under load; a TLS service with a certificate uploaded as Kamal uploads it; maintenance with an uploaded
+error page, and back; `kamal proxy reboot` (stop, prune by label, the proxy.run line with --debug and
 --metrics-port) on the same volume, which restores the routes.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +55,29 @@ DEPLOY = (
     ' --drain-timeout="30s" --buffer-requests --buffer-responses --log-request-header="Cache-Control"'
     ' --log-request-header="Last-Modified" --log-request-header="User-Agent"'
     ' --error-pages="/home/kamal-proxy/.apps-config/testapp/error_pages/{version}"'
+)
+# Kamal's integration app (test/integration/docker/deployer/app_with_roles): every flag it can send that the
+# default line lacks.
+DEPLOY_ALL_FLAGS = (
+    'docker exec kamal-proxy kamal-proxy deploy app_with_roles-web --target="{target}:80" --host="localhost"'
+    ' --deploy-timeout="2s" --drain-timeout="2s" --health-check-interval="1s" --health-check-timeout="1s"'
+    ' --health-check-path="/up" --target-timeout="2s" --buffer-requests="false" --buffer-responses="false"'
+    ' --buffer-memory="400000" --max-request-body="40000000" --max-response-body="40000000" --forward-headers'
+    ' --log-request-header="Cache-Control" --log-request-header="X-Forwarded-Proto"'
+    ' --log-response-header="X-Request-ID" --log-response-header="X-Request-Start"'
+)
+REMOVE_ALL_FLAGS = "docker exec kamal-proxy kamal-proxy remove app_with_roles-web"
+LIST = "docker exec kamal-proxy kamal-proxy list"  # not a Kamal line: to look
+# ssl: {certificate_pem:, private_key_pem:} for the role web: the files Kamal uploads and the flags it sends.
+TLS_DIR = ".kamal/proxy/apps-config/testapp/tls/web"
+DEPLOY_TLS = (
+    'docker exec kamal-proxy kamal-proxy deploy testapp-secure --target="{target}:80" --host="secure.test"'
+    " --tls"
+    ' --tls-certificate-path="/home/kamal-proxy/.apps-config/testapp/tls/web/cert.pem"'
+    ' --tls-private-key-path="/home/kamal-proxy/.apps-config/testapp/tls/web/key.pem"'
+    ' --deploy-timeout="30s" --drain-timeout="30s" --buffer-requests --buffer-responses'
+    ' --log-request-header="Cache-Control" --log-request-header="Last-Modified"'
+    ' --log-request-header="User-Agent"'
 )
 MESSAGE = "Upgrading the database, back at 5 o'clock"
 RENDERED = "Upgrading the database, back at 5 o&#39;clock"  # as Go's html/template escapes it in a page
@@ -106,7 +133,7 @@ def proxy_logs(bed: Testbed, host: str) -> str:
     return on_host(bed, host, "docker logs kamal-proxy 2>&1")  # Kamal's `proxy logs` line, untimestamped
 
 
-async def test_kamal_boots_the_image_deploys_through_it_and_reboots_it(bed: Testbed) -> None:
+async def test_kamal_boots_the_image_deploys_through_it_and_reboots_it(bed: Testbed, tmp_path: Path) -> None:
     host = bed.hosts[0]
     image = bed.kamal_proxy_image
     inspect = on_host(
@@ -140,6 +167,14 @@ async def test_kamal_boots_the_image_deploys_through_it_and_reboots_it(bed: Test
     )
     assert state.split() == ["kamal-proxy", "kamal-proxy"], "non-root, its state in the named volume"
 
+    # Every other deploy flag Kamal sends, then its remove.
+    v1 = on_host(bed, host, "docker container ls --all --filter 'name=^testapp-web-v1$' --quiet").strip()
+    on_host(bed, host, DEPLOY_ALL_FLAGS.format(target=v1))
+    assert "app_with_roles-web" in on_host(bed, host, LIST)
+    assert (await request(host, host_header="localhost")).text == "v1"
+    on_host(bed, host, REMOVE_ALL_FLAGS)
+    assert "app_with_roles-web" not in on_host(bed, host, LIST)
+
     # v2 under load, as `kamal deploy` does it: upload the pages, boot, switch, then stop the old container.
     upload_error_pages(bed, host, "v2")
     target = start_app(bed, host, "v2")
@@ -157,6 +192,36 @@ async def test_kamal_boots_the_image_deploys_through_it_and_reboots_it(bed: Test
     assert not poller.failed, poller.failed[:5]
     assert poller.ok > 20 and poller.versions == {"v1", "v2"}, (poller.ok, poller.versions)
     assert await served(host) == "v2"
+
+    # A certificate of the user's, uploaded as Kamal does (root, 0644), served from ~/.apps-config.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = (
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=secure.test"
+    )
+    subprocess.run(
+        [
+            *openssl.split(),
+            "-addext",
+            "subjectAltName=DNS:secure.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for path in (cert, key):
+        on_host(
+            bed,
+            host,
+            f"mkdir -p {TLS_DIR} && cat > {TLS_DIR}/{path.name} && chmod 0644 {TLS_DIR}/{path.name}",
+            input=path.read_text(),
+        )
+    on_host(bed, host, DEPLOY_TLS.format(target=target))
+    context = ssl.create_default_context(cafile=str(cert))
+    secure = await request(host, host_header="secure.test", tls=context)
+    assert (secure.status, secure.text) == (200, "v2"), "the uploaded certificate is read and served"
 
     # kamal app maintenance / kamal app live. The page is readable by the proxy's user though uploaded by
     # root (Kamal's uploads are 0755 directories and 0644 files).
@@ -179,6 +244,8 @@ async def test_kamal_boots_the_image_deploys_through_it_and_reboots_it(bed: Test
     on_host(bed, host, APPS_CONFIG)
     on_host(bed, host, RUN_CONFIG_BOOT.format(image=image))
     assert await eventually(lambda: served(host)) == "v2", "the routes came back from the volume"
+    secure = await request(host, host_header="secure.test", tls=context)
+    assert (secure.status, secure.text) == (200, "v2"), "and the TLS service with its certificate"
     logs = proxy_logs(bed, host)
     assert FIRST_BOOT not in logs, logs
     on_host(bed, host, DEPLOY.format(target=target, version="v2"))  # a redeploy, as `kamal redeploy` does
