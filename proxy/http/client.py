@@ -3,7 +3,11 @@
 Requests are parsed with httptools. Each request head is filtered as its
 headers arrive, so forwarding it is one join. Pipelined requests are queued
 and answered in order. Bodies stream to the target as they arrive, re-framed
-when chunked so the target never sees the client's framing (no smuggling).
+when chunked so the target never sees the client's framing (no smuggling),
+unless the service buffers them (buffering.py). A body that makes no progress
+for the header timeout while the proxy is reading it gets a 408 (an abort once
+a response has started), so a client cannot hold a target connection by
+sending a head and part of its body.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http import headers as h
+from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, held_body, take_expect_continue
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.http2 import Http2Connection
 from proxy.http.replay import MAX_REQUEST
@@ -25,6 +30,7 @@ from proxy.http.upstream import WRITE_HIGH_WATER
 from proxy.tlsalpn import ACME_TLS_ALPN
 
 if TYPE_CHECKING:
+    from proxy.http.buffering import BufferPolicy
     from proxy.http.replay import Replay, Replays
     from proxy.http.server import HttpServer
     from proxy.http.upstream import UpstreamConnection
@@ -37,6 +43,7 @@ _PAUSE_UPSTREAM = 1  # the target is not taking the request body fast enough
 _PAUSE_QUEUE = 2  # too many pipelined requests waiting
 _PAUSE_BODY = 4  # body arriving before the target connection is ready
 _PAUSE_WRITE = 8  # the client is not taking its responses: the next request waits
+# While any of these holds, a body's stall deadline is off: the delay is the proxy's, not the client's.
 
 # What the connection's deadline is for.
 IDLE = 1
@@ -44,6 +51,7 @@ HEADER = 2
 RESPONSE = 3
 LINGER = 4
 WRITE = 5
+BODY = 6  # a request body arriving: no progress for the header timeout gets 408
 
 # After a final error response, how long a client that is still sending may go on
 # before the connection closes (so it reads the response rather than a reset).
@@ -89,6 +97,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     )
 
     protocol = b"HTTP/1.1"  # as the access log names it; HTTP/1.0 requests say so themselves
+    downstream = None  # what a ResponseBuffer has instead: it stands between a target and its client
 
     def __init__(self, server: HttpServer, scheme: bytes, port: int) -> None:
         self.server = server
@@ -196,9 +205,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         queue = self.queue
         if queue:
             first = queue[0]
-            upstream = first.upstream
-            if upstream is not None and upstream.client is self:
-                upstream.client_gone()
+            self._stop_exchange(first)
             if not first.status:
                 first.status = 499
             self.server.log_request(self, first)
@@ -232,6 +239,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     def _pause(self, reason: int) -> None:
         if not self.pause_reasons and not self.closed:
             self.transport.pause_reading()
+            if self.deadline_kind == BODY:
+                self.deadline = 0.0  # off while the proxy is not reading
         self.pause_reasons |= reason
 
     def _resume(self, reason: int) -> None:
@@ -239,6 +248,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self.pause_reasons &= ~reason
             if not self.pause_reasons and not self.closed:
                 self.transport.resume_reading()
+                if self.deadline_kind == BODY:
+                    self.deadline = self.server.loop.time() + self.server.header_timeout
 
     def pause_reading_for_upstream(self) -> None:
         self._pause(_PAUSE_UPSTREAM)
@@ -343,12 +354,19 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             request.body_received += len(body)
             if request.body_received > self.server.max_body_bytes:
                 raise Reject(413)
+        if self.deadline_kind == BODY and not self.pause_reasons:
+            self.deadline = self.server.loop.time() + self.server.header_timeout
         upstream = request.upstream
         if upstream is not None and upstream.attached and upstream.request is request:
             if request.chunked:
                 upstream.transport.writelines((b"%x\r\n" % len(body), body, b"\r\n"))
             else:
                 upstream.transport.write(body)
+            return
+        spool = request.body
+        if spool is not None and spool.__class__ is RequestSpool:
+            if spool.write(body) and not self.closed:
+                self._respond_error(request, 413)  # over the service's limit: the target never sees it
             return
         if request.chunked:
             body = b"%x\r\n%s\r\n" % (len(body), body)
@@ -366,13 +384,21 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     def on_message_complete(self) -> None:
         request = self.reading
         self.reading = None
-        request.complete = True
-        if request.chunked:
-            upstream = request.upstream
-            if upstream is not None and upstream.attached and upstream.request is request:
-                upstream.transport.write(b"0\r\n\r\n")
-            else:
-                self._buffer_body(request, b"0\r\n\r\n")
+        if not request.complete:  # (a request without a body was complete at its head)
+            request.complete = True
+            spool = request.body
+            if spool is not None and spool.__class__ is RequestSpool:
+                # Whole: it goes to the target once on disk, and the target's time starts once it is sent.
+                if self.queue and self.queue[0] is request:
+                    self._clear_deadline()
+                spool.finish()
+                return
+            if request.chunked:
+                upstream = request.upstream
+                if upstream is not None and upstream.attached and upstream.request is request:
+                    upstream.transport.write(b"0\r\n\r\n")
+                else:
+                    self._buffer_body(request, b"0\r\n\r\n")
         if self.queue and self.queue[0] is request and not request.response_started and request.pool:
             self._set_deadline(RESPONSE, request.target_timeout)
 
@@ -396,11 +422,53 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         pool = request.pool
         if not pool.answers_itself:
             request.head = self._upstream_head(request)
+        if request.buffering is not None:
+            self._start_buffered(request, request.buffering)
+            return
         if request.complete:
             self._set_deadline(RESPONSE, request.target_timeout)
         else:
-            self._clear_deadline()
+            self._set_deadline(BODY, self.server.header_timeout)
         pool.acquire(request, self)
+
+    def _start_buffered(self, request: Request, policy: BufferPolicy) -> None:
+        """A service that buffers bodies (buffering.py): the request's read whole before the target is
+        asked, and/or the response kept whole before the client gets it. Upgrades bypass both."""
+        pool = request.pool
+        to_target = self
+        proxied = not pool.answers_itself and request.upgrade is None
+        if policy.responses and proxied:
+            to_target = ResponseBuffer(self, request, policy, self.server.log)
+        if not (policy.requests and proxied and (request.body is not None or not request.complete)):
+            if request.complete:
+                self._set_deadline(RESPONSE, request.target_timeout)
+            else:
+                self._set_deadline(BODY, self.server.header_timeout)
+            pool.acquire(request, to_target)
+            return
+        limit = policy.max_request_body
+        if limit and request.content_length is not None and int(request.content_length) > limit:
+            self._respond_error(request, 413)
+            return
+        held = held_body(request)  # a pipelined request's body read before it was routed
+        spool = RequestSpool(request, self, to_target, policy, self.server.log)
+        if take_expect_continue(request) and not request.http10 and not request.complete:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.body_size = 0
+        self._resume(_PAUSE_BODY)
+        for data in held:
+            if spool.write(data):
+                self._respond_error(request, 413)
+                return
+        if request.complete:
+            spool.finish()
+        else:
+            self._set_deadline(BODY, self.server.header_timeout)
+
+    def request_sent(self, request: Request) -> None:
+        """A buffered body is all with the target: its time to answer starts."""
+        if not self.closed and self.queue and self.queue[0] is request and not request.response_started:
+            self._set_deadline(RESPONSE, request.target_timeout)
 
     def start_again(self, request: Request) -> None:
         """Route `request` anew and go on with it: a pool that held it (a paused service) lets it go."""
@@ -462,13 +530,33 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                 return
             # The broken request is the one being forwarded: the target must not
             # see the rest of it.
-            if first.upstream is not None:
-                first.upstream.client_gone()
+            self._stop_exchange(first)
             queue.clear()
         request = self.reading or Request(time.time(), self.scheme)
         request.status = status
         self.server.log_request(self, request)
         self._send_last(error_response(status))
+
+    def _stop_exchange(self, request: Request) -> None:
+        """End what serves `request`: its spooled body, its target connection or response buffer."""
+        spool = request.body
+        if spool is not None and spool.__class__ is RequestSpool:
+            spool.discard()
+        upstream = request.upstream
+        if upstream is not None:
+            end_exchange(upstream, self)
+
+    def _body_stalled(self) -> None:
+        """The request body made no progress for the header timeout: 408 (an abort once a response
+        has started), and the target connection is let go."""
+        request = self.queue[0] if self.queue else None
+        if request is None or request.complete:
+            return
+        self._stop_exchange(request)
+        if request.response_started:
+            self.abort()  # connection_lost logs it
+        else:
+            self._respond_error(request, 408)
 
     def _send_last(self, response: bytes) -> None:
         """Write a final response, then half-close and discard what the client still sends.
@@ -578,6 +666,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             self.close()
         elif kind == HEADER:
             self._reject(408)
+        elif kind == BODY:
+            self._body_stalled()
         elif kind == RESPONSE and self.queue:
             upstream = self.queue[0].upstream
             if upstream is not None:

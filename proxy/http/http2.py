@@ -33,11 +33,13 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
+from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, take_expect_continue
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
+    from proxy.http.buffering import BufferPolicy
     from proxy.http.server import HttpServer
 
 MAX_CONCURRENT_STREAMS = 100
@@ -530,6 +532,7 @@ class Http2Stream:
     closing = False
     protocol = b"HTTP/2.0"
     replays = None  # requests arrive as frames, not reads: none is answered again (proxy/http/replay.py)
+    downstream = None  # what a ResponseBuffer has instead: it stands between a target and its client
 
     def __init__(self, connection: Http2Connection, stream_id: int, request: Request) -> None:
         self.connection = connection
@@ -570,12 +573,39 @@ class Http2Stream:
             return
         if not request.pool.answers_itself:
             request.head = connection._upstream_head(request)
+        if request.buffering is not None:
+            self._start_buffered(request, request.buffering)
+            return
         server = connection.server
         # Until the body is in: the head's time limit between DATA frames (one stream must not hold a
         # target connection forever); then the target's time to answer.
         timeout = request.target_timeout if request.complete else server.header_timeout
         self.deadline = server.loop.time() + timeout
         request.pool.acquire(request, self)
+
+    def _start_buffered(self, request: Request, policy: BufferPolicy) -> None:
+        """As ClientConnection._start_buffered: the body read whole first, and/or the response kept
+        whole; the stream's window is given back as the body is kept, or the client would stall."""
+        pool = request.pool
+        server = self.connection.server
+        to_target = self
+        proxied = not pool.answers_itself and request.upgrade is None
+        if policy.responses and proxied:
+            to_target = ResponseBuffer(self, request, policy, server.log)
+        if request.complete or not (policy.requests and proxied):
+            timeout = request.target_timeout if request.complete else server.header_timeout
+            self.deadline = server.loop.time() + timeout
+            pool.acquire(request, to_target)
+            return
+        limit = policy.max_request_body
+        if limit and request.content_length is not None and int(request.content_length) > limit:
+            self.respond_error(413)
+            return
+        RequestSpool(request, self, to_target, policy, server.log)
+        if take_expect_continue(request):
+            self._send_headers([(b":status", b"100")])
+            self.connection.flush_soon()
+        self.deadline = server.loop.time() + server.header_timeout
 
     def start_again(self, request: Request) -> None:
         """Route the request anew and go on with it: a pool that held it (a paused service) lets it go."""
@@ -600,16 +630,26 @@ class Http2Stream:
                 self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
                 self.too_large()
                 return
-        if request.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
         upstream = request.upstream
         if upstream is not None and upstream.attached and upstream.request is request:
-            upstream.transport.write(data)
+            upstream.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else data)
             if self.upload_paused:
                 self.acked_later += flow_length
             else:
                 self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
             return
+        spool = request.body
+        if spool.__class__ is RequestSpool:
+            if spool.write(data):
+                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.too_large()  # over the service's limit: the target never sees it
+            elif self.upload_paused:
+                self.acked_later += flow_length  # the disk is behind: given back once it catches up
+            else:
+                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+            return
+        if request.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
         # The target connection is not ready: hold the bytes, and their window, until it is.
         if request.body is None:
             request.body = [data]
@@ -621,6 +661,12 @@ class Http2Stream:
         request = self.request
         request.complete = True
         if self.ending:
+            return
+        spool = request.body
+        if spool.__class__ is RequestSpool:
+            # Whole: it goes to the target once on disk, and the target's time starts once it is sent.
+            self.deadline = 0.0
+            spool.finish()
             return
         if request.chunked:
             upstream = request.upstream
@@ -647,11 +693,22 @@ class Http2Stream:
 
     def pause_reading_for_upstream(self) -> None:
         self.upload_paused = True
+        if not self.request.complete and not self.request.response_started:
+            self.deadline = 0.0  # no stall deadline: the delay is the proxy's, not the client's
 
     def resume_reading_for_upstream(self) -> None:
         if self.upload_paused:
             self.upload_paused = False
+            request = self.request
+            if not request.complete and not request.response_started and not self.closed:
+                server = self.connection.server
+                self.deadline = server.loop.time() + server.header_timeout
             self._give_back_window()
+
+    def request_sent(self, request: Request) -> None:
+        """A buffered body is all with the target: its time to answer starts."""
+        if not self.closed and not request.response_started:
+            self.deadline = self.connection.server.loop.time() + request.target_timeout
 
     def body_flushed(self) -> None:
         if not self.upload_paused:
@@ -694,8 +751,7 @@ class Http2Stream:
         request = self.request
         upstream = request.upstream
         if not request.complete:
-            if upstream is not None and upstream.client is self:
-                upstream.client_gone()
+            self._stop_exchange()
             if request.response_started:
                 self.abort()
             else:
@@ -705,13 +761,21 @@ class Http2Stream:
 
     def too_large(self) -> None:
         """The request body went over the limit: the target must not get the rest (413)."""
-        upstream = self.request.upstream
-        if upstream is not None and upstream.client is self:
-            upstream.client_gone()
+        self._stop_exchange()
         if self.request.response_started:
             self.abort()
         else:
             self.respond_error(413)
+
+    def _stop_exchange(self) -> None:
+        """End what serves the request: its spooled body, its target connection or response buffer."""
+        request = self.request
+        spool = request.body
+        if spool.__class__ is RequestSpool:
+            spool.discard()
+        upstream = request.upstream
+        if upstream is not None:
+            end_exchange(upstream, self)
 
     def client_gone(self, status: int) -> None:
         """The client reset the stream or the connection closed: stop the exchange."""
@@ -719,9 +783,7 @@ class Http2Stream:
             return
         self.closed = True
         request = self.request
-        upstream = request.upstream
-        if upstream is not None and upstream.client is self:
-            upstream.client_gone()
+        self._stop_exchange()
         if not self.ending:
             request.status = request.status or status
             self.connection.server.log_request(self, request)
@@ -830,9 +892,7 @@ class Http2Stream:
     def _reset(self, error_code: ErrorCodes) -> None:
         self.closed = True
         self.ending = True
-        upstream = self.request.upstream
-        if upstream is not None and upstream.client is self:
-            upstream.client_gone()
+        self._stop_exchange()
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.connection.conn.reset_stream(self.stream_id, error_code)
         self._give_back_window()

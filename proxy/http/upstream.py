@@ -5,12 +5,19 @@ transport unchanged once the head has been rewritten: chunked framing and
 trailers pass through as they are, and the parser only watches the stream to
 find where the response ends. This avoids a bytes object and a copy per read,
 which is what makes large responses as cheap as nginx's.
+
+Heads are parsed strictly. A target whose head lines end in a bare LF (busybox
+httpd's CGI) fails that parse; its head is then parsed again by a lenient
+parser and rewritten with CRLF before it is relayed (RFC 9112 2.2 lets a
+recipient accept a bare LF; kamal-proxy, nginx and curl do). Only such a
+target pays for it; requests from clients stay strict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import TYPE_CHECKING
 
 import httptools
@@ -18,6 +25,7 @@ import httptools
 from proxy.http.headers import relay_response_head
 
 if TYPE_CHECKING:
+    from proxy.http.buffering import RequestSpool
     from proxy.http.client import ClientConnection
     from proxy.http.request import Request
 
@@ -27,6 +35,10 @@ MAX_RESPONSE_HEAD = 64 * 1024
 # Enough for the bursts of HTTP/2 clients (each connection may have 100 streams in flight): with
 # fewer, the connections of a burst beyond this are closed and reopened on the next one.
 MAX_IDLE_PER_TARGET = 256
+
+# A head's end, and its line ends, where a line may end in a bare LF.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
 
 
 class UpstreamPool:
@@ -183,6 +195,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     __slots__ = (
         "attached",
+        "body_sender",
         "client",
         "close_delimited",
         "closed",
@@ -192,6 +205,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "head_start",
         "in_head",
         "keep_alive",
+        "lax_parser",
         "overrun",
         "parser",
         "paused",
@@ -217,6 +231,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.paused = False
         self.reused = False
         self.tunnel: ClientConnection | None = None
+        self.body_sender: RequestSpool | None = None  # a buffered request body being sent (buffering.py)
+        self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
         self.read_buffer: bytearray | None = None
         self.read_view: memoryview | None = None
         self._reset()
@@ -267,9 +283,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         body = request.body
         if body:
             request.body = None
-            request.body_size = 0
-            self.transport.writelines([request.head, *body])
-            client.body_flushed()
+            if body.__class__ is list:
+                request.body_size = 0
+                self.transport.writelines([request.head, *body])
+                client.body_flushed()
+            else:
+                # A buffered body (buffering.RequestSpool) sends itself after the head, with back-pressure.
+                self.transport.write(request.head)
+                body.send(self)
         else:
             self.transport.write(request.head)
         if client.write_paused:
@@ -288,11 +309,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
+        sender = self.body_sender
+        if sender is not None:
+            sender.pause()  # a buffered body: the client is not the one sending it
+            return
         peer = self.tunnel or self.client
         if peer is not None:
             peer.pause_reading_for_upstream()
 
     def resume_writing(self) -> None:
+        sender = self.body_sender
+        if sender is not None:
+            sender.resume()
+            return
         peer = self.tunnel or self.client
         if peer is not None:
             peer.resume_reading_for_upstream()
@@ -347,7 +376,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._upgraded(exc.args[0])
             return
         except httptools.HttpParserError:
-            self._fail_head(502)
+            if not self._bare_lf_head():
+                self._fail_head(502)
             return
         if self.overrun:
             self._fail_head(502)
@@ -370,6 +400,20 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.parser = httptools.HttpResponseParser(self)
         self.head_buffer = b""
         self.scan_buffer = b""
+
+    def _bare_lf_head(self) -> bool:
+        """After a failed head parse: if the head has lines ending in a bare LF, parse it again (and the
+        heads after it on this connection) with a parser that takes them; whether it did."""
+        pending = bytes(self.scan_buffer[self.head_end :])
+        if self.parser is self.lax_parser or b"\n" not in pending.replace(b"\r\n", b""):
+            return False
+        parser = httptools.HttpResponseParser(_BareLfHeads(self))
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self.parser = self.lax_parser = parser
+        self.head_buffer = b""
+        self.head_end = 0
+        self._head_data(pending)
+        return True
 
     def _send_head(self) -> None:
         """Write the rewritten head to the client, with the body bytes that came in the same read."""
@@ -516,6 +560,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.body_sender is not None:
+            self.body_sender.stop()
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -545,3 +591,26 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             client.abort()
         else:
             client.upstream_failed(request, 502)
+
+
+class _BareLfHeads:
+    """Parser callbacks for a target whose head lines end in a bare LF: each head is rewritten with
+    CRLF line ends in the connection's scan buffer, then the connection's own callback reads it, so
+    everything after (relaying, HTTP/2, pythrust) sees a normal head."""
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self.connection = connection
+        self.on_message_begin = connection.on_message_begin
+        self.on_message_complete = connection.on_message_complete
+        on_body = getattr(connection, "on_body", None)  # pythrust's connections decode some bodies
+        if on_body is not None:
+            self.on_body = on_body
+
+    def on_headers_complete(self) -> None:
+        connection = self.connection
+        scan = bytes(connection.scan_buffer)
+        start = connection.head_end
+        end = _BLANK_LINE.search(scan, start).end()
+        head = _LINE_END.sub(b"\r\n", scan[start:end])
+        connection.scan_buffer = scan[:start] + head + scan[end:]
+        connection.on_headers_complete()
