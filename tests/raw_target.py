@@ -21,6 +21,7 @@ class Received:
     length: int = 0
     sha256: str = ""
     complete: bool = False  # the whole body was read
+    connection: int = 0  # which of the target's connections it came on (1, 2...)
 
     def header(self, name: bytes) -> bytes | None:
         for line in self.head.split(b"\r\n")[1:]:
@@ -65,13 +66,14 @@ class RawTarget:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        number = self.connections
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 if head.startswith(b"GET /up "):
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
                     continue
-                got = Received(head)
+                got = Received(head, connection=number)
                 self.requests.append(got)
                 self.head_seen.set()
                 if self.read_body:
