@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import h2.exceptions
 import pytest
 import trustme
@@ -689,3 +690,77 @@ async def test_a_client_that_does_not_read_a_big_buffered_response_costs_little_
     assert head.startswith(b"HTTP/1.1 200 ") and received == body
     print(f"RSS: {before} KiB before, {held} while the client reads nothing, peak {peak}")
     assert (held - before) * KiB < 8 * MiB and (peak - before) * KiB < 8 * MiB, (before, held, peak)
+
+
+# -- through `pyproxy run` and `pyproxy deploy --buffer-*` --------------------------------------
+
+
+async def test_pyproxy_deploy_buffers_requests_within_its_limit(make_proxy, target, spill_dir, tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "413.html").write_text("<h1>too big for web</h1>")
+    proxy = await make_proxy()  # after $TMPDIR is set: it spills there
+    result = await proxy.deploy(
+        "web",
+        target.address,
+        args=(
+            "--buffer-requests",
+            "--buffer-memory=65536",
+            "--max-request-body=2097152",
+            f"--error-pages={pages}",
+        ),
+    )
+    assert result.status == 0, result.stderr
+    body = os.urandom(MiB)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(post_head(None) + chunked(body[: 512 * KiB])[:-5])
+    await until(lambda: spilled(spill_dir))
+    assert not target.requests, "nothing reaches the target before the body is whole"
+    writer.write(chunked(body[512 * KiB :]))
+    head, answer = await read_response(reader)
+    got = json.loads(answer)
+    assert head.startswith(b"HTTP/1.1 200 ") and got["sha256"] == sha(body)
+    assert Received(got["head"].encode("latin-1")).header(b"content-length") == b"%d" % len(body)
+    writer.write(post_head(3 * MiB) + os.urandom(3 * MiB))
+    response = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 413 ") and b"too big for web" in response
+    assert len(target.requests) == 1
+    await until(lambda: not spilled(spill_dir))
+
+
+async def test_pyproxy_deploy_buffers_responses_within_its_limit(make_proxy, target, spill_dir):
+    sizes = {b"/small": 100 * KiB, b"/large": 3 * MiB}
+
+    async def sized(target, got, reader, writer) -> None:
+        size = sizes[got.head.split(b" ")[1]]
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"x" * size))
+
+    target.respond = sized
+    proxy = await make_proxy()
+    args = ("--buffer-responses", "--buffer-memory=65536", "--max-response-body=1048576")
+    result = await proxy.deploy("web", target.address, args=args)
+    assert result.status == 0, result.stderr
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+    head, body = await read_response(reader)
+    writer.write(b"GET /large HTTP/1.1\r\nHost: a\r\n\r\n")
+    refused, _ = await read_response(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"x" * sizes[b"/small"]
+    assert refused.startswith(b"HTTP/1.1 500 ")
+    await until(lambda: not spilled(spill_dir))
+    line = await proxy.wait_for_log("Request", path="/large")
+    assert line["status"] == 500
+
+
+async def test_websockets_bypass_both_buffers(spill_dir, proxy, upstreams):
+    result = await proxy.deploy(
+        "web", upstreams[0].address, args=("--buffer-requests", "--buffer-responses", "--buffer-memory=1024")
+    )
+    assert result.status == 0, result.stderr
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{proxy.url}/ws") as ws:
+        for word in ("one", "two"):
+            await ws.send_str(word)
+            assert (await asyncio.wait_for(ws.receive(), 5)).data == f"blue: {word}"
+    assert not spilled(spill_dir)
