@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,12 +29,20 @@ class BadRequest(ValueError):
     """A request the admin API refuses; its message is shown to the operator."""
 
 
+# Go's longest time.Duration, about 292 years: a duration past it is no duration kamal-proxy could take.
+_MAX_SECONDS = (2**63 - 1) / 1e9
+
+
 def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """`payload[name]` if it is a `kind` (floats: seconds, finite, 0 to Go's longest duration; ints and
+    floats never a JSON true/false), else BadRequest before anything changes."""
     value = payload.get(name, default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is float and value < 0):
-        raise BadRequest(f'"{name}" has the wrong type or value: {value!r}')
+    if kind in (float, int) and isinstance(value, bool):
+        value = None
+    elif kind is float and isinstance(value, int):
+        value = float(value) if abs(value) <= _MAX_SECONDS else math.inf
+    if not isinstance(value, kind) or (kind is float and not 0 <= value <= _MAX_SECONDS):
+        raise BadRequest(f'"{name}" has the wrong type or value: {payload.get(name, default)!r}')
     return value
 
 

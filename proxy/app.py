@@ -60,6 +60,8 @@ async def _serve(settings: RunSettings) -> int:
             services=len(saved.services),
         )
     manager.restore(saved.services)
+    if saved.moved_to is not None:
+        await manager.persist()  # a fresh state file at once: the next restart must find what was saved
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

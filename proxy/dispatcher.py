@@ -46,6 +46,9 @@ class ServiceDispatcher:
             service = services.get(name)
             if service is not None and service.pause.state == PAUSED:
                 room.timeout = service.pause.fail_after
+            elif service is None:  # removed while paused: nothing else may take what it held
+                del self._rooms[name]
+                room.fail_all(503)
             else:
                 del self._rooms[name]
                 room.release_all()
@@ -94,6 +97,7 @@ class ServiceDispatcher:
         HTTP-01 challenges (before any redirect, so they work over plain HTTP), then redirects."""
         secure = request.scheme == b"https"
         if secure and not service.tls_enabled:
+            request.pages = service.pages
             return 503
         if service.acme and not secure and request.url.startswith(_CHALLENGE_PREFIX):
             key_authorization = self.tokens.get(request.url[len(_CHALLENGE_PREFIX) :].decode("latin-1"))
@@ -107,7 +111,7 @@ class ServiceDispatcher:
             request.extra_log = service.log_headers.request_fields(request)
         if service.client_ip_header:
             client_ip = _header(request, service.client_ip_header)
-            if client_ip is not None:
+            if client_ip:  # an empty one says nothing (kamal-proxy ignores it too)
                 request.xff = client_ip
         state = service.pause.state
         if state != RUNNING:
@@ -131,8 +135,10 @@ class ServiceDispatcher:
         options = service.options
         write = True
         if balancer.readers:
-            write = not _is_read(request, options.read_targets_accept_websockets, cookies)
-            target = balancer.pick() if write else balancer.pick_reader()
+            # The kamal-writer cookie sends a read to the writers, but it is still a read: it does not
+            # renew the cookie (kamal-proxy), so affinity ends when the client stops writing.
+            write = not _is_read(request, options.read_targets_accept_websockets)
+            target = balancer.pick() if write or _wrote_recently(cookies) else balancer.pick_reader()
         else:
             target = balancer.pick()
         if target is None:
@@ -175,15 +181,18 @@ def _chain_kamal_target(request: Request, forward_headers: bool, target: Target)
         request.headers.append(target.header_line)
 
 
-def _is_read(request: Request, websockets: bool, cookies: dict[bytes, bytes]) -> bool:
-    """A request read-only targets may answer (spec 7.3): GET or HEAD, not a WebSocket (unless allowed),
-    from a client that has not just written (a `kamal-writer` cookie still in the future)."""
+def _is_read(request: Request, websockets: bool) -> bool:
+    """A request read-only targets may answer (spec 7.3): GET or HEAD, not a WebSocket (unless allowed)."""
     if request.method not in _READS:
         return False
-    if request.upgrade is not None and not websockets and request.upgrade.lower() == b"websocket":
-        return False
+    return request.upgrade is None or websockets or request.upgrade.lower() != b"websocket"
+
+
+def _wrote_recently(cookies: dict[bytes, bytes]) -> bool:
+    """Whether the client's `kamal-writer` cookie (unix ms) is still in the future; garbage is not."""
     until = cookies.get(WRITER_COOKIE)
-    return until is None or not until.isdigit() or int(until) <= time.time() * 1000
+    # 19 digits hold any time in unix ms; more would only make int() slow (or refuse, past 4300 digits).
+    return until is not None and until.isdigit() and len(until) < 20 and int(until) > time.time() * 1000
 
 
 def _cookies(request: Request) -> dict[bytes, bytes]:

@@ -40,8 +40,8 @@ class LogHeaders:
         values = _find(self._request, b"".join(request.headers))
         for name, attribute in self._apart:
             value = getattr(request, attribute)
-            if value is not None and value != b"":
-                values.setdefault(name, []).insert(0, value)
+            if value and name not in values:  # some are forwarded as lines too (Host, Content-Length)
+                values[name] = [value]
         return self._fields(b"req_", self.request_names, values) + self.no_response
 
     def response_fields(self, head: bytes) -> bytes:

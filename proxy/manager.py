@@ -76,6 +76,9 @@ class ServiceManager:
         self.store = store
         self.log = log
         self.services: dict[str, Service] = {}
+        # Saved services that could not be restored (a certificate gone...): kept in the state file as
+        # they were, so fixing the cause and restarting brings them back, until one of that name is deployed.
+        self.unrestored: dict[str, dict[str, Any]] = {}
         self._checkers: dict[LoadBalancer, list[HealthChecker]] = {}
         self._healthy_events: dict[LoadBalancer, asyncio.Event] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -140,7 +143,7 @@ class ServiceManager:
         )
         progress("switched")
         self._request_certificates(self.services[name], progress)
-        await self._persist()
+        await self.persist()
         if old is not None:
             await self._drain(old.balancer, request.drain_timeout, progress)
         progress("done")
@@ -214,18 +217,20 @@ class ServiceManager:
         await self._set_pause(name, PauseState(RUNNING), None)
 
     async def _set_pause(self, name: str, state: PauseState, drain_timeout: float | None) -> None:
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            service = self._service(name)
-            self.services[name] = dataclasses.replace(service, pause=state)
-            self._publish()
-            message = {"message": state.stop_message} if state.stop_message else {}
-            self.log.info(_PAUSE_EVENTS[state.state], service=name, **message)
-            await self._persist()
-            if drain_timeout is not None:
-                for balancer in filter(None, (service.balancer, service.rollout)):
-                    await self._drain(balancer, drain_timeout, _no_progress, replaced=False)
-                self.log.info("Service drained", service=name)
+        """Applied at once, without the service's lock: a `resume` must not wait behind a deploy's health
+        checks or another pause's drain (a deploy swapping in later keeps the state it finds then)."""
+        service = self._service(name)
+        self.services[name] = dataclasses.replace(service, pause=state)
+        self._publish()
+        message = {"message": state.stop_message} if state.stop_message else {}
+        self.log.info(_PAUSE_EVENTS[state.state], service=name, **message)
+        await self.persist()
+        if drain_timeout is not None:
+            slots = [slot for slot in (service.balancer, service.rollout) if slot is not None]
+            await asyncio.gather(
+                *(self._drain(slot, drain_timeout, _no_progress, replaced=False) for slot in slots)
+            )
+            self.log.info("Service drained", service=name)
 
     # -- rollout (spec 7.4) ----------------------------------------------------------
 
@@ -251,7 +256,7 @@ class ServiceManager:
             self._publish()
             self.log.info("Rollout deployed", service=name, targets=[t.address for t in balancer.targets])
             progress("switched")
-            await self._persist()
+            await self.persist()
             if old is not None:
                 await self._drain(old, drain_timeout, progress)
             progress("done")
@@ -264,14 +269,14 @@ class ServiceManager:
         self.services[name] = dataclasses.replace(service, split=split)
         self._publish()
         self.log.info("Rollout set", service=name, percentage=percentage, allowlist=allowlist)
-        await self._persist()
+        await self.persist()
 
     async def rollout_stop(self, name: str) -> None:
         """Send every request to the active targets again; the rollout targets stay, for a later `set`."""
         self.services[name] = dataclasses.replace(self._service(name), split=None)
         self._publish()
         self.log.info("Rollout stopped", service=name)
-        await self._persist()
+        await self.persist()
 
     def _service(self, name: str) -> Service:
         service = self.services.get(name)
@@ -295,7 +300,7 @@ class ServiceManager:
         if service.rollout is not None:
             self._discard(service.rollout)
         self.log.info("Removed", service=name)
-        await self._persist()
+        await self.persist()
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -370,7 +375,10 @@ class ServiceManager:
                     split=RolloutSplit.from_json(split) if split and rollout else None,
                 )
             except (ValueError, TypeError, AttributeError, DeployError) as exc:
-                self.log.error("Skipping saved service", service=name, error=str(exc))
+                self.log.error(
+                    "Skipping saved service (kept in the state file)", service=name, error=str(exc)
+                )
+                self.unrestored[name] = entry
                 continue
             for slot in filter(None, (balancer, rollout)):
                 for target in slot.targets:
@@ -450,10 +458,14 @@ class ServiceManager:
             for host in filter(None, service.hosts):  # on-demand services list none: see ondemand.py
                 progress("certificate", host=host, state=self.auto.ensure(host, service.options.tls))
 
-    async def _persist(self) -> None:
+    def _snapshot(self) -> list[dict[str, Any]]:
+        kept = [entry for name, entry in self.unrestored.items() if name not in self.services]
+        return [s.to_json() for s in self.services.values()] + kept
+
+    async def persist(self) -> None:
         """Save the services; a failure is logged, not raised: the change it records already happened."""
         try:
-            await self.store.save(lambda: [s.to_json() for s in self.services.values()])
+            await self.store.save(self._snapshot)
         except OSError as exc:
             self.log.error("Could not save state", path=str(self.store.path), error=str(exc))
 

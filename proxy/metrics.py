@@ -14,7 +14,14 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +38,9 @@ _METHODS = frozenset(
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # kamal-proxy serves Go's default registry, whose process metrics dashboards also chart.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         labels = ["service", "method", "status"]
         self.requests = Counter(
             "kamal_proxy_http_requests_total", "HTTP requests processed", labels, registry=self.registry

@@ -57,21 +57,35 @@ class WaitingRoom:
         self.loop = asyncio.get_running_loop()
 
     def __len__(self) -> int:
-        return len(self._held)
+        """Requests still waiting (not those whose client has gone meanwhile)."""
+        return sum(1 for client, _ in self._held.values() if not client.closed)
 
     def acquire(self, request: Request, client: Any) -> None:
         timer = self.loop.call_later(self.timeout, self._expire, request)
         self._held[request] = (client, timer)
 
     def _expire(self, request: Request) -> None:
-        client, _ = self._held.pop(request)
-        if not client.closed:
-            client.upstream_failed(request, 504)
+        held = self._held.pop(request, None)
+        if held is not None and not held[0].closed:
+            held[0].upstream_failed(request, 504)
 
     def release_all(self) -> None:
         """Let every held request go on (to its service's current state: running, or stopped)."""
+        self._end_all(lambda request, client: self._release(request, client))
+
+    def fail_all(self, status: int) -> None:
+        """Answer every held request with `status` (its service is gone)."""
+        self._end_all(lambda request, client: client.upstream_failed(request, status))
+
+    def _end_all(self, end: Callable[[Request, Any], None]) -> None:
+        """One request that cannot go on must not strand the others, nor fail the change that let them go."""
         held, self._held = self._held, {}
         for request, (client, timer) in held.items():
             timer.cancel()
-            if not client.closed:
-                self._release(request, client)
+            if client.closed:
+                continue
+            try:
+                end(request, client)
+            except Exception:
+                if not client.closed:
+                    client.upstream_failed(request, 500)

@@ -47,11 +47,10 @@ class HeadRewrite:
         return head
 
     def _writer_affinity(self, head: bytes) -> bytes:
-        found = _WRITER_AFFINITY.search(head)
-        wanted = self.affinity_ms > 0
-        if found is not None:
-            wanted = wanted and found.group(1).strip().lower() != b"false"
-            head = head[: found.start()] + head[found.end() :]
+        found = _WRITER_AFFINITY.findall(head)
+        wanted = self.affinity_ms > 0 and not any(value.strip().lower() == b"false" for value in found)
+        if found:
+            head = _WRITER_AFFINITY.sub(b"", head)
         if wanted:
             head += writer_cookie(self.affinity_ms)
         return head

@@ -40,7 +40,7 @@ async def test_logged_request_and_response_headers(proxy, upstreams):
         blue.address,
         args=(
             "--log-request-header=Cache-Control",
-            "--log-request-header=X-Forwarded-Proto,User-Agent",
+            "--log-request-header=X-Forwarded-Proto,User-Agent,Host",
             "--log-response-header=X-Request-Start",
             "--log-response-header=Set-Cookie",
         ),
@@ -57,6 +57,7 @@ async def test_logged_request_and_response_headers(proxy, upstreams):
     assert first["req_cache_control"] == "no-cache"
     assert first["req_user_agent"] == 'tester "1"'
     assert first["req_x_forwarded_proto"] == "https"
+    assert first["req_host"] == f"127.0.0.1:{proxy.port}", "logged once, though forwarded as a line too"
     assert first["resp_x_request_start"] == "t=1"
     assert first["resp_set_cookie"] == ""
     second = await proxy.wait_for_log("Request", path="/nothing")
@@ -77,6 +78,8 @@ async def test_client_ip_header_replaces_the_forwarded_chain(proxy, upstreams):
     assert {k.lower(): v for k, v in seen.items()}["cf-connecting-ip"] == "203.0.113.7"
     without = await seen_by_upstream(proxy, **{"X-Forwarded-For": "10.9.9.9"})
     assert without["X-Forwarded-For"] == "10.9.9.9, 127.0.0.1"
+    empty = await seen_by_upstream(proxy, **{"cf-connecting-ip": "", "X-Forwarded-For": "10.9.9.9"})
+    assert empty["X-Forwarded-For"] == "10.9.9.9, 127.0.0.1"
 
 
 async def test_scope_cookie_paths_moves_cookies_under_the_prefix(proxy, upstreams):

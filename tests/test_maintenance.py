@@ -219,3 +219,67 @@ async def test_a_deploy_with_error_pages_that_do_not_load_is_refused_and_changes
         assert (await proxy.cli("stop", "web", "--message=still")).status == 0
         assert await get(session, proxy.url) == (503, "old page still")
     assert green.requests == []
+
+
+async def test_resume_does_not_wait_for_the_pause_drain(proxy, upstreams):
+    blue, _ = upstreams
+    assert (await proxy.deploy("web", blue.address)).status == 0
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(get(session, f"{proxy.url}/slow?s=4"))
+        await blue.started.wait()
+        pausing = asyncio.create_task(proxy.cli("pause", "web", "--drain-timeout=20s"))
+        await proxy.wait_for_log("Service paused")
+        held = asyncio.create_task(get(session, f"{proxy.url}/after"))
+        await wait_held(proxy, 1)
+        assert (await proxy.cli("resume", "web")).status == 0
+        status, _ = await asyncio.wait_for(held, 2)
+        assert status == 200
+        assert not slow.done(), "resume must not have waited for the drain of the pause"
+        assert (await slow)[0] == 200
+        assert (await pausing).status == 0
+
+
+async def test_held_requests_of_a_removed_service_get_503_and_go_nowhere_else(proxy, upstreams):
+    blue, green = upstreams
+    assert (await proxy.deploy("app", green.address)).status == 0
+    assert (await proxy.deploy("api", blue.address, args=("--path-prefix=/api",))).status == 0
+    assert (await proxy.cli("pause", "api")).status == 0
+    async with aiohttp.ClientSession() as session:
+        held = asyncio.create_task(get(session, f"{proxy.url}/api/held"))
+        await wait_held(proxy, 1)
+        assert (await proxy.cli("remove", "api")).status == 0
+        assert (await held)[0] == 503
+    assert blue.requests == [] and green.requests == []
+
+
+async def test_a_held_request_with_a_huge_writer_cookie_does_not_break_resume(proxy, upstreams):
+    writer, reader = upstreams
+    assert (await proxy.deploy("web", writer.address, args=(f"--read-target={reader.address}",))).status == 0
+    assert (await proxy.cli("pause", "web")).status == 0
+    async with aiohttp.ClientSession() as session:
+        plain = asyncio.create_task(get(session, f"{proxy.url}/a"))
+        huge = {"Cookie": "kamal-writer=" + "9" * 4400}
+        odd = asyncio.create_task(session.get(f"{proxy.url}/b", headers=huge))
+        last = asyncio.create_task(get(session, f"{proxy.url}/c"))
+        await wait_held(proxy, 3)
+        assert (await proxy.cli("resume", "web")).status == 0
+        assert (await plain)[0] == 200 and (await last)[0] == 200
+        response = await odd
+        assert response.status == 200
+        assert (await response.json())["upstream"] == "green", "a cookie that is no time is as if absent"
+
+
+async def test_bad_admin_values_are_refused_before_anything_changes(proxy, upstreams):
+    blue, _ = upstreams
+    assert (await proxy.deploy("web", blue.address)).status == 0
+    connector = aiohttp.UnixConnector(path=proxy.env["PYPROXY_SOCKET"])
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for body in (
+            '{"service": "web", "max_pause": NaN}',
+            '{"service": "web", "max_pause": 1e400}',
+            '{"service": "web", "drain_timeout": 1e300}',
+            '{"service": "web", "max_pause": true}',
+        ):
+            async with session.post("http://pyproxy/pause", data=body) as response:
+                assert response.status == 400, body
+    assert "running" in (await proxy.cli("list")).stdout

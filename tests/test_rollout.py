@@ -146,3 +146,13 @@ async def test_websockets_go_to_the_writers_unless_readers_accept_them(proxy, up
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{proxy.url}/ws") as ws:
         await ws.send_str("hi")
         assert (await ws.receive()).data == "green: hi"
+
+
+async def test_a_read_with_the_writer_cookie_goes_to_the_writers_without_renewing_it(proxy, upstreams):
+    writer, reader = upstreams
+    assert (await proxy.deploy("web", writer.address, args=(f"--read-target={reader.address}",))).status == 0
+    until = int(time.time() * 1000) + 60_000
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    async with session, session.get(proxy.url, headers={"Cookie": f"kamal-writer={until}"}) as response:
+        assert (await response.json())["upstream"] == "blue"
+        assert "kamal-writer" not in response.cookies

@@ -39,6 +39,7 @@ async def test_a_truncated_state_file_is_moved_aside_and_what_it_holds_is_restor
     aside = path.parent / error["moved_to"].rsplit("/", 1)[1]
     assert aside.read_text() == cut, "the damaged file must be kept as it was"
     assert error["services"] == 1
+    assert {s["name"] for s in json.loads(path.read_text())} == {"web"}, "saved anew at once"
     session = aiohttp.ClientSession()
     async with session, session.get(second.url, headers={"Host": "web.test"}) as response:
         assert (await response.json())["upstream"] == "blue"
@@ -57,7 +58,7 @@ async def test_a_state_file_that_is_not_json_starts_empty_but_is_kept(make_proxy
     second = await make_proxy()
     error = await second.wait_for_log("Saved state is damaged: restoring what could be read")
     assert error["services"] == 0
-    assert not path.exists()
+    assert json.loads(path.read_text()) == []
     assert (path.parent / error["moved_to"].rsplit("/", 1)[1]).read_bytes() == b"\x00\x01 not json at all"
 
 
@@ -75,3 +76,30 @@ def test_a_valid_state_file_loads_untouched(tmp_path):
     saved = StateStore(path).load()
     assert (saved.services, saved.problem, saved.found) == ([{"name": "a"}], "", True)
     assert path.exists()
+
+
+async def test_a_saved_service_that_cannot_be_restored_stays_in_the_state_file(
+    make_proxy, upstreams, tmp_path
+):
+    blue, green = upstreams
+    first = await make_proxy()
+    assert (await first.deploy("plain", blue.address, args=("--host=plain.test",))).status == 0
+    await first.stop()
+    path = state_file(first.workdir)
+    broken = {
+        "name": "tls-app",
+        "options": {
+            "hosts": ["tls.test"],
+            "tls_enabled": True,
+            "tls_certificate_path": str(tmp_path / "gone.pem"),
+            "tls_private_key_path": str(tmp_path / "gone.key"),
+        },
+        "active_targets": [green.address],
+    }
+    path.write_text(json.dumps([*json.loads(path.read_text()), broken]))
+    second = await make_proxy()
+    await second.wait_for_log("Skipping saved service (kept in the state file)", service="tls-app")
+    assert (await second.deploy("other", green.address, args=("--host=other.test",))).status == 0
+    saved = {s["name"]: s for s in json.loads(path.read_text())}
+    assert set(saved) == {"plain", "other", "tls-app"}
+    assert saved["tls-app"] == broken
