@@ -59,6 +59,17 @@ LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 # Host, so the TLS rows request https://bench.test:<port>/ and a wrk script resolves that to 127.0.0.1.
 TLS_NAME = "bench.test"
 TLS_INSTALL_HINT = ".venv/bin/pip install trustme"
+# The POST rows: wrk sends bodies of this size to the upstream's `location = /up` (nginx reads and discards
+# them and answers "OK"); pyproxy streams them, or buffers them whole first for a second service mounted at
+# BUFFERED_PREFIX (`deploy --buffer-requests`, the default 1 MiB in memory: no file for these).
+POST_SIZE = 16384
+POST_PATH = "/up"
+BUFFERED_PREFIX = "/buffered"
+WRK_POST_LUA = """-- bench.py: every request a POST with a body of {size} bytes.
+wrk.method = "POST"
+wrk.body = string.rep("a", {size})
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
 WRK_RESOLVE_LUA = """-- bench.py: any host in the URL is 127.0.0.1, so that wrk sends that name
 -- as SNI and Host without it being in DNS.
 function wrk.resolve(host, service)
@@ -79,11 +90,15 @@ class Scenario:
     close: bool
     tls: bool = False
     http2: bool = False  # measured with h2load instead of wrk (implies tls)
+    post: bool = False  # POST bodies of `size` bytes to POST_PATH instead of GETs of that size
+    buffered: bool = False  # (POST) pyproxy buffers each request body whole before sending it on
 
     @property
     def label(self) -> str:
         """Human-readable row name."""
         text = format_size(self.size)
+        if self.post:
+            return f"POST {text}, {'request buffering' if self.buffered else 'streamed'}"
         if self.http2:
             return f"HTTP/2 (h2load, {H2LOAD_STREAMS} streams x {H2LOAD_CONNECTIONS} conns) {text}"
         if self.close:
@@ -305,6 +320,22 @@ def check_body(port: int, size: int, name: str, tls: TlsFiles | None = None) -> 
         )
 
 
+def check_post(port: int, path: str, name: str) -> None:
+    """One POST of the POST rows' body through the target: it must answer 200 "OK" (the upstream's /up)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/octet-stream"}
+        conn.request("POST", path, body=b"a" * POST_SIZE, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise BenchError(f"{name}: POST {path} failed: {exc}") from exc
+    finally:
+        conn.close()
+    if resp.status != 200 or body != b"OK":
+        raise BenchError(f"{name}: POST {path} answered {resp.status} with {body[:80]!r}, expected 200 OK")
+
+
 def make_tls_files(tmp: Path) -> TlsFiles:
     """A throwaway CA and a certificate for bench.test signed by it (trustme's default key type, ECDSA)."""
     import trustme  # only a test dependency of pyproxy: imported here, after preflight() checked it
@@ -351,8 +382,9 @@ def pyproxy_script() -> list[str]:
 
 def start_pyproxy(
     procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None
-) -> tuple[subprocess.Popen[bytes], Endpoint, str]:
-    """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, ports, cmd.
+) -> tuple[subprocess.Popen[bytes], Endpoint, str, Callable[[], None] | None]:
+    """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, ports, cmd
+    and what deploys the buffered POST row's service (None for $BENCH_PYPROXY_CMD: it has no deploy step).
 
     With tls, a second service `bench-tls` serves bench.test over HTTPS from the same upstream. Without,
     only the default service is deployed, as before the HTTPS rows existed: a named host makes pyproxy
@@ -379,7 +411,7 @@ def start_pyproxy(
         if serves_tls:
             wait_ready(tls_port, proc, "pyproxy stand-in (HTTPS)", log)
         endpoint = Endpoint(port, tls_port if serves_tls else None, proc.pid)
-        return proc, endpoint, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}"
+        return proc, endpoint, f"{PYPROXY_CMD_ENV}: {shlex.join(argv)}", None
 
     socket_path = tmp / "pyproxy.sock"
     env = {**os.environ, "PYPROXY_SOCKET": str(socket_path), "XDG_CONFIG_HOME": str(tmp / "config")}
@@ -399,7 +431,14 @@ def start_pyproxy(
             "--tls-redirect=false",
         ]
         pyproxy_deploy(cli, env, ["bench-tls", *deploy[1:], *tls_options], log)
-    return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv)
+
+    def deploy_buffered() -> None:
+        """The service of the buffered POST row, deployed only before that row is measured, so that
+        every other row measures the setup it always had."""
+        buffered = ["bench-buffered", *deploy[1:], f"--path-prefix={BUFFERED_PREFIX}", "--buffer-requests"]
+        pyproxy_deploy(cli, env, buffered, log)
+
+    return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv), deploy_buffered
 
 
 def pyproxy_deploy(cli: list[str], env: dict[str, str], args: list[str], log: Path) -> None:
@@ -438,12 +477,13 @@ def run_wrk(
     connections: int,
     resolve_lua: Path,
     script: Path | None = None,
+    path: str | None = None,
 ) -> str:
     """One wrk run on CPU 0, bounded in time; returns its output.
 
     HTTPS runs request https://bench.test:PORT/ so that wrk sends bench.test as SNI and Host (it sends the
     URL's host, even an IP address, as SNI); the resolve_lua script points that name at 127.0.0.1. A plain
-    run may have a `script` of its own (thrust_bench.py's changing cookie).
+    run may have a `script` of its own (thrust_bench.py's changing cookie, the POST body) and `path`.
     """
     argv = [
         "taskset",
@@ -464,7 +504,7 @@ def run_wrk(
         argv += ["-s", str(resolve_lua), f"https://{TLS_NAME}:{port}/{scenario.size}"]
     else:
         argv += ["-s", str(script)] if script is not None else []
-        argv.append(f"http://127.0.0.1:{port}/{scenario.size}")
+        argv.append(f"http://127.0.0.1:{port}{path or f'/{scenario.size}'}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -475,7 +515,7 @@ def run_wrk(
 
 
 def measure(
-    endpoint: Endpoint, scenario: Scenario, args: argparse.Namespace, resolve_lua: Path
+    endpoint: Endpoint, scenario: Scenario, args: argparse.Namespace, resolve_lua: Path, target: str = ""
 ) -> Measurement:
     """Warm up for a second, then one measured wrk run with the server's CPU time around it."""
     port = endpoint.tls_port if scenario.tls else endpoint.port
@@ -487,9 +527,13 @@ def measure(
         rps, requests, errors = parse_h2load(run_h2load(port, scenario, args.duration))
         cpu = group_cpu_times(endpoint.pgid) - cpu_before
         return Measurement(rps, float("nan"), requests, errors, cpu)
-    run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua)
+    script = path = None
+    if scenario.post:
+        script = resolve_lua.with_name("wrk-post.lua")
+        path = (BUFFERED_PREFIX if scenario.buffered and target == "pyproxy" else "") + POST_PATH
+    run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua, script, path)
     cpu_before = group_cpu_times(endpoint.pgid)
-    output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua)
+    output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua, script, path)
     cpu = group_cpu_times(endpoint.pgid) - cpu_before
     rps, p99_ms, requests, errors = parse_wrk(output)
     return Measurement(rps, p99_ms, requests, errors, cpu)
@@ -710,6 +754,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
     ap.add_argument("--no-tls", dest="tls", action="store_false", help="skip the HTTPS rows")
+    ap.add_argument("--no-post", dest="post", action="store_false", help="skip the POST rows")
     args = ap.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -721,8 +766,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def servers(tmp: Path, sizes: list[int], tls: bool) -> Iterator[tuple[dict[str, Endpoint], str]]:
-    """Start upstream, nginx proxies and pyproxy; yield {target: Endpoint} and pyproxy's command.
+def servers(
+    tmp: Path, sizes: list[int], tls: bool
+) -> Iterator[tuple[dict[str, Endpoint], str, Callable[[], None] | None]]:
+    """Start upstream, nginx proxies and pyproxy; yield {target: Endpoint}, pyproxy's command and what
+    deploys the buffered POST row's service on pyproxy (None when it cannot be deployed).
 
     The nginx proxies always listen for HTTPS too (the template has it); pyproxy does only if tls.
     """
@@ -753,13 +801,21 @@ def servers(tmp: Path, sizes: list[int], tls: bool) -> Iterator[tuple[dict[str, 
                 key=tls_files.key,
             )
             endpoints[name] = Endpoint(ngx_port, tls_port if tls else None, ngx.pid)
-        _, endpoints["pyproxy"], pyp_cmd = start_pyproxy(procs, tmp, up_port, tls_files if tls else None)
+        _, endpoints["pyproxy"], pyp_cmd, deploy_buffered = start_pyproxy(
+            procs, tmp, up_port, tls_files if tls else None
+        )
         for name, endpoint in endpoints.items():
             for size in sizes:
                 check_body(endpoint.port, size, name)
                 if endpoint.tls_port is not None:
                     check_body(endpoint.tls_port, size, f"{name} (HTTPS)", tls_files)
-        yield endpoints, pyp_cmd
+            check_post(endpoint.port, POST_PATH, name)
+
+        def buffered_row() -> None:
+            deploy_buffered()
+            check_post(endpoints["pyproxy"].port, BUFFERED_PREFIX + POST_PATH, "pyproxy (--buffer-requests)")
+
+        yield endpoints, pyp_cmd, buffered_row if deploy_buffered is not None else None
     finally:
         procs.stop_all()
 
@@ -783,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     resolve_lua = tmp / "wrk-resolve.lua"
     try:
         resolve_lua.write_text(WRK_RESOLVE_LUA)
-        with servers(tmp, args.sizes, args.tls) as (endpoints, pyproxy_cmd):
+        resolve_lua.with_name("wrk-post.lua").write_text(WRK_POST_LUA.format(size=POST_SIZE))
+        with servers(tmp, args.sizes, args.tls) as (endpoints, pyproxy_cmd, deploy_buffered):
             if args.tls and endpoints["pyproxy"].tls_port is None:
                 print(f"bench.py: {PYPROXY_CMD_ENV} has no {{tls_port}}: no HTTPS rows", file=sys.stderr)
             elif args.tls:
@@ -792,13 +849,21 @@ def main(argv: list[str] | None = None) -> int:
                     scenarios.append(Scenario(smallest, close=False, tls=True, http2=True))
                 else:
                     print("bench.py: no h2load (apt install nghttp2-client): no HTTP/2 row", file=sys.stderr)
+            if args.post:
+                scenarios.append(Scenario(POST_SIZE, close=False, post=True))
+                if deploy_buffered is None:
+                    print(f"bench.py: {PYPROXY_CMD_ENV}: no request-buffering row", file=sys.stderr)
+                else:
+                    scenarios.append(Scenario(POST_SIZE, close=False, post=True, buffered=True))
             runs: dict[tuple[Scenario, str], list[Measurement]] = {
                 (sc, t): [] for sc in scenarios for t in sc.targets
             }
             for sc in scenarios:
+                if sc.buffered:
+                    deploy_buffered()  # last, so that no other row measures a second service
                 for rnd in range(1, args.rounds + 1):
                     for target in sc.targets:
-                        m = measure(endpoints[target], sc, args, resolve_lua)
+                        m = measure(endpoints[target], sc, args, resolve_lua, target)
                         runs[sc, target].append(m)
                         errors = f", {m.errors} ERRORS" if m.errors else ""
                         print(
