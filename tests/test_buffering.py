@@ -348,6 +348,28 @@ async def test_an_https_upload_is_buffered(engines, target, spill_dir, ca, certi
     assert head.startswith(b"HTTP/1.1 200 ") and json.loads(answer)["sha256"] == sha(body)
 
 
+async def test_an_https_response_is_buffered_and_replayed_from_its_file(
+    engines, target, spill_dir, ca, certificate
+):
+    engine = await engines.start(BufferPolicy(responses=True, memory=64 * KiB), tls=certificate)
+    body = os.urandom(2 * MiB)
+
+    async def send(target, got, reader, writer) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    target.respond = send
+    context = client_context(ca)
+    context.set_alpn_protocols(["http/1.1"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", engine.tls_port, ssl=context, server_hostname="app.test"
+    )
+    writer.write(b"GET /file HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    head, received = await read_response(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ") and received == body
+    await until(lambda: not spilled(spill_dir))
+
+
 # -- the proxy's own process: memory, and a disk that is full ---------------------------------
 
 
