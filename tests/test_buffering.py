@@ -476,6 +476,34 @@ async def test_a_full_disk_fails_that_request_with_500_and_the_proxy_serves_on(
     assert len(target.requests) == 1
 
 
+async def test_a_full_disk_while_buffering_a_response_gets_500_and_the_proxy_serves_on(
+    target, spill_dir, process_env
+):
+    async def sized(target, got, reader, writer) -> None:
+        size = 3 * MiB if got.head.startswith(b"GET /large") else 100 * KiB
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+
+    target.respond = sized
+    engine = start_process(
+        target.address, process_env, "--buffer-responses", "--memory", str(64 * KiB), file_limit=MiB
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", engine.port)
+        writer.write(b"GET /large HTTP/1.1\r\nHost: a\r\n\r\n")
+        refused, _ = await read_response(reader)
+        writer.close()
+        await until(lambda: not spilled(spill_dir))
+        reader, writer = await asyncio.open_connection("127.0.0.1", engine.port)
+        writer.write(b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, body = await read_response(reader)
+        writer.close()
+    finally:
+        log = engine.stop()
+    assert refused.startswith(b"HTTP/1.1 500 ")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"x" * 100 * KiB
+    assert '"msg": "Response buffer failed"' in log
+
+
 # -- response buffering -----------------------------------------------------------------------
 
 
