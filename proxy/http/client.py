@@ -461,6 +461,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                 self._respond_error(request, 413)
                 return
         if request.complete:
+            self._clear_deadline()  # the target's time starts once the body is sent (request_sent)
             spool.finish()
         else:
             self._set_deadline(BODY, self.server.header_timeout)
