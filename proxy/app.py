@@ -63,6 +63,8 @@ async def _serve(settings: RunSettings) -> int:
     if saved.moved_to is not None:
         await manager.persist()  # a fresh state file at once: the next restart must find what was saved
 
+    # A file-size limit reached while buffering a body must fail that request (EFBIG), not kill the proxy.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

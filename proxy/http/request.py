@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from proxy.http.buffering import BufferPolicy
+    from proxy.http.buffering import BufferPolicy, RequestSpool
     from proxy.http.upstream import UpstreamConnection, UpstreamPool
 
 
@@ -88,7 +88,7 @@ class Request:
         self.chunked = False
         self.complete = False
         self.had_body = False
-        self.body: list[bytes] | None = None
+        self.body: list[bytes] | RequestSpool | None = None  # a buffered body is a RequestSpool
         self.body_size = 0
         self.body_received = 0  # counted only under a body limit
         self.upstream: UpstreamConnection | None = None
