@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -814,3 +815,75 @@ async def test_websockets_bypass_both_buffers(spill_dir, proxy, upstreams):
             await ws.send_str(word)
             assert (await asyncio.wait_for(ws.receive(), 5)).data == f"blue: {word}"
     assert not spilled(spill_dir)
+
+
+# -- found in review --------------------------------------------------------------------------
+
+
+async def test_a_spooled_body_whose_target_is_down_leaves_no_file(tmp_path, spill_dir):
+    with socket.socket() as probe:  # a port nothing listens on: the target is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{probe.getsockname()[1]}"
+    log = JsonLog(fd=os.open(tmp_path / "engine.log", os.O_WRONLY | os.O_CREAT))
+    engine = await start_engine(down, BufferPolicy(requests=True, memory=1024), log)
+    try:
+        for _ in range(3):
+            reader, writer = await connect(engine)
+            writer.write(post_head(200 * KiB) + os.urandom(200 * KiB))
+            head, _ = await read_response(reader)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 502 ")
+        client = await H2Client.connect(engine.port, "app.test", None)
+        stream = client.start("/upload", "POST", [("content-length", str(200 * KiB))], end=False)
+        await client.send_body(stream, os.urandom(200 * KiB))
+        assert (await client.response(stream)).status == 502
+        await client.close()
+        await until(lambda: not spilled(spill_dir))
+    finally:
+        await engine.stop()
+        os.close(log.fd)
+
+
+async def test_an_http2_upload_held_by_a_paused_service_reaches_the_target_whole(
+    make_proxy, target, spill_dir
+):
+    proxy = await make_proxy("--h2c")
+    assert (await proxy.deploy("web", target.address, args=("--buffer-requests",))).status == 0
+    assert (await proxy.cli("pause", "web")).status == 0
+    body = os.urandom(3000)
+    client = await H2Client.connect(proxy.port, "app.test", None)
+    try:
+        stream = client.start("/upload", "POST", [("content-length", "3000")], end=False)
+        client.conn.send_data(stream, body[:1000])
+        client.flush()
+        for _ in range(100):  # until the proxy holds it (bounded: about 10 s)
+            if "1 held" in (await proxy.cli("list")).stdout:
+                break
+            await asyncio.sleep(0.05)
+        assert (await proxy.cli("resume", "web")).status == 0
+        client.conn.send_data(stream, body[1000:], end_stream=True)
+        client.flush()
+        response = await client.response(stream)
+    finally:
+        await client.close()
+    assert response.status == 200
+    assert json.loads(response.body)["sha256"] == sha(body)
+
+
+async def test_head_and_304_of_a_large_body_are_not_refused_by_the_response_limit(engines, target):
+    async def large(target: RawTarget, got: Received, reader, writer: asyncio.StreamWriter) -> None:
+        status = b"304 Not Modified" if got.head.startswith(b"GET") else b"200 OK"
+        writer.write(b'HTTP/1.1 %s\r\nContent-Length: 5000000\r\nETag: "v1"\r\n\r\n' % status)
+
+    target.respond = large
+    engine = await engines.start(BufferPolicy(responses=True, max_response_body=1000))
+    for request in (
+        b"HEAD /big HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b'GET /big HTTP/1.1\r\nHost: app.test\r\nIf-None-Match: "v1"\r\n\r\n',
+    ):
+        reader, writer = await connect(engine)
+        writer.write(request)
+        line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert not line.startswith(b"HTTP/1.1 500"), (request, line)
+        assert line.split()[1] in (b"200", b"304")

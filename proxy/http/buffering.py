@@ -604,8 +604,11 @@ class ResponseBuffer(Spill):
         request.response_started = False  # nothing has reached the client yet
         self.head_size = len(head)
         self.phase = _BODY
-        length = _CONTENT_LENGTH.search(head)
-        if self.limit and length is not None and int(length.group(1)) > self.limit:
+        # A declared length over the limit is refused at once, unless no body follows (HEAD, 204, 304):
+        # those tell the size of a body the client does not get.
+        length = _CONTENT_LENGTH.search(head) if self.limit and not request.is_head else None
+        bodiless = head[9:12] in (b"204", b"304")
+        if length is not None and not bodiless and int(length.group(1)) > self.limit:
             self._over_limit()
             return
         self.add(data)

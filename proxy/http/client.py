@@ -215,7 +215,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.write_paused = True
         if self.server.write_timeout:
             self._arm_write_deadline()
-        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        upstream = self._relaying_upstream()
         if upstream is not None and upstream.attached:
             upstream.pause()
 
@@ -232,9 +232,17 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             if self.queue and not self.closed:  # (a request rejected meanwhile has emptied the queue)
                 self._start(self.queue[0])
             return
-        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        upstream = self._relaying_upstream()
         if upstream is not None:
             upstream.resume()
+
+    def _relaying_upstream(self) -> UpstreamConnection | None:
+        """The target connection writing to this client now, if any: not one writing to a response
+        buffer (buffering.py), whose pace is the disk's and the buffer's own business."""
+        if self.tunnel is not None:
+            return self.tunnel
+        upstream = self.queue[0].upstream if self.queue else None
+        return upstream if upstream is not None and upstream.client is self else None
 
     def _pause(self, reason: int) -> None:
         if not self.pause_reasons and not self.closed:
@@ -508,6 +516,9 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     def _respond_with(self, request: Request, status: int, response: bytes) -> None:
         """Answer `request` with a response of the proxy's own, then close."""
+        spool = request.body
+        if spool.__class__ is RequestSpool:
+            spool.discard()  # a body kept for a target that failed (refused, cut while connecting)
         request.status = status
         if self.queue and self.queue[0] is request:
             self.queue.popleft()

@@ -33,7 +33,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
-from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, take_expect_continue
+from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, held_body, take_expect_continue
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -592,7 +592,7 @@ class Http2Stream:
         proxied = not pool.answers_itself and request.upgrade is None
         if policy.responses and proxied:
             to_target = ResponseBuffer(self, request, policy, server.log)
-        if request.complete or not (policy.requests and proxied):
+        if not (policy.requests and proxied and (request.body is not None or not request.complete)):
             timeout = request.target_timeout if request.complete else server.header_timeout
             self.deadline = server.loop.time() + timeout
             pool.acquire(request, to_target)
@@ -601,7 +601,17 @@ class Http2Stream:
         if limit and request.content_length is not None and int(request.content_length) > limit:
             self.respond_error(413)
             return
-        RequestSpool(request, self, to_target, policy, server.log)
+        held = held_body(request)  # what arrived while a paused service held the request
+        spool = RequestSpool(request, self, to_target, policy, server.log)
+        for data in held:
+            if spool.write(data):
+                self.respond_error(413)
+                return
+        self._give_back_window()  # the held bytes are kept now: the client may send on
+        if request.complete:
+            self.deadline = 0.0  # the target's time starts once the body is sent
+            spool.finish()
+            return
         if take_expect_continue(request):
             self._send_headers([(b":status", b"100")])
             self.connection.flush_soon()
@@ -795,6 +805,9 @@ class Http2Stream:
     def respond(self, response: bytes) -> None:
         """Answer with a complete HTTP/1.1 response of the proxy's own (error pages, redirects)."""
         request = self.request
+        spool = request.body
+        if spool.__class__ is RequestSpool:
+            spool.discard()  # a body kept for a target that failed (refused, cut while connecting)
         request.status = int(response[9:12])
         self.write(response)
         self.response_finished(request)
