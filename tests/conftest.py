@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.pythrust import start_pythrust  # noqa: F401  (a fixture for the pythrust tests)
+from tests.raw_target import RawTarget
 
 PYPROXY = [sys.executable, "-m", "proxy"]
 
@@ -242,6 +243,14 @@ class Upstream:
         async for message in ws:
             await ws.send_str(f"{self.name}: {message.data}")
         return ws
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[RawTarget]:
+    """A raw HTTP/1.1 target that shows what reaches it and when (tests/raw_target.py)."""
+    running = await RawTarget().start()
+    yield running
+    await running.stop()
 
 
 @pytest.fixture

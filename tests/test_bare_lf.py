@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from proxy.log import JsonLog
 from tests.buffer_server import start_engine
 from tests.conftest import raw_request
 from tests.h2client import H2Client
-from tests.raw_target import RawTarget, read_response
+from tests.raw_target import read_response
 
 LF_HEAD = b"HTTP/1.1 200 OK\nContent-Type: text/plain\nX-Lf: yes\nContent-Length: 5\n\n"
 
@@ -36,13 +35,6 @@ def answering(*responses: bytes):
             writer.close()
 
     return respond
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[RawTarget]:
-    running = await RawTarget().start()
-    yield running
-    await running.stop()
 
 
 @pytest.fixture

@@ -24,17 +24,10 @@ from proxy.http.buffering import FILE_PREFIX, BufferPolicy
 from proxy.log import JsonLog
 from tests.buffer_server import start_engine
 from tests.h2client import H2Client
-from tests.raw_target import RawTarget, read_body, read_response
+from tests.raw_target import read_body, read_response
 
 HEADER_TIMEOUT = 1.0
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[RawTarget]:
-    running = await RawTarget().start()
-    yield running
-    await running.stop()
 
 
 @pytest.fixture

@@ -47,13 +47,6 @@ def spill_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
-@pytest.fixture
-async def target() -> AsyncIterator[RawTarget]:
-    running = await RawTarget().start()
-    yield running
-    await running.stop()
-
-
 class Running:
     """An engine with one buffering service, and its log."""
 
