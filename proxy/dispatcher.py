@@ -77,11 +77,13 @@ class ServiceDispatcher:
             if answer:
                 return answer
         if service.extended:
-            return self._route_extended(request, service, match.prefix)
-        target = service.balancer.pick()
-        if target is None:
-            return 503
-        # _send_to, written out: this is the path of every request to a service with the defaults.
+            target = self._route_extended(request, service, match.prefix)
+            if target.__class__ is not Target:
+                return target  # answered, or held
+        else:
+            target = service.balancer.pick()
+            if target is None:
+                return 503
         options = service.options
         request.pool = target.pool
         request.forward_headers = options.forward_headers
@@ -104,8 +106,9 @@ class ServiceDispatcher:
             return 404 if key_authorization is None else text_response(key_authorization)
         return _redirect(request, service, secure)
 
-    def _route_extended(self, request: Request, service: Service, prefix: str) -> int | bytes:
-        """Everything after the redirects for a service that uses more than the defaults (spec 5, 10c-d)."""
+    def _route_extended(self, request: Request, service: Service, prefix: str) -> Target | int | bytes:
+        """Everything after the redirects for a service that uses more than the defaults (spec 5, 10c-d):
+        the target to send the request to, or what `route` returns instead."""
         request.pages = service.pages
         if service.log_headers is not None:
             request.extra_log = service.log_headers.request_fields(request)
@@ -153,23 +156,11 @@ class ServiceDispatcher:
                 prefix=prefix.encode("latin-1") if scoped else b"",
             )
         request.buffering = service.buffering
-        _send_to(request, service, target)
-        return 0
+        return target
 
     def _release(self, request: Request, client: Any) -> None:
         """A held request goes on: the client routes it again, to the service as it is now."""
         client.start_again(request)
-
-
-def _send_to(request: Request, service: Service, target: Target) -> None:
-    options = service.options
-    request.pool = target.pool
-    request.forward_headers = options.forward_headers
-    request.target_timeout = options.target_timeout
-    if request.kamal_target is None:
-        request.headers.append(target.header_line)
-    else:
-        _chain_kamal_target(request, options.forward_headers, target)
 
 
 def _chain_kamal_target(request: Request, forward_headers: bool, target: Target) -> None:
