@@ -461,6 +461,31 @@ def take_expect_continue(request: Request) -> bool:
     return False
 
 
+def begin_buffered(request: Request, client: Any, policy: BufferPolicy, log: JsonLog) -> tuple[Any, bool]:
+    """How a client connection (or HTTP/2 stream) starts a request of a service that buffers: where the
+    target's response goes (the client, or a ResponseBuffer before it), and whether the body is to be read
+    whole first. Upgrades bypass both buffers; so do pools that answer themselves."""
+    proxied = not request.pool.answers_itself and request.upgrade is None
+    to_target = ResponseBuffer(client, request, policy, log) if policy.responses and proxied else client
+    return to_target, policy.requests and proxied and (request.body is not None or not request.complete)
+
+
+def spool_body(
+    request: Request, client: Any, to_target: Any, policy: BufferPolicy, log: JsonLog
+) -> RequestSpool | None:
+    """Begin keeping the request body whole, with what arrived before (pipelined, or held by a paused
+    service); None when the body is already over the limit (the caller answers 413)."""
+    limit = policy.max_request_body
+    if limit and request.content_length is not None and int(request.content_length) > limit:
+        return None
+    held = held_body(request)
+    spool = RequestSpool(request, client, to_target, policy, log)
+    for data in held:
+        if spool.write(data):
+            return None
+    return spool
+
+
 def held_body(request: Request) -> list[bytes]:
     """The body bytes held before the request was routed (pipelined), without chunked framing."""
     held = request.body or []

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 import httptools
 
 from proxy.http import headers as h
-from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, held_body, take_expect_continue
+from proxy.http.buffering import (
+    RequestSpool,
+    begin_buffered,
+    end_exchange,
+    spool_body,
+    take_expect_continue,
+)
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.http2 import Http2Connection
 from proxy.http.replay import MAX_REQUEST
@@ -441,33 +447,23 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     def _start_buffered(self, request: Request, policy: BufferPolicy) -> None:
         """A service that buffers bodies (buffering.py): the request's read whole before the target is
-        asked, and/or the response kept whole before the client gets it. Upgrades bypass both."""
-        pool = request.pool
-        to_target = self
-        proxied = not pool.answers_itself and request.upgrade is None
-        if policy.responses and proxied:
-            to_target = ResponseBuffer(self, request, policy, self.server.log)
-        if not (policy.requests and proxied and (request.body is not None or not request.complete)):
+        asked, and/or the response kept whole before the client gets it."""
+        to_target, spooled = begin_buffered(request, self, policy, self.server.log)
+        if not spooled:
             if request.complete:
                 self._set_deadline(RESPONSE, request.target_timeout)
             else:
                 self._set_deadline(BODY, self.server.header_timeout)
-            pool.acquire(request, to_target)
+            request.pool.acquire(request, to_target)
             return
-        limit = policy.max_request_body
-        if limit and request.content_length is not None and int(request.content_length) > limit:
+        spool = spool_body(request, self, to_target, policy, self.server.log)
+        if spool is None:
             self._respond_error(request, 413)
             return
-        held = held_body(request)  # a pipelined request's body read before it was routed
-        spool = RequestSpool(request, self, to_target, policy, self.server.log)
         if take_expect_continue(request) and not request.http10 and not request.complete:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.body_size = 0
         self._resume(_PAUSE_BODY)
-        for data in held:
-            if spool.write(data):
-                self._respond_error(request, 413)
-                return
         if request.complete:
             self._clear_deadline()  # the target's time starts once the body is sent (request_sent)
             spool.finish()

@@ -33,7 +33,13 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
-from proxy.http.buffering import RequestSpool, ResponseBuffer, end_exchange, held_body, take_expect_continue
+from proxy.http.buffering import (
+    RequestSpool,
+    begin_buffered,
+    end_exchange,
+    spool_body,
+    take_expect_continue,
+)
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
 from proxy.http.upstream import WRITE_HIGH_WATER
@@ -586,28 +592,18 @@ class Http2Stream:
     def _start_buffered(self, request: Request, policy: BufferPolicy) -> None:
         """As ClientConnection._start_buffered: the body read whole first, and/or the response kept
         whole; the stream's window is given back as the body is kept, or the client would stall."""
-        pool = request.pool
         server = self.connection.server
-        to_target = self
-        proxied = not pool.answers_itself and request.upgrade is None
-        if policy.responses and proxied:
-            to_target = ResponseBuffer(self, request, policy, server.log)
-        if not (policy.requests and proxied and (request.body is not None or not request.complete)):
+        to_target, spooled = begin_buffered(request, self, policy, server.log)
+        if not spooled:
             timeout = request.target_timeout if request.complete else server.header_timeout
             self.deadline = server.loop.time() + timeout
-            pool.acquire(request, to_target)
+            request.pool.acquire(request, to_target)
             return
-        limit = policy.max_request_body
-        if limit and request.content_length is not None and int(request.content_length) > limit:
+        spool = spool_body(request, self, to_target, policy, server.log)
+        if spool is None:
             self.respond_error(413)
             return
-        held = held_body(request)  # what arrived while a paused service held the request
-        spool = RequestSpool(request, self, to_target, policy, server.log)
-        for data in held:
-            if spool.write(data):
-                self.respond_error(413)
-                return
-        self._give_back_window()  # the held bytes are kept now: the client may send on
+        self._give_back_window()  # what arrived while a paused service held it is kept now
         if request.complete:
             self.deadline = 0.0  # the target's time starts once the body is sent
             spool.finish()
