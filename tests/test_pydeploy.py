@@ -12,12 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from tests.kamal_support import Poller
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,33 +106,6 @@ async def version_served(host: str) -> str:
     return body.decode().strip()
 
 
-class Load:
-    """Requests to every host, one after another per host, until stopped; counts what failed."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        self.hosts = hosts
-        self.ok = 0
-        self.failed: list[str] = []
-        self.running = True
-
-    async def _host(self, host: str) -> None:
-        deadline = time.monotonic() + 240  # bounded, whatever happens
-        while self.running and time.monotonic() < deadline:
-            try:
-                await version_served(host)
-                self.ok += 1
-            except (AssertionError, OSError, TimeoutError) as exc:
-                self.failed.append(f"{host}: {exc!r}")
-
-    async def during(self, work) -> object:
-        tasks = [asyncio.get_running_loop().create_task(self._host(host)) for host in self.hosts]
-        try:
-            return await asyncio.to_thread(work)
-        finally:
-            self.running = False
-            await asyncio.gather(*tasks)
-
-
 @pytest.fixture
 def bed(testbed: Testbed) -> Testbed:  # noqa: F811
     yield testbed
@@ -148,7 +121,7 @@ async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path:
         assert await version_served(host) == "v1"
     assert SECRET not in setup.stdout + setup.stderr
 
-    load = Load(bed.hosts)
+    load = Poller(bed.hosts, limit=240, fetch=version_served)
     deploy = await load.during(lambda: pydeploy(bed, app, "deploy", "--version", "v2", "-P"))
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     assert not load.failed, load.failed[:5]
@@ -159,7 +132,7 @@ async def test_setup_deploy_rollback_and_a_failed_deploy(bed: Testbed, tmp_path:
         assert "testapp-web-v1 exited" in listing, "the old container is stopped, and kept for a rollback"
         assert "testapp-web-v2 running" in listing
 
-    load = Load(bed.hosts)
+    load = Poller(bed.hosts, limit=240, fetch=version_served)
     rollback = await load.during(lambda: pydeploy(bed, app, "rollback"))
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr
     assert "Rolled back to v1" in rollback.stdout
