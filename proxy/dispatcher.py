@@ -147,7 +147,9 @@ class ServiceDispatcher:
         if target is None:
             return 503
         scoped = options.scope_cookie_paths and prefix != "/" and options.strip_prefix
-        if service.log_headers is not None or balancer.readers or scoped:
+        if not (balancer.readers or scoped):
+            request.head_filter = service.log_rewrite  # the same for every request (Kamal's default)
+        else:
             affinity = write and options.writer_affinity_timeout > 0
             request.head_filter = HeadRewrite(
                 log_headers=service.log_headers,

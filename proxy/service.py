@@ -17,6 +17,7 @@ from proxy.health import HealthCheckConfig
 from proxy.http.buffering import BufferPolicy
 from proxy.logheaders import LogHeaders
 from proxy.pause import RUNNING, STOPPED, PauseState
+from proxy.responsehead import HeadRewrite
 from proxy.rollout import RolloutSplit
 from proxy.routing import normalize_hosts, normalize_prefixes, validate_host
 
@@ -246,6 +247,7 @@ class Service:
     pages: dict[int, bytes] | None = field(init=False)  # the custom pages, rendered without a message
     stopped_pages: dict[int, bytes] = field(init=False)  # ... and the 503 of a stopped service
     log_headers: LogHeaders | None = field(init=False)
+    log_rewrite: HeadRewrite | None = field(init=False)  # the response-head rewrite if only logging
     buffering: BufferPolicy | None = field(init=False)
     client_ip_header: bytes = field(init=False)
     health_path: bytes = field(init=False)
@@ -270,6 +272,7 @@ class Service:
             LogHeaders(options.log_request_headers, options.log_response_headers) if logged else None
         )
         set_(self, "log_headers", log_headers)
+        set_(self, "log_rewrite", HeadRewrite(log_headers=log_headers) if log_headers is not None else None)
         set_(self, "buffering", buffering)
         set_(self, "client_ip_header", options.client_ip_header.lower().encode())
         set_(self, "health_path", options.health_check.path.encode())
