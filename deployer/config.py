@@ -38,9 +38,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Healthcheck:
+    """Durations are seconds; `port`/`host` (ours) check another port or send another Host header."""
+
     path: str = "/up"
-    interval: int = 1
-    timeout: int = 5
+    interval: float = 1
+    timeout: float = 5
+    port: int | None = None
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,18 +59,78 @@ class Buffering:
 
 
 @dataclass(frozen=True)
+class SslCertificate:
+    """A custom certificate for `proxy.ssl`: the NAMES of the secrets holding the PEM texts."""
+
+    certificate_pem: str
+    private_key_pem: str
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    """How the proxy container itself runs (Kamal's `proxy.run`, root `proxy` only); `image` is ours."""
+
+    image: str | None = None
+    registry: str | None = None
+    repository: str | None = None
+    version: str | None = None
+    http_port: int = 80
+    https_port: int = 443
+    publish: bool = True
+    bind_ips: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    debug: bool = False
+    log_max_size: str = "10m"
+    options: Mapping[str, str | bool | tuple[str, ...]] = field(default_factory=dict)
+
+    def image_ref(self, default: str) -> str:
+        """The image the proxy container runs: ours `image`, else `[registry/]repository:version`, else
+        `default`."""
+        if self.image:
+            return self.image
+        if self.repository:
+            name = f"{self.registry}/{self.repository}" if self.registry else self.repository
+            return f"{name}:{self.version}" if self.version else name
+        return default
+
+
+@dataclass(frozen=True)
 class ProxySettings:
-    """How a role is published through the proxy; `forward_headers=None` keeps the proxy's default."""
+    """How a role is published through the proxy; `None` values keep the proxy's own default.
+
+    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... rollout_percent).
+    """
 
     hosts: tuple[str, ...] = ()
     ssl: bool = False
     app_port: int = 80
     healthcheck: Healthcheck = Healthcheck()
-    response_timeout: int = 30
+    response_timeout: float = 30
     buffering: Buffering = Buffering()
     forward_headers: bool | None = None
     path_prefixes: tuple[str, ...] = ()
     image: str | None = None  # ours: the pyproxy image the proxy container runs (root `proxy` only)
+    certificate: SslCertificate | None = None
+    ssl_redirect: bool | None = None
+    strip_path_prefix: bool | None = None
+    log_request_headers: tuple[str, ...] | None = None
+    log_response_headers: tuple[str, ...] = ()
+    run: ProxyRun | None = None
+    canonical_host: str | None = None
+    tls_staging: bool = False
+    acme_directory: str | None = None
+    acme_eab_kid: Credential | None = None
+    acme_eab_hmac_key: Credential | None = None
+    tls_on_demand_url: str | None = None
+    read_targets: tuple[str, ...] = ()
+    read_target_websockets: bool | None = None
+    writer_affinity_timeout: float | None = None
+    client_ip_header: str | None = None
+    scope_cookie_paths: bool | None = None
+    exclude_metrics_paths: tuple[str, ...] = ()
+    load_balancer: str | None = None
+    targets: tuple[str, ...] = ()
+    rollout_percent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +150,33 @@ class EnvSettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    """Kamal's `logging:`; no driver and no options means Docker's default with `--log-opt max-size=10m`."""
+
+    driver: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BootSettings:
+    """How many hosts boot at once and the pause between groups; roles always boot one after another
+    (`parallel_roles` is read so Kamal configs load, but pydeploy boots roles sequentially)."""
+
+    limit: int | None = None
+    limit_percent: int | None = None
+    wait: float = 0
+    parallel_roles: bool = False
+
+    def group_size(self, total_hosts: int) -> int:
+        """Hosts per boot group: `limit`, or `limit_percent` of them (at least one), else all at once."""
+        if self.limit is not None:
+            return self.limit
+        if self.limit_percent is not None:
+            return max(1, total_hosts * self.limit_percent // 100)
+        return total_hosts
+
+
+@dataclass(frozen=True)
 class Role:
     """A named group of hosts running the same container; `proxy=None` means not behind the proxy."""
 
@@ -96,6 +187,9 @@ class Role:
     labels: Mapping[str, str] = field(default_factory=dict)
     env: EnvSettings = EnvSettings()
     proxy: ProxySettings | None = None
+    stop_timeout: float | None = None
+    logging: LoggingSettings | None = None
+    asset_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +221,37 @@ class BuilderSettings:
     context: str | None = None
     dockerfile: str = "Dockerfile"
     args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccessoryFile:
+    """A local file (relative to the project root) uploaded to `remote` in the container; `mode` as chmod."""
+
+    local: str
+    remote: str
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Accessory:
+    """A long-lived companion container (database, cache); `hosts` is resolved from host/hosts/role/roles
+    at load, `directories` are Kamal's "local:remote" strings."""
+
+    name: str
+    service: str
+    image: str
+    hosts: tuple[str, ...]
+    port: str | None = None
+    cmd: str | None = None
+    env: EnvSettings = EnvSettings()
+    files: tuple[AccessoryFile, ...] = ()
+    directories: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    options: Mapping[str, str | bool | tuple[str, ...]] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    registry: RegistrySettings | None = None
+    proxy: ProxySettings | None = None
+    network: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,10 +288,18 @@ class DeployConfig:
     custom_labels: Mapping[str, str] = field(default_factory=dict)
     aliases: Mapping[str, str] = field(default_factory=dict)
     asset_path: str | None = None
-    deploy_timeout: int = 30
-    drain_timeout: int = 30
+    deploy_timeout: float = 30
+    drain_timeout: float = 30
     retain_containers: int = 5
     minimum_version: str | None = None
+    accessories: tuple[Accessory, ...] = ()
+    boot: BootSettings = BootSettings()
+    hooks_path: str = ".kamal/hooks"
+    error_pages_path: str | None = None
+    readiness_delay: float = 7
+    stop_timeout: float | None = None
+    logging: LoggingSettings = LoggingSettings()
+    warnings: tuple[str, ...] = ()
 
     @property
     def service_with_destination(self) -> str:
@@ -201,6 +334,18 @@ class DeployConfig:
             **self.custom_labels,
             **role.labels,
         }
+
+    def accessory(self, name: str) -> Accessory:
+        """The accessory called `name`; an unknown name is a `ConfigError` listing the known ones."""
+        for accessory in self.accessories:
+            if accessory.name == name:
+                return accessory
+        known = ", ".join(accessory.name for accessory in self.accessories) or "none are configured"
+        raise ConfigError(f'No accessory "{name}" (accessories: {known})')
+
+    def stop_timeout_for(self, role: Role) -> float | None:
+        """Seconds `docker stop` waits for the role's container: its own `stop_timeout`, else the root's."""
+        return role.stop_timeout if role.stop_timeout is not None else self.stop_timeout
 
     def env_for(self, role: Role) -> EnvSettings:
         """The root env overlaid by the role's: clear values merge (the role wins), secrets are unioned."""

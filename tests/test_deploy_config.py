@@ -618,7 +618,13 @@ def test_as_dict_prints_as_yaml_and_hides_a_literal_registry_password(tmp_path):
     data = yaml.safe_load(printed)
     assert data["registry"] == {"server": "ghcr.io", "username": "acme", "password": "[REDACTED]"}
     assert data["roles"][0]["options"]["add-host"] == ["a:1.2.3.4", "b:1.2.3.5"]
-    assert data["proxy"]["healthcheck"] == {"path": "/health", "interval": 2, "timeout": 10}
+    assert data["proxy"]["healthcheck"] == {
+        "path": "/health",
+        "interval": 2,
+        "timeout": 10,
+        "port": None,
+        "host": None,
+    }
 
 
 def test_as_dict_shows_a_secret_reference_as_in_the_yaml(tmp_path):
