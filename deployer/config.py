@@ -411,7 +411,7 @@ def _load_yaml(root: Path, name: str, environ: Mapping[str, str]) -> object:
     except OSError as error:
         raise ConfigError(f"Cannot read configuration file {path}: {error.strerror}") from None
     try:
-        rendered = erb.render(text, name, environ)
+        rendered = erb.render(text, name, environ, root)
     except erb.TemplateError as error:
         raise ConfigError(str(error)) from None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import textwrap
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployer import erb
 from deployer.config import (
     Buffering,
     BuilderSettings,
@@ -458,42 +458,18 @@ def test_erb_and_variable_forms(tmp_path, expression, environ, image):
     assert config.image == image
 
 
-@pytest.mark.parametrize(
-    "expression",
-    ["${APP_IMAGE}", '<%= ENV["APP_IMAGE"] %>', "<%= ENV['APP_IMAGE'] %>", '<%= ENV.fetch("APP_IMAGE") %>'],
-)
-def test_unset_variable_is_an_error_naming_it(tmp_path, expression):
+@pytest.mark.parametrize("expression", ["${APP_IMAGE}", '<%= ENV.fetch("APP_IMAGE") %>'])
+def test_unset_variable_is_an_error_naming_the_file_and_line(tmp_path, expression):
     message = error(tmp_path, f"service: app\nimage: {expression}\nservers: [10.0.0.1]\n")
-    assert message.startswith("config/deploy.yml:2: environment variable APP_IMAGE is not set")
+    assert message.startswith("config/deploy.yml:2: ")
+    assert "APP_IMAGE" in message
 
 
-@pytest.mark.parametrize(
-    "tag",
-    ['<% if ENV["CI"] %>', "<%= %x(aws ecr get-login-password) %>", '<%= ENV["A"].upcase %>', "<%# note %>"],
-)
-def test_other_ruby_is_refused_with_file_and_line(tmp_path, tag):
-    message = error(
-        tmp_path, f"service: app\nimage: acme/app\nservers: [10.0.0.1]\n# {tag}\n", environ={"A": "a"}
-    )
-    assert message.startswith(f"config/deploy.yml:4: unsupported ERB {tag}: other Ruby is not supported")
-
-
-@pytest.mark.parametrize(
-    ("text", "message"), [("a: <%= ENV", "'<%' is never closed"), ("a: ${A", "'${' is never closed")]
-)
-def test_unclosed_tags(text, message):
-    with pytest.raises(erb.TemplateError, match=re.escape(f"deploy.yml:1: {message}")):
-        erb.render(text, "deploy.yml", {"A": "1"})
-
-
-def test_double_dollar_keeps_a_literal_variable_and_dash_tag_trims_the_newline():
-    assert erb.render("$${HOME} <%= ENV['A'] -%>\nnext", "f", {"A": "1"}) == "${HOME} 1next"
-
-
-def test_bad_variable_syntax(tmp_path):
-    assert error(tmp_path, MINIMAL + "asset_path: ${1A}\n").startswith(
-        "config/deploy.yml:5: cannot read ${1A}"
-    )
+def test_erb_commands_run_in_the_project_root(tmp_path):
+    (tmp_path / "REVISION").write_text("v7\n")
+    text = "service: app\nimage: acme/app\nservers: [10.0.0.1]\nasset_path: <%= `cat REVISION`.strip %>\n"
+    for mode in ({}, {"PYDEPLOY_ERB": "subset"}):
+        assert load(tmp_path, text, environ={"PATH": os.environ["PATH"], **mode}).asset_path == "v7"
 
 
 # --- destinations
