@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
+import math
 import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -27,6 +30,24 @@ _DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SECRET_ENTRY = re.compile(r"[^:\s]+(?::[^:\s]+)?")
 _JUMP_HOST = re.compile(r"(?:(?P<user>[^@:\s]+)@)?(?P<host>[^@:\s]+)(?::(?P<port>[0-9]+))?")
 _RESERVED_LABELS = ("service", "role", "destination", "version")
+_HIDDEN_CREDENTIALS = ("password", "acme_eab_hmac_key")
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": Fraction(1, 10**9),
+    "us": Fraction(1, 10**6),
+    "µs": Fraction(1, 10**6),
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+}
+_TARGET = re.compile(r"\w[-\w.+]*(?::(?P<port>[0-9]+))?")
+_PUBLISH = re.compile(
+    r"(?:(?P<ip>[0-9.]+|\[[0-9A-Fa-f:.]+\]):(?P<host_port>[0-9]*):|(?P<host>[0-9]+):)?"
+    r"(?P<container>[0-9]+)(?P<protocol>/(?:tcp|udp|sctp))?"
+)
 
 _Where = tuple[str | int, ...]
 _Reader = Callable[[object, _Where], object]
@@ -355,13 +376,9 @@ class DeployConfig:
         )
 
     def as_dict(self) -> dict[str, object]:
-        """Every setting as plain dicts and lists for printing. A literal registry password is hidden here;
+        """Every setting as plain dicts and lists for printing. Literal passwords and keys are hidden here;
         values that came from secrets are hidden by `secrets.redact_data`."""
-        data = {item.name: _plain(getattr(self, item.name)) for item in dataclasses.fields(self)}
-        password = self.registry.password
-        if password is not None and not password.secret:
-            data["registry"] = {**_plain(self.registry), "password": REDACTED}
-        return data
+        return {item.name: _plain(getattr(self, item.name)) for item in dataclasses.fields(self)}
 
 
 def load_config(
@@ -393,13 +410,23 @@ def load_config(
     if overlay_file is not None:
         overlay = _load_yaml(root, overlay_file, env)
         data = _deep_merge(data, {} if overlay is None else overlay)
-    try:
-        return _build(data, destination, lambda builder: _version(root, version, env, builder))
-    except _Invalid as problem:
-        blamed = problem.path and overlay_file and _holds(overlay, problem.path)
+
+    def where(path: _Where) -> str:
+        """`<file>: <path>`, naming the destination file when the value came from it."""
+        blamed = path and overlay_file and _holds(overlay, path)
         source = overlay_file if blamed else config_file
-        where = f"{_format_path(problem.path)}: " if problem.path else ""
-        raise ConfigError(f"{source}: {where}{problem}") from None
+        return f"{source}: {_format_path(path)}" if path else source
+
+    warnings: list[tuple[_Where, str]] = []
+    try:
+        config = _build(
+            data, destination, lambda builder: _version(root, version, env, builder), root, warnings
+        )
+    except _Invalid as problem:
+        raise ConfigError(f"{where(problem.path)}: {problem}") from None
+    return dataclasses.replace(
+        config, warnings=tuple(f"{where(path)}: {message}" for path, message in warnings)
+    )
 
 
 def _load_yaml(root: Path, name: str, environ: Mapping[str, str]) -> object:
@@ -472,16 +499,25 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def _plain(value: object) -> object:
-    """Dataclasses, tuples and mappings as dicts and lists, so `yaml.safe_dump` can print them."""
+    """Dataclasses, tuples and mappings as dicts and lists, so `yaml.safe_dump` can print them; a literal
+    password or key (not a secret's name) shows as `[REDACTED]`."""
     if isinstance(value, Credential):
         return [value.value] if value.secret else value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: _plain(getattr(value, item.name)) for item in dataclasses.fields(value)}
+        return {
+            item.name: REDACTED if _is_literal_secret(item.name, value) else _plain(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+        }
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def _is_literal_secret(name: str, owner: object) -> bool:
+    credential = getattr(owner, name)
+    return name in _HIDDEN_CREDENTIALS and isinstance(credential, Credential) and not credential.secret
 
 
 # Validation. Readers take the raw value and its path and return the typed value or raise _Invalid.
@@ -615,13 +651,11 @@ def _string_map(value: object, path: _Where) -> dict[str, str]:
     return {key: _str(item, (*path, key)) for key, item in _dict(value, path).items()}
 
 
-def _labels(value: object, path: _Where) -> dict[str, str]:
+def _labels(value: object, path: _Where, reserved: tuple[str, ...] = _RESERVED_LABELS) -> dict[str, str]:
     labels = _scalars(value, path)
     for key in labels:
-        if key in _RESERVED_LABELS:
-            raise _Invalid(
-                (*path, key), f"reserved label: pydeploy sets {', '.join(_RESERVED_LABELS)} itself"
-            )
+        if key in reserved:
+            raise _Invalid((*path, key), f"reserved label: pydeploy sets {', '.join(reserved)} itself")
     return labels
 
 
@@ -701,7 +735,143 @@ def _image(value: object, path: _Where) -> str:
     return image
 
 
-_HEALTHCHECK: dict[str, _Reader] = {"path": _str, "interval": _int, "timeout": _int}
+def _seconds(value: object, path: _Where) -> float:
+    """A duration of zero or more seconds: a number, or a Go/Kamal duration string ("2s", "500ms",
+    "1m30s", "1h"). Whole seconds stay an `int`, so `f"{x}s"` gives "2s"."""
+    expected = 'seconds, or a duration like "2s", "500ms" or "1m30s"'
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _wrong(value, path, expected)
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            amount = Fraction(text)
+        elif _DURATION.fullmatch(text):
+            amount = sum(
+                (Fraction(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text)),
+                Fraction(0),
+            )
+        else:
+            raise _wrong(value, path, expected)
+    elif math.isfinite(value):
+        amount = Fraction(value)
+    else:
+        raise _wrong(value, path, expected)
+    if amount < 0:
+        raise _Invalid(path, f"must not be negative, got {_describe(value)}")
+    return int(amount) if amount.denominator == 1 else float(amount)
+
+
+def _duration(value: object, path: _Where) -> float:
+    """A duration of more than zero seconds (timeouts and intervals)."""
+    seconds = _seconds(value, path)
+    if seconds == 0:
+        raise _Invalid(path, f"must be more than 0 seconds, got {_describe(value)}")
+    return seconds
+
+
+def _whole_seconds(value: object, path: _Where) -> int:
+    """`stop_timeout` goes to `docker stop --time`, which takes whole seconds."""
+    seconds = _seconds(value, path)
+    if not isinstance(seconds, int):
+        raise _Invalid(path, f"docker stop takes whole seconds, got {_describe(value)}")
+    return seconds
+
+
+def _percent(value: object, path: _Where) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+        raise _wrong(value, path, "a percentage from 0 to 100")
+    return value
+
+
+def _secret_name(value: object, path: _Where) -> str:
+    name = _str(value, path)
+    if not _SECRET_NAME.fullmatch(name):
+        raise _wrong(value, path, "the name of a secret, like CERTIFICATE_PEM")
+    return name
+
+
+def _targets(value: object, path: _Where) -> tuple[str, ...]:
+    targets = _strings(value, path)
+    for index, target in enumerate(targets):
+        match = _TARGET.fullmatch(target)
+        if not match or (match["port"] and not 0 < int(match["port"]) < 65536):
+            raise _wrong(target, (*path, index), 'a target "host:port", like "10.0.0.5:3000"')
+    return targets
+
+
+def _url_paths(value: object, path: _Where) -> tuple[str, ...]:
+    paths = _strings(value, path)
+    for index, item in enumerate(paths):
+        if not item.startswith("/"):
+            raise _wrong(item, (*path, index), 'a path starting with "/"')
+    return paths
+
+
+def _ips(value: object, path: _Where) -> tuple[str, ...]:
+    ips = _strings(value, path)
+    for index, ip in enumerate(ips):
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise _wrong(ip, (*path, index), "an IPv4 or IPv6 address") from None
+    return ips
+
+
+def _ssl(value: object, path: _Where) -> bool | SslCertificate:
+    """`true`/`false` (automatic certificates), or the secrets holding a custom certificate and key."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise _wrong(value, path, "true, false or a mapping with certificate_pem and private_key_pem")
+    data = _mapping(value, path, ("certificate_pem", "private_key_pem"))
+    for key, other in (("certificate_pem", "private_key_pem"), ("private_key_pem", "certificate_pem")):
+        if key not in data:
+            raise _Invalid(path, f"missing {key} (required when {other} is present)")
+    return SslCertificate(
+        **_read(data, path, {"certificate_pem": _secret_name, "private_key_pem": _secret_name})
+    )
+
+
+def _logging(value: object, path: _Where) -> LoggingSettings:
+    return LoggingSettings(**_section(value, path, {"driver": _str, "options": _scalars}))
+
+
+def _boot_limit(value: object, path: _Where) -> dict[str, int]:
+    """`limit: 2` hosts at a time, or `limit: "25%"` of all hosts (at least one)."""
+    if isinstance(value, str) and (match := re.fullmatch(r"\s*([0-9]+)\s*%\s*", value)):
+        percent = int(match[1])
+        if not 0 < percent <= 100:
+            raise _Invalid(path, f"a percentage must be from 1% to 100%, got {_describe(value)}")
+        return {"limit_percent": percent}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"limit": _int(value, path)}
+    raise _wrong(value, path, 'a number of hosts, or a percentage like "25%"')
+
+
+def _boot(value: object, path: _Where) -> BootSettings:
+    fields = _section(value, path, {"limit": _boot_limit, "wait": _seconds, "parallel_roles": _bool})
+    return BootSettings(**fields.pop("limit", {}), **fields)
+
+
+def _registry(value: object, path: _Where) -> RegistrySettings:
+    return RegistrySettings(
+        **_section(value, path, {"server": _str, "username": _credential, "password": _credential})
+    )
+
+
+def _existing_directory(root: Path, value: str, path: _Where) -> str:
+    if not (root / value).is_dir():
+        raise _Invalid(path, f"{value} is not a directory in {root}")
+    return value
+
+
+_HEALTHCHECK: dict[str, _Reader] = {
+    "path": _str,
+    "interval": _duration,
+    "timeout": _duration,
+    "port": _port,  # ours
+    "host": _str,  # ours
+}
 _BUFFERING: dict[str, _Reader] = {
     "requests": _bool,
     "responses": _bool,
@@ -709,27 +879,70 @@ _BUFFERING: dict[str, _Reader] = {
     "max_request_body": _int,
     "max_response_body": _int,
 }
+_PROXY_RUN: dict[str, _Reader] = {
+    "image": _str,  # ours: the whole image reference
+    "registry": _str,
+    "repository": _str,
+    "version": _str,
+    "http_port": _port,
+    "https_port": _port,
+    "publish": _bool,
+    "bind_ips": _ips,
+    "metrics_port": _port,
+    "debug": _bool,
+    "log_max_size": _str,
+    "options": _options,
+}
 _PROXY: dict[str, _Reader] = {
     "host": _comma_list,
     "hosts": _strings,
-    "ssl": _bool,
+    "ssl": _ssl,
+    "ssl_redirect": _bool,
     "app_port": _port,
     "healthcheck": lambda value, path: Healthcheck(**_section(value, path, _HEALTHCHECK)),
-    "response_timeout": _int,
+    "response_timeout": _duration,
     "buffering": lambda value, path: Buffering(**_section(value, path, _BUFFERING)),
     "forward_headers": _bool,
     "path_prefix": _comma_list,
     "path_prefixes": _strings,
-    "image": _str,
+    "strip_path_prefix": _bool,
+    "logging": lambda value, path: _section(
+        value, path, {"request_headers": _strings, "response_headers": _strings}
+    ),
+    "image": _str,  # ours: the same as run.image
+    "run": lambda value, path: _section(value, path, _PROXY_RUN),
+    # ours: the rest of pyproxy's deploy options
+    "canonical_host": _str,
+    "tls_staging": _bool,
+    "acme_directory": _str,
+    "acme_eab_kid": _credential,
+    "acme_eab_hmac_key": _credential,
+    "tls_on_demand_url": _str,
+    "read_targets": _targets,
+    "read_target_websockets": _bool,
+    "writer_affinity_timeout": _seconds,
+    "client_ip_header": _str,
+    "scope_cookie_paths": _bool,
+    "exclude_metrics_paths": _url_paths,
+    "load_balancer": _str,
+    "targets": _targets,
+    "rollout": lambda value, path: _section(value, path, {"percent": _percent}),
 }
-_ROLE: dict[str, _Reader] = {"cmd": _str, "options": _options, "labels": _labels, "env": _env}
+_PROXY_CONTAINER_KEYS = ("run", "image")
+_ROLE: dict[str, _Reader] = {
+    "cmd": _str,
+    "options": _options,
+    "labels": _labels,
+    "env": _env,
+    "stop_timeout": _whole_seconds,
+    "logging": _logging,
+    "asset_path": _str,
+}
 _ROLE_KEYS = ("hosts", *_ROLE, "proxy")
 _ROOT: dict[str, _Reader] = {
     "service": _name,
     "image": _image,
-    "registry": lambda value, path: RegistrySettings(
-        **_section(value, path, {"server": _str, "username": _credential, "password": _credential})
-    ),
+    "registry": _registry,
     "env": _env,
     "volumes": _volumes,
     "builder": lambda value, path: BuilderSettings(
@@ -743,12 +956,18 @@ _ROOT: dict[str, _Reader] = {
     "labels": _labels,
     "aliases": _string_map,
     "asset_path": _str,
-    "deploy_timeout": _int,
-    "drain_timeout": _int,
+    "deploy_timeout": _duration,
+    "drain_timeout": _duration,
     "retain_containers": _int,
     "minimum_version": _str,
+    "boot": _boot,
+    "hooks_path": _str,
+    "error_pages_path": _str,
+    "readiness_delay": _seconds,
+    "stop_timeout": _whole_seconds,
+    "logging": _logging,
 }
-_ROOT_KEYS = (*_ROOT, "servers", "primary_role", "proxy")
+_ROOT_KEYS = (*_ROOT, "servers", "primary_role", "proxy", "accessories")
 
 
 def _proxy(value: object, path: _Where) -> ProxySettings:
@@ -758,10 +977,79 @@ def _proxy(value: object, path: _Where) -> ProxySettings:
             if plural in fields:
                 raise _Invalid(path, f'set "{single}" or "{plural}", not both')
             fields[plural] = fields.pop(single)
+    if isinstance(fields.get("ssl"), SslCertificate):
+        fields["certificate"], fields["ssl"] = fields["ssl"], True
+    headers = fields.pop("logging", {})
+    if "request_headers" in headers:
+        fields["log_request_headers"] = headers["request_headers"]
+    if "response_headers" in headers:
+        fields["log_response_headers"] = headers["response_headers"]
+    if "rollout" in fields:
+        fields["rollout_percent"] = fields.pop("rollout").get("percent")
+    if "run" in fields or "image" in fields:
+        fields["run"] = _proxy_run(fields.get("run", {}), fields.get("image"), path)
+        fields["image"] = fields["run"].image
     proxy = ProxySettings(**fields)
-    if proxy.ssl and not proxy.hosts:
-        raise _Invalid((*path, "ssl"), "automatic SSL needs a host: set host or hosts")
+    _check_tls(proxy, path)
+    if proxy.canonical_host and proxy.hosts and proxy.canonical_host.lower() not in proxy.hosts:
+        raise _Invalid((*path, "canonical_host"), f"{proxy.canonical_host} is not one of the hosts")
     return proxy
+
+
+def _proxy_run(run: Mapping[str, object], image: str | None, path: _Where) -> ProxyRun:
+    """The proxy container's settings; ours `proxy.image` is `run.image`, a whole image reference."""
+    run_path = (*path, "run")
+    if image is not None:
+        if "image" in run:
+            raise _Invalid(path, 'set "image" or "run.image", not both')
+        run = {**run, "image": image}
+    if "image" in run and {"registry", "repository", "version"} & run.keys():
+        raise _Invalid(
+            run_path, "set image (a whole image reference) or registry/repository/version, not both"
+        )
+    if run.get("publish") is False and {"http_port", "https_port", "bind_ips"} & run.keys():
+        raise _Invalid(run_path, "cannot set http_port, https_port or bind_ips when publish is false")
+    return ProxyRun(**run)
+
+
+def _check_tls(proxy: ProxySettings, path: _Where) -> None:
+    """The TLS options that only make sense together, as pyproxy would refuse them at deploy time."""
+    acme = {
+        "tls_staging": proxy.tls_staging,
+        "acme_directory": proxy.acme_directory,
+        "acme_eab_kid": proxy.acme_eab_kid,
+        "acme_eab_hmac_key": proxy.acme_eab_hmac_key,
+        "tls_on_demand_url": proxy.tls_on_demand_url,
+    }
+    for key, value in acme.items():
+        if value and not proxy.ssl:
+            raise _Invalid((*path, key), "needs ssl: true")
+        if value and proxy.certificate is not None:
+            raise _Invalid((*path, key), "a custom certificate (ssl.certificate_pem) does not use ACME")
+    if (proxy.acme_eab_kid is None) != (proxy.acme_eab_hmac_key is None):
+        raise _Invalid(path, "set acme_eab_kid and acme_eab_hmac_key together")
+    if proxy.tls_staging and proxy.acme_directory:
+        raise _Invalid(path, 'set "tls_staging" or "acme_directory", not both')
+    on_demand = proxy.tls_on_demand_url
+    if on_demand is not None:
+        on_demand_path = (*path, "tls_on_demand_url")
+        if proxy.hosts:
+            raise _Invalid(on_demand_path, "serves any host the URL allows, so it cannot be used with hosts")
+        if proxy.canonical_host:
+            raise _Invalid(on_demand_path, "cannot be used with canonical_host")
+        if not re.match(r"/(?!/)|https?://", on_demand):
+            raise _wrong(on_demand, on_demand_path, "a path or an absolute http(s) URL")
+    elif proxy.ssl and not proxy.hosts:
+        raise _Invalid((*path, "ssl"), "automatic SSL needs a host: set host or hosts")
+
+
+def _own_proxy(value: object, path: _Where) -> dict[str, object]:
+    """A role's or accessory's proxy mapping; the proxy container itself is set in the root `proxy`."""
+    data = _dict(value, path)
+    for key in _PROXY_CONTAINER_KEYS:
+        if key in data:
+            raise _Invalid((*path, key), "the proxy container is configured in the root proxy only")
+    return data
 
 
 def _role(
@@ -782,11 +1070,16 @@ def _role(
     if isinstance(proxy_value, bool):
         proxy = root if proxy_value else None
     elif isinstance(proxy_value, dict):
-        proxy = _proxy(_deep_merge(root_raw, proxy_value), proxy_path)
+        proxy = _proxy(_deep_merge(root_raw, _own_proxy(proxy_value, proxy_path)), proxy_path)
     else:
         raise _wrong(proxy_value, proxy_path, "true, false or a proxy mapping")
-    if proxy is not None and proxy.ssl and len(hosts) > 1:
-        raise _Invalid(path, "automatic SSL works on a single server only, but this role has several hosts")
+    automatic_ssl = proxy is not None and proxy.ssl and proxy.certificate is None and not proxy.load_balancer
+    if automatic_ssl and len(hosts) > 1:
+        raise _Invalid(
+            path,
+            f"automatic SSL works on a single server only, but this role has {len(hosts)} hosts: "
+            "provide a certificate (ssl.certificate_pem/private_key_pem) or a load_balancer",
+        )
     return Role(name=name, hosts=hosts, proxy=proxy, **_read(data, path, _ROLE))
 
 
@@ -806,28 +1099,271 @@ def _roles(value: object, primary: str, root_raw: object, root: ProxySettings) -
         raise _Invalid(
             ("servers",), f'the primary role "{primary}" is not defined (roles: {", ".join(names) or "none"})'
         )
+    ssl_hosts = [host for role in roles if role.proxy and role.proxy.ssl for host in role.proxy.hosts]
+    shared = sorted({host for host in ssl_hosts if ssl_hosts.count(host) > 1})
+    if shared:
+        raise _Invalid(
+            ("servers",), f"different roles can't share the same host for SSL: {', '.join(shared)}"
+        )
     return tuple(sorted(roles, key=lambda role: role.name != primary))
 
 
+# Accessories
+
+
+def _mount(value: object, path: _Where, keys: tuple[str, ...]) -> dict[str, str]:
+    """A "local:remote[:options]" string or a {local, remote, ...} mapping; `remote` is a container path."""
+    if isinstance(value, str):
+        local, _, rest = value.partition(":")
+        remote, _, options = rest.partition(":")
+        data = {"local": local, "remote": remote, **({"options": options} if options else {})}
+    else:
+        raw = _dict(value, path)
+        if "owner" in raw:
+            raise _Invalid(
+                (*path, "owner"), "not supported: pydeploy does not chown; set ownership in the image"
+            )
+        data = _read(_mapping(raw, path, keys), path, dict.fromkeys(keys, _str))
+    if not data.get("local") or not data.get("remote"):
+        raise _wrong(value, path, '"local:remote" or a mapping with local and remote')
+    if not data["remote"].startswith("/"):
+        raise _Invalid(path, f"the remote path must be absolute, got {_describe(data['remote'])}")
+    return data
+
+
+def _accessory_files(value: object, path: _Where, root: Path) -> tuple[AccessoryFile, ...]:
+    """Files uploaded from the project (local paths relative to its root), which must exist."""
+    if not isinstance(value, list):
+        raise _wrong(value, path, "a list")
+    files = []
+    for index, item in enumerate(value):
+        data = _mount(item, (*path, index), ("local", "remote", "mode", "options"))
+        mode = data.get("mode")
+        if mode is not None and not re.fullmatch(r"[0-7]{3,4}", mode):
+            raise _wrong(mode, (*path, index, "mode"), 'an octal mode like "0644"')
+        if not (root / data["local"]).exists():
+            raise _Invalid((*path, index), f"{data['local']} does not exist in {root}")
+        files.append(AccessoryFile(**data))
+    return tuple(files)
+
+
+def _accessory_directories(value: object, path: _Where) -> tuple[str, ...]:
+    """Directories created on the host and mounted, as "local:remote[:options]" strings."""
+    if not isinstance(value, list):
+        raise _wrong(value, path, "a list")
+    entries = []
+    for index, item in enumerate(value):
+        data = _mount(item, (*path, index), ("local", "remote", "options"))
+        entries.append(":".join(data[key] for key in ("local", "remote", "options") if key in data))
+    return tuple(entries)
+
+
+def _publish(value: object, path: _Where) -> str:
+    """`port`: "3306" (published as 3306:3306), "8080:80" or "127.0.0.1:3306:3306"."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _str(value, path)
+    match = _PUBLISH.fullmatch(text)
+    ports = [match[key] for key in ("host_port", "host", "container") if match[key]] if match else []
+    if not match or not all(0 < int(port) < 65536 for port in ports):
+        raise _wrong(value, path, 'a port like "3306", "8080:80" or "127.0.0.1:3306:3306"')
+    if match["ip"] is None and match["host"] is None:
+        return f"{match['container']}:{match['container']}{match['protocol'] or ''}"
+    return text
+
+
+def _accessory_image(value: object, path: _Where) -> str:
+    image = _str(value, path)
+    if not image or any(character.isspace() for character in image):
+        raise _wrong(value, path, 'an image like "postgres:16"')
+    return image
+
+
+_ACCESSORY: dict[str, _Reader] = {
+    "service": _name,
+    "image": _accessory_image,
+    "registry": _registry,
+    "cmd": _str,
+    "port": _publish,
+    "env": _env,
+    "directories": _accessory_directories,
+    "volumes": _volumes,
+    "options": _options,
+    "labels": lambda value, path: _labels(value, path, reserved=("service",)),
+    "network": _name,
+}
+_ACCESSORY_HOSTS = ("host", "hosts", "role", "roles")
+_ACCESSORY_KEYS = (*_ACCESSORY, *_ACCESSORY_HOSTS, "files", "proxy", "tag", "tags")
+
+
+def _accessory(
+    name: str, value: object, path: _Where, service: str, roles: tuple[Role, ...], root: Path
+) -> Accessory:
+    data = _mapping(value, path, _ACCESSORY_KEYS)
+    for key in ("tag", "tags"):
+        if key in data:
+            raise _Invalid(
+                (*path, key), "host tags are not supported by pydeploy: use host, hosts, role or roles"
+            )
+    placement = [key for key in _ACCESSORY_HOSTS if key in data]
+    if len(placement) != 1:
+        given = f" (got {', '.join(placement)})" if placement else ""
+        raise _Invalid(path, f"specify exactly one of host, hosts, role or roles{given}")
+    if "image" not in data:
+        raise _Invalid(path, 'missing required key "image"')
+    fields = _read(data, path, _ACCESSORY)
+    registry = fields.get("registry")
+    if registry is not None and registry.server:
+        fields["image"] = f"{registry.server}/{fields['image']}"
+    if "files" in data:
+        fields["files"] = _accessory_files(data["files"], (*path, "files"), root)
+    if "proxy" in data:
+        proxy_path = (*path, "proxy")
+        fields["proxy"] = _proxy(_own_proxy(data["proxy"], proxy_path), proxy_path)
+    key = placement[0]
+    return Accessory(
+        name=name,
+        service=fields.pop("service", f"{service}-{name}"),
+        hosts=_accessory_hosts(key, data[key], (*path, key), roles),
+        **fields,
+    )
+
+
+def _accessory_hosts(key: str, value: object, path: _Where, roles: tuple[Role, ...]) -> tuple[str, ...]:
+    """The hosts from `host`/`hosts` (each must be a host of a role) or from `role`/`roles`."""
+    by_name = {role.name: role for role in roles}
+    if key in ("role", "roles"):
+        names = (_str(value, path),) if key == "role" else _strings(value, path)
+        for index, name in enumerate(names):
+            if name not in by_name:
+                where = path if key == "role" else (*path, index)
+                raise _Invalid(where, f'unknown role "{name}" (roles: {", ".join(by_name)})')
+        return tuple(dict.fromkeys(host for name in names for host in by_name[name].hosts))
+    hosts = (_str(value, path),) if key == "host" else _hosts(value, path)
+    known = {host for role in roles for host in role.hosts}
+    for index, host in enumerate(hosts):
+        if host not in known:
+            where = path if key == "host" else (*path, index)
+            accessory = path[1]
+            raise _Invalid(
+                where, f"accessory {accessory} is placed on {host}, which is in no role of servers"
+            )
+    return hosts
+
+
+def _accessories(value: object, service: str, roles: tuple[Role, ...], root: Path) -> tuple[Accessory, ...]:
+    accessories = _dict(value, ("accessories",))
+    return tuple(
+        _accessory(_name(name, ("accessories", name)), item, ("accessories", name), service, roles, root)
+        for name, item in accessories.items()
+    )
+
+
+# Kamal 1 keys, still in blog posts: read as what they became, each with a warning.
+
+_MAX_ATTEMPTS = (
+    "is Kamal 1's: the proxy retries the health check until deploy_timeout; set that instead (ignored)"
+)
+_KAMAL1_HEALTHCHECK: dict[str, _Reader] = {
+    "path": _str,
+    "interval": _duration,
+    "port": _port,
+    "max_attempts": _int,
+    "cord": _str,
+    "log_lines": _int,
+    "cmd": _str,
+}
+
+
+def _kamal1(top: dict[str, object], warnings: list[tuple[_Where, str]]) -> dict[str, object]:
+    """`top` without its Kamal 1 keys: `traefik` is dropped, the top-level `healthcheck` becomes
+    `proxy.healthcheck` (its `port` `proxy.app_port`), `max_attempts` in any proxy healthcheck is dropped."""
+    top = dict(top)
+    if "traefik" in top:
+        del top["traefik"]
+        warnings.append(
+            (("traefik",), "is Kamal 1's: pyproxy replaces Traefik, configure proxy instead (ignored)")
+        )
+    if "healthcheck" in top:
+        old = _section(top.pop("healthcheck"), ("healthcheck",), _KAMAL1_HEALTHCHECK)
+        proxy = _dict(top.get("proxy", {}), ("proxy",))
+        moved = {key: old[key] for key in ("path", "interval") if key in old}
+        if moved:
+            warnings.append(
+                (
+                    ("healthcheck",),
+                    f"is Kamal 1's: {' and '.join(moved)} now go in proxy.healthcheck (read there)",
+                )
+            )
+        if "port" in old:
+            outcome = "ignored, app_port is set" if "app_port" in proxy else "read as that"
+            proxy = {"app_port": old["port"], **proxy}
+            warnings.append((("healthcheck", "port"), f"is Kamal 1's: it is proxy.app_port now ({outcome})"))
+        if "max_attempts" in old:
+            warnings.append((("healthcheck", "max_attempts"), _MAX_ATTEMPTS))
+        for key in ("cord", "log_lines", "cmd"):
+            if key in old:
+                warnings.append(
+                    (("healthcheck", key), "is Kamal 1's: the proxy checks health over HTTP now (ignored)")
+                )
+        top["proxy"] = _deep_merge({"healthcheck": moved}, proxy)
+    top["proxy"] = _drop_max_attempts(top.get("proxy", {}), ("proxy",), warnings)
+    for section in ("servers", "accessories"):
+        entries = top.get(section)
+        if isinstance(entries, dict):
+            top[section] = {
+                name: _entry_without_max_attempts(entry, (section, name), warnings)
+                for name, entry in entries.items()
+            }
+    return top
+
+
+def _entry_without_max_attempts(entry: object, path: _Where, warnings: list[tuple[_Where, str]]) -> object:
+    if isinstance(entry, dict) and isinstance(entry.get("proxy"), dict):
+        return {**entry, "proxy": _drop_max_attempts(entry["proxy"], (*path, "proxy"), warnings)}
+    return entry
+
+
+def _drop_max_attempts(proxy: object, path: _Where, warnings: list[tuple[_Where, str]]) -> object:
+    healthcheck = proxy.get("healthcheck") if isinstance(proxy, dict) else None
+    if not isinstance(healthcheck, dict) or "max_attempts" not in healthcheck:
+        return proxy
+    where = (*path, "healthcheck", "max_attempts")
+    _int(healthcheck["max_attempts"], where)
+    warnings.append((where, _MAX_ATTEMPTS))
+    return {
+        **proxy,
+        "healthcheck": {key: value for key, value in healthcheck.items() if key != "max_attempts"},
+    }
+
+
 def _build(
-    data: object, destination: str | None, resolve_version: Callable[[BuilderSettings], str]
+    data: object,
+    destination: str | None,
+    resolve_version: Callable[[BuilderSettings], str],
+    root: Path,
+    warnings: list[tuple[_Where, str]],
 ) -> DeployConfig:
     raw = _dict(data, ())
-    top = _mapping({key: value for key, value in raw.items() if not key.startswith("x-")}, (), _ROOT_KEYS)
+    top = _kamal1({key: value for key, value in raw.items() if not key.startswith("x-")}, warnings)
+    top = _mapping(top, (), _ROOT_KEYS)
     for key in ("service", "image", "servers"):
         if key not in top:
             raise _Invalid((), f'missing required key "{key}"')
     fields = _read(top, (), _ROOT)
     if "labels" in fields:
         fields["custom_labels"] = fields.pop("labels")
+    if "error_pages_path" in fields:
+        _existing_directory(root, fields["error_pages_path"], ("error_pages_path",))
     root_raw = top.get("proxy", {})
     proxy = _proxy(root_raw, ("proxy",))
     primary = _name(top.get("primary_role", "web"), ("primary_role",))
     builder = fields.get("builder", BuilderSettings())
+    roles = _roles(top["servers"], primary, root_raw, proxy)
+    if "accessories" in top:
+        fields["accessories"] = _accessories(top["accessories"], fields["service"], roles, root)
     return DeployConfig(
         **fields,
         proxy=proxy,
-        roles=_roles(top["servers"], primary, root_raw, proxy),
+        roles=roles,
         primary_role=primary,
         destination=destination,
         version=resolve_version(builder),

@@ -351,10 +351,14 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
             MINIMAL + "proxy: {app_port: 70000}\n",
             "proxy.app_port: must be a port number (1-65535), got 70000",
         ),
-        (MINIMAL + "proxy: {ssl: 'yes'}\n", 'proxy.ssl: expected true or false, got "yes"'),
         (
-            MINIMAL + "proxy: {healthcheck: {timeout: 1.5}}\n",
-            "proxy.healthcheck.timeout: expected an integer, got 1.5",
+            MINIMAL + "proxy: {ssl: 'yes'}\n",
+            'proxy.ssl: expected true, false or a mapping with certificate_pem and private_key_pem, got "yes"',
+        ),
+        (
+            MINIMAL + "proxy: {healthcheck: {timeout: 2 seconds}}\n",
+            'proxy.healthcheck.timeout: expected seconds, or a duration like "2s", "500ms" or "1m30s", '
+            'got "2 seconds"',
         ),
         (MINIMAL + "proxy: {host: a.com, hosts: [b.com]}\n", 'proxy: set "host" or "hosts", not both'),
         (
@@ -374,7 +378,7 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
         (MINIMAL + "env: {A: [1]}\n", "env.A: expected a string, number or boolean, got a list"),
         (MINIMAL + "volumes: [data]\n", 'volumes[0]: expected "host:container", got "data"'),
         (MINIMAL + "volumes: /data:/data\n", 'volumes: expected a list, got "/data:/data"'),
-        (MINIMAL + "deploy_timeout: 0\n", "deploy_timeout: must be at least 1, got 0"),
+        (MINIMAL + "deploy_timeout: 0\n", "deploy_timeout: must be more than 0 seconds, got 0"),
         (MINIMAL + "retain_containers: true\n", "retain_containers: expected an integer, got true"),
         (MINIMAL + "aliases: {shell: [a]}\n", "aliases.shell: expected a string, got a list"),
         (
@@ -397,7 +401,8 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
         (MINIMAL + "proxy: {ssl: true}\n", "proxy.ssl: automatic SSL needs a host: set host or hosts"),
         (
             with_servers("web: [10.0.0.1, 10.0.0.2]\n", "proxy: {ssl: true, host: a.com}\n"),
-            "servers.web: automatic SSL works on a single server only, but this role has several hosts",
+            "servers.web: automatic SSL works on a single server only, but this role has 2 hosts: "
+            "provide a certificate (ssl.certificate_pem/private_key_pem) or a load_balancer",
         ),
         ("- service\n", "expected a mapping, got a list"),
         (MINIMAL + "env: {1: a}\n", "env: keys must be strings, got 1"),
