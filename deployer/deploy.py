@@ -49,7 +49,6 @@ class Deployment:
         self.config = config
         self.secrets = secret_values
         self.out = out
-        self.proxy_image = config.proxy.image or docker.DEFAULT_PROXY_IMAGE
         self.roles = [role for role in config.roles if roles is None or role.name in roles]
         names = hosts or config.all_hosts()
         self.hosts = {name: Host(name, config.ssh, out.command) for name in names}
@@ -232,7 +231,7 @@ class Deployment:
         async def boot(host: Host) -> None:
             await host.run(docker.network())
             if host.name in proxied:
-                await host.run(docker.run_proxy(self.proxy_image))
+                await host.run(docker.run_proxy(self.config))
 
         await self._each_host("proxy boot", boot)
 

@@ -10,9 +10,10 @@ state in `~/.config/kamal-proxy`, where the volume is mounted.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from shlex import quote
 
-from deployer.config import DeployConfig, ProxySettings, Role
+from deployer.config import DeployConfig, ProxyRun, ProxySettings, Role
 from deployer.secrets import escaped
 
 PROXY_CONTAINER = "pyproxy"
@@ -21,6 +22,9 @@ PROXY_VOLUME = "pyproxy-state"
 PROXY_PROGRAM = "kamal-proxy"  # `pyproxy` under the name it answers Kamal by (same commands and flags)
 PROXY_STATE_DIR = "/home/kamal-proxy/.config/kamal-proxy"  # in the image: state file and ACME certificates
 DEFAULT_PROXY_IMAGE = "pyproxy:latest"
+APPS_CONFIG_DIR = ".kamal/proxy/apps-config"  # on the host, under the SSH user's home
+APPS_CONFIG_MOUNT = "/home/kamal-proxy/.apps-config"  # the same directory in the proxy container
+DEFAULT_LOG_REQUEST_HEADERS = ("Cache-Control", "Last-Modified", "User-Agent")  # Kamal's, when unset
 
 
 def env_file_path(config: DeployConfig, role: Role) -> str:
@@ -71,17 +75,44 @@ def run_app(config: DeployConfig, role: Role, version: str, host: str) -> str:
     parts.append(f"--env-file {env_file_path(config, role)}")
     parts.append('--log-opt max-size="10m"')
     parts += [f"--volume {quote(volume)}" for volume in config.volumes]
+    parts += _asset_volume(config, role, version)
     parts += _labels(config, role, version)
-    parts += _options(role)
+    parts += _options(role.options)
     parts.append(quote(image(config, version)))
     if role.cmd:
         parts.append(role.cmd)
     return " ".join(parts)
 
 
-def _options(role: Role) -> list[str]:
+def asset_path(config: DeployConfig, role: Role) -> str | None:
+    """Where the role's image keeps its assets (spec 10): the role's `asset_path`, else the root's;
+    proxied roles only (a role without the proxy renders no pages)."""
+    if role.proxy is None:
+        return None
+    return role.asset_path or config.asset_path
+
+
+def assets_dir(config: DeployConfig, kind: str) -> str:
+    """The app's `extracted` or `volumes` asset directories, one `<role>-<version>` in it per version."""
+    return f".kamal/apps/{config.service_with_destination}/assets/{kind}"
+
+
+def asset_volume_dir(config: DeployConfig, role: Role, version: str) -> str:
+    """The merged assets of the version and the one before it (see assets.py), mounted on asset_path."""
+    return f"{assets_dir(config, 'volumes')}/{role.name}-{version}"
+
+
+def _asset_volume(config: DeployConfig, role: Role, version: str) -> list[str]:
+    """`--volume` with `$PWD` left to sh (Docker wants an absolute path); none without `asset_path`."""
+    path = asset_path(config, role)
+    if path is None:
+        return []
+    return [f'--volume "$PWD"/{quote(f"{asset_volume_dir(config, role, version)}:{path}")}']
+
+
+def _options(settings: Mapping[str, str | bool | tuple[str, ...]]) -> list[str]:
     options = []
-    for key, value in role.options.items():
+    for key, value in settings.items():
         values = value if isinstance(value, tuple) else (value,)
         for item in values:
             options.append(quote(f"--{key}") if item is True else quote(f"--{key}={item}"))
@@ -190,40 +221,212 @@ def network() -> str:
     return f"docker network create {NETWORK} 2>/dev/null || docker network inspect {NETWORK} >/dev/null"
 
 
-def run_proxy(proxy_image: str) -> str:
-    """Start the proxy container if it exists, else create it (boot never replaces a running proxy)."""
-    create = (
-        f"docker run --name {PROXY_CONTAINER} --network {NETWORK} --detach --restart unless-stopped"
-        f" --volume {PROXY_VOLUME}:{PROXY_STATE_DIR} --publish 80:80 --publish 443:443"
-        f' --log-opt max-size="10m" {quote(proxy_image)}'
-    )
-    return f"docker container start {PROXY_CONTAINER} 2>/dev/null || {create}"
+def proxy_image(config: DeployConfig) -> str:
+    """The image a new proxy container runs: `proxy.run`'s, else `proxy.image` (ours), else pyproxy's."""
+    run = config.proxy.run or ProxyRun()
+    return run.image_ref(config.proxy.image or DEFAULT_PROXY_IMAGE)
+
+
+def run_proxy(config: DeployConfig) -> str:
+    """Start the proxy container if it exists, else create it from `proxy.run` (spec 8.1); boot never
+    replaces a running proxy. The apps-config directory is always mounted: error pages and custom
+    certificates reach the proxy through it."""
+    run = config.proxy.run or ProxyRun()
+    parts = [
+        f"docker run --name {PROXY_CONTAINER} --network {NETWORK} --detach --restart unless-stopped",
+        f"--volume {PROXY_VOLUME}:{PROXY_STATE_DIR}",
+        f"--volume $PWD/{APPS_CONFIG_DIR}:{APPS_CONFIG_MOUNT}",
+    ]
+    if run.publish:
+        for ip in run.bind_ips or (None,):
+            bind = "" if ip is None else f"[{ip}]:" if ":" in ip and not ip.startswith("[") else f"{ip}:"
+            parts.append(f"--publish {quote(f'{bind}{run.http_port}:80')}")
+            parts.append(f"--publish {quote(f'{bind}{run.https_port}:443')}")
+    parts.append(f"--log-opt max-size={quote(run.log_max_size)}")
+    if run.metrics_port is not None:
+        parts.append(f"--expose={run.metrics_port}")
+    parts += _options(run.options)
+    parts.append(quote(proxy_image(config)))
+    parts.append(f"{PROXY_PROGRAM} run")
+    if run.debug:
+        parts.append("--debug")
+    if run.metrics_port is not None:
+        parts.append(f"--metrics-port={run.metrics_port}")
+    create = " ".join(parts)
+    return f"mkdir -p {APPS_CONFIG_DIR} && (docker container start {PROXY_CONTAINER} 2>/dev/null || {create})"
+
+
+def proxy_running() -> str:
+    """Exit 0 when the proxy container runs."""
+    running = f"docker container inspect --format '{{{{.State.Running}}}}' {PROXY_CONTAINER}"
+    return f"{running} 2>/dev/null | grep -qx true"
+
+
+def wait_for_proxy(seconds: int = 30) -> str:
+    """Until the proxy just started answers on its admin socket (it opens it last, after its listeners);
+    its error after `seconds`."""
+    ask = f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} list"
+    retries = f"for i in $(seq {seconds * 4}); do {ask} >/dev/null 2>&1 && exit 0; sleep 0.25; done"
+    return f"{retries}; {ask} >/dev/null"
 
 
 def remove_proxy() -> str:
     return f"docker container rm --force {PROXY_CONTAINER} 2>/dev/null || true"
 
 
-def proxy_deploy(config: DeployConfig, role: Role, target: str) -> str:
-    """`kamal-proxy deploy` in the proxy container: health-check the new container, switch, drain the old."""
+def proxy_deploy(config: DeployConfig, role: Role, target: str, version: str | None = None) -> str:
+    """`kamal-proxy deploy` of the role's container `target` (beside the role's extra `targets`, which the
+    proxy balances across). The error pages are those of `version`, by default the version the target
+    container is labelled with, so a switch back to an old container gets the old version's pages."""
     proxy = role.proxy or ProxySettings()
-    flags = [
-        f"--target={quote(f'{target}:{proxy.app_port}')}",
-        f"--deploy-timeout={config.deploy_timeout}s",
-        f"--drain-timeout={config.drain_timeout}s",
-        f"--health-check-path={quote(proxy.healthcheck.path)}",
-        f"--health-check-interval={proxy.healthcheck.interval}s",
-        f"--health-check-timeout={proxy.healthcheck.timeout}s",
-        f"--target-timeout={proxy.response_timeout}s",
-    ]
+    label = quote('{{index .Config.Labels "version"}}')
+    word = quote(version) if version is not None else f'"$(docker inspect --format {label} {quote(target)})"'
+    return proxy_deploy_command(
+        config.container_prefix(role),
+        [f"{target}:{proxy.app_port}", *proxy.targets],
+        proxy,
+        config,
+        word,
+        role_name=role.name,
+    )
+
+
+def proxy_deploy_command(
+    service: str,
+    targets: Sequence[str],
+    proxy: ProxySettings,
+    config: DeployConfig,
+    version: str | None,
+    *,
+    role_name: str | None = None,
+) -> str:
+    """`kamal-proxy deploy <service>` in the proxy container with every flag Kamal emits (spec 3.4) and
+    every other pyproxy deploy option set in `proxy:`; it blocks until health check, switch and drain.
+
+    `targets` are "host:port" strings. `version` is a shell word (quoted) naming the version whose uploaded
+    error pages the service gets when `error_pages_path` is set (None: no error pages, e.g. an accessory).
+    `role_name` names the directory of a custom certificate (`certificate_dir`).
+    The ACME EAB credentials are read from files `proxy_files.upload_acme_credentials` put on the host
+    (0600), so they are in no command pydeploy sends or logs. pyproxy's deploy takes them only as flags,
+    so they are in the arguments of that short-lived `docker exec` (visible to root in `ps` while the
+    deploy runs) and, as every deploy option, in the proxy's state file.
+    """
+    flags = [f"--target={quote(target)}" for target in targets]
     flags += [f"--host={quote(host)}" for host in proxy.hosts]
     flags += [f"--path-prefix={quote(prefix)}" for prefix in proxy.path_prefixes]
-    if proxy.ssl:
-        flags.append("--tls")
-    if proxy.forward_headers is not None:
-        flags.append(f"--forward-headers={str(proxy.forward_headers).lower()}")
-    service = quote(config.container_prefix(role))
-    return f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} deploy {service} {' '.join(flags)}"
+    flags += [
+        f"--deploy-timeout={go_duration(config.deploy_timeout)}",
+        f"--drain-timeout={go_duration(config.drain_timeout)}",
+        f"--health-check-path={quote(proxy.healthcheck.path)}",
+        f"--health-check-interval={go_duration(proxy.healthcheck.interval)}",
+        f"--health-check-timeout={go_duration(proxy.healthcheck.timeout)}",
+        f"--target-timeout={go_duration(proxy.response_timeout)}",
+    ]
+    flags += _health_check_flags(proxy)
+    flags += _tls_flags(proxy, config, service, role_name)
+    flags += _buffering_flags(proxy)
+    flags += _routing_flags(proxy)
+    headers = DEFAULT_LOG_REQUEST_HEADERS if proxy.log_request_headers is None else proxy.log_request_headers
+    flags += [f"--log-request-header={quote(name)}" for name in headers]
+    flags += [f"--log-response-header={quote(name)}" for name in proxy.log_response_headers]
+    flags += [f"--exclude-metrics-path={quote(path)}" for path in proxy.exclude_metrics_paths]
+    if version is not None and config.error_pages_path:
+        flags.append(f"--error-pages={quote(f'{APPS_CONFIG_MOUNT}/{error_pages_dir(config)}')}/{version}")
+    return f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} deploy {quote(service)} {' '.join(flags)}"
+
+
+def acme_credential_file(config: DeployConfig, service: str, name: str) -> str:
+    """Where a proxied service's ACME credential `name` (eab-kid, eab-hmac-key) waits on the host (0600)."""
+    return f".kamal/apps/{config.service_with_destination}/acme/{service}-{name}"
+
+
+def _health_check_flags(proxy: ProxySettings) -> list[str]:
+    check = proxy.healthcheck
+    flags = []
+    if check.port is not None:
+        flags.append(f"--health-check-port={check.port}")
+    if check.host is not None:
+        flags.append(f"--health-check-host={quote(check.host)}")
+    return flags
+
+
+def _tls_flags(proxy: ProxySettings, config: DeployConfig, service: str, role_name: str | None) -> list[str]:
+    flags = ["--tls"] if proxy.ssl or proxy.certificate is not None else []
+    if proxy.certificate is not None:
+        directory = f"{APPS_CONFIG_MOUNT}/{certificate_dir(config, role_name)}"
+        flags.append(f"--tls-certificate-path={quote(f'{directory}/cert.pem')}")
+        flags.append(f"--tls-private-key-path={quote(f'{directory}/key.pem')}")
+    if proxy.ssl_redirect is not None:
+        flags.append(f"--tls-redirect={_bool(proxy.ssl_redirect)}")
+    if proxy.tls_staging:
+        flags.append("--tls-staging")
+    if proxy.acme_directory is not None:
+        flags.append(f"--tls-acme-directory={quote(proxy.acme_directory)}")
+    for name, credential in (("eab-kid", proxy.acme_eab_kid), ("eab-hmac-key", proxy.acme_eab_hmac_key)):
+        if credential is not None:
+            flags.append(f'--tls-acme-{name}="$(cat {quote(acme_credential_file(config, service, name))})"')
+    if proxy.tls_on_demand_url is not None:
+        flags.append(f"--tls-on-demand-url={quote(proxy.tls_on_demand_url)}")
+    return flags
+
+
+def _buffering_flags(proxy: ProxySettings) -> list[str]:
+    """As Kamal: both buffering flags always (a bare flag when on, `=false` when off), limits when set."""
+    buffering = proxy.buffering
+    flags = [
+        "--buffer-requests" if buffering.requests else "--buffer-requests=false",
+        "--buffer-responses" if buffering.responses else "--buffer-responses=false",
+    ]
+    for flag, value in (
+        ("--buffer-memory", buffering.memory),
+        ("--max-request-body", buffering.max_request_body),
+        ("--max-response-body", buffering.max_response_body),
+    ):
+        if value is not None:
+            flags.append(f"{flag}={value}")
+    return flags
+
+
+def _routing_flags(proxy: ProxySettings) -> list[str]:
+    flags = []
+    for flag, value in (
+        ("--strip-path-prefix", proxy.strip_path_prefix),
+        ("--forward-headers", proxy.forward_headers),
+        ("--read-target-websockets", proxy.read_target_websockets),
+        ("--scope-cookie-paths", proxy.scope_cookie_paths),
+    ):
+        if value is not None:
+            flags.append(f"{flag}={_bool(value)}")
+    flags += [f"--read-target={quote(target)}" for target in proxy.read_targets]
+    if proxy.writer_affinity_timeout is not None:
+        flags.append(f"--writer-affinity-timeout={go_duration(proxy.writer_affinity_timeout)}")
+    if proxy.canonical_host is not None:
+        flags.append(f"--canonical-host={quote(proxy.canonical_host)}")
+    if proxy.client_ip_header is not None:
+        flags.append(f"--client-ip-header={quote(proxy.client_ip_header)}")
+    return flags
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as a Go duration the proxy parses, to the millisecond: `2s`, `0.5s`."""
+    return (
+        f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    )
+
+
+def error_pages_dir(config: DeployConfig) -> str:
+    """The app's error pages, one directory per version, relative to the apps-config directory (spec 11)."""
+    return f"{config.service_with_destination}/error_pages"
+
+
+def certificate_dir(config: DeployConfig, role_name: str | None) -> str:
+    """A custom certificate's directory, relative to the apps-config directory (Kamal's layout)."""
+    parts = [config.service_with_destination, "tls", *([role_name] if role_name else [])]
+    return "/".join(parts)
 
 
 def proxy_logs(lines: int = 100) -> str:
