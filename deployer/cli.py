@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         builds = args.command in ("setup", "deploy", "redeploy") or (args.command, action) == ("app", "boot")
         version = args.app_version or (None if builds else "latest")
         config = load_config(root, args.destination, version, config_file=args.config_file)
+        for warning in () if args.quiet else config.warnings:
+            print(f"pydeploy: warning: {warning}", file=sys.stderr)
         secrets = load_secrets(root, args.destination)
         check_referenced(config, secrets)
     except ConfigError as exc:

@@ -246,11 +246,13 @@ class BuilderSettings:
 
 @dataclass(frozen=True)
 class AccessoryFile:
-    """A local file (relative to the project root) uploaded to `remote` in the container; `mode` as chmod."""
+    """A local file (relative to the project root) uploaded and mounted at `remote` in the container;
+    `mode` for chmod (`None`: Kamal's 755)."""
 
     local: str
     remote: str
     mode: str | None = None
+    options: str | None = None  # the mount's, like "ro" or "ro,Z"
 
 
 @dataclass(frozen=True)

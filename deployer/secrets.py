@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from deployer.config import REDACTED, ConfigError, DeployConfig
+from deployer.config import REDACTED, ConfigError, DeployConfig, ProxySettings, RegistrySettings
 
 SECRETS_PATH = ".kamal/secrets"
 _ASSIGNMENT = re.compile(r"[ \t]*(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*")
@@ -89,18 +89,50 @@ def redact_data(data: object, secrets: Mapping[str, str]) -> object:
 
 def _references(config: DeployConfig) -> list[tuple[str, str]]:
     """(secret, where the config uses it) for every secret the config needs."""
-    references = [
-        (credential.value, f"registry.{name}")
-        for name, credential in (
-            ("username", config.registry.username),
-            ("password", config.registry.password),
-        )
-        if credential is not None and credential.secret
-    ]
+    references = _registry_references(config.registry, "registry")
     references += [(key, "env.secret") for key in config.env.secret_sources().values()]
+    references += _proxy_references(config.proxy, "proxy")
     for role in config.roles:
         used_by = f"servers.{role.name}.env.secret"
         references += [(key, used_by) for key in role.env.secret_sources().values()]
+        if role.proxy is not None and role.proxy is not config.proxy:
+            references += _proxy_references(role.proxy, f"servers.{role.name}.proxy")
+    for accessory in config.accessories:
+        where = f"accessories.{accessory.name}"
+        references += [(key, f"{where}.env.secret") for key in accessory.env.secret_sources().values()]
+        if accessory.registry is not None:
+            references += _registry_references(accessory.registry, f"{where}.registry")
+        if accessory.proxy is not None:
+            references += _proxy_references(accessory.proxy, f"{where}.proxy")
+    first_use: dict[str, str] = {}
+    for key, used_by in references:
+        first_use.setdefault(key, used_by)
+    return list(first_use.items())
+
+
+def _registry_references(registry: RegistrySettings, where: str) -> list[tuple[str, str]]:
+    credentials = (("username", registry.username), ("password", registry.password))
+    return [
+        (credential.value, f"{where}.{name}")
+        for name, credential in credentials
+        if credential is not None and credential.secret
+    ]
+
+
+def _proxy_references(proxy: ProxySettings, where: str) -> list[tuple[str, str]]:
+    """The custom certificate's secrets and ACME's external account binding, when they name secrets."""
+    references = []
+    if proxy.certificate is not None:
+        references += [
+            (proxy.certificate.certificate_pem, f"{where}.ssl.certificate_pem"),
+            (proxy.certificate.private_key_pem, f"{where}.ssl.private_key_pem"),
+        ]
+    for name, credential in (
+        ("acme_eab_kid", proxy.acme_eab_kid),
+        ("acme_eab_hmac_key", proxy.acme_eab_hmac_key),
+    ):
+        if credential is not None and credential.secret:
+            references.append((credential.value, f"{where}.{name}"))
     return references
 
 
