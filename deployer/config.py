@@ -669,7 +669,7 @@ def _hosts(value: object, path: _Where) -> tuple[str, ...]:
         if host in hosts[:index]:
             raise _Invalid((*path, index), f"{host} is listed twice")
     if not hosts:
-        raise _Invalid(path, "a role needs at least one host")
+        raise _Invalid(path, "needs at least one host")
     return hosts
 
 
@@ -1224,12 +1224,14 @@ def _accessory(
     return Accessory(
         name=name,
         service=fields.pop("service", f"{service}-{name}"),
-        hosts=_accessory_hosts(key, data[key], (*path, key), roles),
+        hosts=_accessory_hosts(name, key, data[key], (*path, key), roles),
         **fields,
     )
 
 
-def _accessory_hosts(key: str, value: object, path: _Where, roles: tuple[Role, ...]) -> tuple[str, ...]:
+def _accessory_hosts(
+    accessory: str, key: str, value: object, path: _Where, roles: tuple[Role, ...]
+) -> tuple[str, ...]:
     """The hosts from `host`/`hosts` (each must be a host of a role) or from `role`/`roles`."""
     by_name = {role.name: role for role in roles}
     if key in ("role", "roles"):
@@ -1244,7 +1246,6 @@ def _accessory_hosts(key: str, value: object, path: _Where, roles: tuple[Role, .
     for index, host in enumerate(hosts):
         if host not in known:
             where = path if key == "host" else (*path, index)
-            accessory = path[1]
             raise _Invalid(
                 where, f"accessory {accessory} is placed on {host}, which is in no role of servers"
             )

@@ -257,8 +257,8 @@ def test_missing_primary_role_is_an_error(tmp_path):
     ("servers", "message"),
     [
         ("web: {cmd: x}\n", 'servers.web: missing required key "hosts"'),
-        ("web: []\n", "servers.web: a role needs at least one host"),
-        ("web: {hosts: []}\n", "servers.web.hosts: a role needs at least one host"),
+        ("web: []\n", "servers.web: needs at least one host"),
+        ("web: {hosts: []}\n", "servers.web.hosts: needs at least one host"),
         ("web: [10.0.0.1, 10.0.0.1]\n", "servers.web[1]: 10.0.0.1 is listed twice"),
         (
             "web bad: [10.0.0.1]\n",
@@ -1133,6 +1133,7 @@ def test_unknown_accessory_lists_the_known_ones(tmp_path):
 @pytest.mark.parametrize(
     ("accessory", "message"),
     [
+        ("{image: redis, hosts: []}", "accessories.x.hosts: needs at least one host"),
         (
             "{image: redis, hosts: [10.0.0.1, 10.0.0.9]}",
             "accessories.x.hosts[1]: accessory x is placed on 10.0.0.9, which is in no role of servers",
