@@ -22,6 +22,7 @@ import datetime
 import getpass
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
@@ -350,8 +351,12 @@ class Deployment:
 
     # -- the deploy lock (spec 13.1) ----------------------------------------------------------
 
+    lock_wait: LockWait | None = None  # `--lock-wait`: poll for a held lock instead of failing at once
+
     def lock(self, message: str) -> DeployLock:
-        return DeployLock(self, message)
+        """The lock a command takes for itself, marked automatic (as Kamal marks it), so `--lock-wait`
+        knows it will be released, unlike one taken by `lock acquire`."""
+        return DeployLock(self, f"{AUTOMATIC_LOCK_MESSAGE} ({message})")
 
     @property
     def lock_dir(self) -> str:
@@ -373,10 +378,36 @@ class Deployment:
         )
         if taken.status != 0:
             holder = await self.lock_status()
-            raise DeployError(
+            raise LockHeldError(
                 f"The deploy lock on {self.primary.name} is held:\n{holder}\n"
-                "Another deploy is running, or one died holding it: `pydeploy lock release` frees it."
+                "Another deploy is running, or one died holding it: `pydeploy lock release` frees it.",
+                holder,
             )
+
+    async def acquire_lock_waiting(self, message: str, wait: LockWait) -> None:
+        """`acquire_lock`, retrying every `wait.interval` seconds while a command holds the lock, up to
+        `wait.timeout`; a lock taken by hand (`lock acquire`) is not waited for: nothing would end it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait.timeout
+        self.out.info(f"Acquiring the deploy lock (waiting up to {wait.timeout:g}s)...")
+        while True:
+            try:
+                await self.acquire_lock(message)
+                return
+            except LockHeldError as held:
+                if AUTOMATIC_LOCK_MESSAGE not in held.holder:
+                    raise DeployError(
+                        f"The deploy lock on {self.primary.name} was taken by hand, not waiting for it:\n"
+                        f"{held.holder}\n`pydeploy lock release` frees it."
+                    ) from None
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise DeployError(
+                        f"Timed out after {wait.timeout:g}s waiting for the deploy lock on "
+                        f"{self.primary.name}, held by:\n{held.holder}"
+                    ) from None
+                self.out.info(f"Lock held; retrying in {wait.interval:g}s ({remaining:.0f}s remaining)")
+                await asyncio.sleep(min(wait.interval, remaining))
 
     async def lock_status(self) -> str:
         directory = quote(self.lock_dir)
@@ -416,6 +447,25 @@ class Deployment:
         await asyncio.gather(*(host.close() for host in self.hosts.values()), return_exceptions=True)
 
 
+AUTOMATIC_LOCK_MESSAGE = "Automatic deploy lock"  # Kamal's words: its deploys' locks say this too
+
+
+class LockHeldError(DeployError):
+    """The deploy lock is held; `holder` is its details (who, when, which version, why)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class LockWait:
+    """`--lock-wait`: how long to wait for a held deploy lock, and how often to look (seconds)."""
+
+    timeout: float = 900
+    interval: float = 15
+
+
 class DeployLock:
     """`async with`: the deploy lock held for the block, released even when the block fails."""
 
@@ -424,7 +474,11 @@ class DeployLock:
         self.message = message
 
     async def __aenter__(self) -> None:
-        await self.deployment.acquire_lock(self.message)
+        wait = self.deployment.lock_wait
+        if wait is None:
+            await self.deployment.acquire_lock(self.message)
+        else:
+            await self.deployment.acquire_lock_waiting(self.message, wait)
 
     async def __aexit__(self, *exc: object) -> None:
         try:
