@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from deployer.config import SshSettings
 from deployer.remote import known_hosts_path
@@ -50,3 +51,16 @@ def run_interactive(host: str, ssh: SshSettings, command: str) -> int:
         return subprocess.call(ssh_command(host, ssh, command, tty=sys.stdin.isatty()))
     except KeyboardInterrupt:
         return 130
+
+
+@dataclass(frozen=True)
+class Session:
+    """An interactive command, run once pydeploy's own connections and its live output are closed, so
+    nothing else writes to the terminal while the user has it."""
+
+    host: str
+    ssh: SshSettings
+    command: str
+
+    def run(self) -> int:
+        return run_interactive(self.host, self.ssh, self.command)
