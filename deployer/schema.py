@@ -65,6 +65,8 @@ _Reader = Callable[[object, Where], object]
 
 
 def deep_merge(base: object, overlay: object) -> object:
+    """`overlay` over `base`, as Kamal merges a destination file (and a role's proxy over the root's):
+    mappings merge key by key, lists and scalars are replaced."""
     if isinstance(base, dict) and isinstance(overlay, dict):
         merged = dict(base)
         for key, value in overlay.items():
@@ -357,13 +359,20 @@ def _url_paths(value: object, path: Where) -> tuple[str, ...]:
     return paths
 
 
+def _is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 address, the latter also in brackets as Docker writes it in a port mapping."""
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _ips(value: object, path: Where) -> tuple[str, ...]:
     ips = _strings(value, path)
     for index, ip in enumerate(ips):
-        try:
-            ipaddress.ip_address(ip.strip("[]"))
-        except ValueError:
-            raise _wrong(ip, (*path, index), "an IPv4 or IPv6 address") from None
+        if not _is_ip(ip):
+            raise _wrong(ip, (*path, index), "an IPv4 or IPv6 address")
     return ips
 
 
@@ -711,7 +720,7 @@ def _publish(value: object, path: Where) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _str(value, path)
     match = _PUBLISH.fullmatch(text)
     ports = [match[key] for key in ("host_port", "host", "container") if match[key]] if match else []
-    if not match or not all(0 < int(port) < 65536 for port in ports):
+    if not match or not all(0 < int(port) < 65536 for port in ports) or not _is_ip(match["ip"] or "::"):
         raise _wrong(value, path, 'a port like "3306", "8080:80" or "127.0.0.1:3306:3306"')
     if match["ip"] is None and match["host"] is None:
         return f"{match['container']}:{match['container']}{match['protocol'] or ''}"

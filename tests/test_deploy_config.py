@@ -1159,6 +1159,7 @@ def test_unknown_accessory_lists_the_known_ones(tmp_path):
         ("{image: redis, host: 10.0.0.1, port: 'abc'}", 'accessories.x.port: expected a port like "3306"'),
         ("{image: redis, host: 10.0.0.1, port: '1:2:3:4'}", "accessories.x.port: expected a port like"),
         ("{image: redis, host: 10.0.0.1, port: 70000}", "accessories.x.port: expected a port like"),
+        ("{image: redis, host: 10.0.0.1, port: '1.2:80:80'}", "accessories.x.port: expected a port like"),
         ("{image: redis, host: 10.0.0.1, env: {secret: A}}", "accessories.x.env.secret: expected a list"),
         (
             "{image: redis, host: 10.0.0.1, files: [nope.conf:/etc/a]}",
