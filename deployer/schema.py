@@ -866,15 +866,31 @@ def _kamal1(top: dict[str, object], warnings: list[Deprecation]) -> dict[str, ob
         entries = top.get(section)
         if isinstance(entries, dict):
             top[section] = {
-                name: _entry_without_max_attempts(entry, (section, name), warnings)
-                for name, entry in entries.items()
+                name: _kamal1_entry(entry, (section, name), warnings) for name, entry in entries.items()
             }
     return top
 
 
-def _entry_without_max_attempts(entry: object, path: Where, warnings: list[Deprecation]) -> object:
-    if isinstance(entry, dict) and isinstance(entry.get("proxy"), dict):
-        return {**entry, "proxy": _drop_max_attempts(entry["proxy"], (*path, "proxy"), warnings)}
+def _kamal1_entry(entry: object, path: Where, warnings: list[Deprecation]) -> object:
+    """A role or accessory without its Kamal 1 keys: a role's `traefik: true|false` is `proxy` now, its
+    own `healthcheck` is dropped."""
+    if not isinstance(entry, dict):
+        return entry
+    entry = dict(entry)
+    if path[0] == "servers" and isinstance(entry.get("traefik"), bool):
+        traefik = entry.pop("traefik")
+        outcome = "ignored, proxy is set" if "proxy" in entry else "read as that"
+        entry.setdefault("proxy", traefik)
+        warnings.append(
+            ((*path, "traefik"), f"is Kamal 1's: it is proxy: {str(traefik).lower()} now ({outcome})")
+        )
+    if path[0] == "servers" and "healthcheck" in entry:
+        _section(entry.pop("healthcheck"), (*path, "healthcheck"), _KAMAL1_HEALTHCHECK)
+        warnings.append(
+            ((*path, "healthcheck"), "is Kamal 1's: the role's proxy.healthcheck is read instead (ignored)")
+        )
+    if isinstance(entry.get("proxy"), dict):
+        entry["proxy"] = _drop_max_attempts(entry["proxy"], (*path, "proxy"), warnings)
     return entry
 
 

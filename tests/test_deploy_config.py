@@ -1265,10 +1265,30 @@ def test_max_attempts_in_a_proxy_healthcheck_is_ignored_with_a_warning(tmp_path)
     ]
 
 
+def test_kamal1_role_keys(tmp_path):
+    config = load(
+        tmp_path,
+        with_servers(
+            "web: [10.0.0.1]\napi:\n  hosts: [10.0.0.2]\n  traefik: true\n"
+            "  healthcheck: {path: /api/up, port: 4000}\n"
+        ),
+    )
+    assert config.roles[1].proxy == config.proxy
+    assert config.warnings == (
+        "config/deploy.yml: servers.api.traefik: is Kamal 1's: it is proxy: true now (read as that)",
+        "config/deploy.yml: servers.api.healthcheck: is Kamal 1's: the role's proxy.healthcheck is read "
+        "instead (ignored)",
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         (MINIMAL + "healthcheck: {interval: often}\n", "healthcheck.interval: expected seconds"),
+        (
+            with_servers("web:\n  hosts: [10.0.0.1]\n  healthcheck: {port: x}\n"),
+            "servers.web.healthcheck.port: expected an integer",
+        ),
         (MINIMAL + "healthcheck: {max_attempts: many}\n", "healthcheck.max_attempts: expected an integer"),
         (MINIMAL + "healthcheck: {paht: /up}\n", "healthcheck.paht: unknown key (did you mean path?)"),
         (
