@@ -403,7 +403,9 @@ class Accessories:
         """With `proxy`: the proxy (booted where missing) sends the accessory's hosts to its container."""
         if accessory.proxy is None:
             return
-        await self._run(host, accessory, docker.run_proxy(self.config))
+        if (await host.run(docker.proxy_running(), check=False)).status != 0:
+            await self._run(host, accessory, docker.run_proxy(self.config))
+            await self._run(host, accessory, docker.wait_for_proxy())
         target = (await self._run(host, accessory, running_id(accessory))).stdout.strip()
         if not target:
             raise DeployError(f"{host.name}: accessory {accessory.name} is not running, so not routed")

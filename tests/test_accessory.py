@@ -14,7 +14,7 @@ from deployer import accessory
 from deployer.config import Accessory, ConfigError, DeployConfig, ProxySettings, load_config
 from deployer.output import Output
 from tests import test_pydeploy
-from tests.kamal_support import on_host
+from tests.kamal_support import on_host, request
 from tests.test_pydeploy import pydeploy
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
 
@@ -367,3 +367,36 @@ async def test_an_image_that_cannot_be_pulled_fails_that_accessory_only_and_remo
     assert refused.returncode == 2 and "-y" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert state(bed, first, "testapp-db") == "running", "nothing removed"
+
+
+@pytest.mark.timeout(900)
+async def test_an_accessory_with_proxy_is_served_by_pyproxy_until_it_is_stopped(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    app = project(bed, tmp_path / "app")
+    first = bed.hosts[0]
+    deploy_yml = app / "config" / "deploy.yml"
+    deploy_yml.write_text(
+        deploy_yml.read_text()
+        + f"""  admin:
+    image: {bed.app("v2")}
+    host: {first}
+    env:
+      PORT: 8080
+    proxy:
+      host: admin.test
+      app_port: 8080
+"""
+    )
+    boot = pydeploy(bed, app, "accessory", "boot", "admin")  # no setup before: it boots the proxy too
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    answer = await request(first, "/version", host_header="admin.test")
+    assert (answer.status, answer.text) == (200, "v2")
+
+    stop = pydeploy(bed, app, "accessory", "stop", "admin")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert state(bed, first, "testapp-admin") == "exited"
+    assert (await request(first, "/version", host_header="admin.test")).status == 404, "no longer routed"
+    start = pydeploy(bed, app, "accessory", "start", "admin")
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert (await request(first, "/version", host_header="admin.test")).text == "v2"
