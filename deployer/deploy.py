@@ -1,17 +1,24 @@
-"""The deploy, in Kamal's order (spec 7.2), on every host in parallel.
+"""The deploy, in Kamal's order (spec 7.2), on every host in parallel; hooks (spec 12) where Kamal runs them.
 
-1. build and push the image here (skipped with --skip-push);
+1. build and push the image here (skipped with --skip-push; hook `pre-build` first);
 2. on every host: log in to the registry and pull it; a host that cannot is found before any traffic moves;
-3. take the deploy lock on the primary host;
+3. take the deploy lock on the primary host; hook `pre-deploy`;
 4. boot the proxy container where it is missing (it is never replaced by a deploy);
-5. start the new containers on every host, and wait until each answers its health check: only when
-   every host has a healthy new container does any host switch traffic;
-6. `pyproxy deploy` on every host: the proxy checks the new container again, switches, drains the old
-   one and only then returns; the old container is stopped;
-7. tag the version `latest`, prune old containers (keeping `retain_containers` for rollbacks);
-8. release the lock.
-A failure at any step stops the deploy and says where and why; hosts that had not switched keep
-serving their previous version.
+5. boot the new version, in boot groups of `boot.limit` hosts (all at once by default), `boot.wait`
+   seconds between groups, hooks `pre-app-boot`/`post-app-boot` around each group. In a group, every
+   new container is started and found ready first (proxied roles: their health check answers 2xx;
+   other roles: running after `readiness_delay`); only then does the group switch (`kamal-proxy deploy`:
+   the proxy checks the new container again, switches, drains the old one);
+6. with `--watch DURATION`: the new version's health checks keep being watched on every host;
+7. only then, on every host: the old containers stopped (`stop_timeout`, else Docker's default for a
+   proxied role and `drain_timeout` for the others), the version tagged `latest` and recorded; prune;
+8. release the lock; hook `post-deploy`.
+
+All or nothing (beyond Kamal): until step 7 the old containers keep running, and any failure before it
+(a health check, a switch, a hook, a later boot group, the watch) switches every host that had
+switched back to its previous version and stops every new container, so all hosts serve what they
+did before and none records the version (see cutover.py). A host that ran nothing before keeps the
+new version. The error says why, and which host ended where.
 """
 
 from __future__ import annotations
@@ -28,14 +35,11 @@ from shlex import quote
 
 from deployer import docker
 from deployer.config import DeployConfig, Role
+from deployer.cutover import Cutover, Slot
+from deployer.errors import DeployError
+from deployer.hooks import Hooks
 from deployer.output import Output
 from deployer.remote import Host, RemoteError
-
-HEALTH_POLL = 0.5
-
-
-class DeployError(Exception):
-    """A step failed; the message is the explanation the user gets (host, step, cause, what to check)."""
 
 
 class Deployment:
@@ -46,43 +50,63 @@ class Deployment:
         out: Output,
         hosts: list[str] | None = None,
         roles: list[str] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.secrets = secret_values
         self.out = out
+        self.hooks = hooks  # None: no hooks run (-H, or a caller that is not a command)
         self.roles = [role for role in config.roles if roles is None or role.name in roles]
         names = hosts or config.all_hosts()
         self.hosts = {name: Host(name, config.ssh, out.command) for name in names}
 
     # -- the commands -------------------------------------------------------------------------
 
-    async def setup(self, root: Path, skip_push: bool) -> None:
+    async def setup(self, root: Path, skip_push: bool, watch: float = 0) -> None:
         """First deploy to fresh hosts: Docker checked, the network and the proxy created, then a deploy."""
         await self._each_host("docker", self._ensure_docker)
-        await self.deploy(root, skip_push)
+        await self.hook("docker-setup")
+        await self.deploy(root, skip_push, watch)
 
-    async def deploy(self, root: Path, skip_push: bool) -> None:
+    async def deploy(self, root: Path, skip_push: bool, watch: float = 0) -> None:
+        """Build (unless `skip_push`), pull, and boot the config's version everywhere; `watch` seconds of
+        health checks after the switch (`--watch`)."""
+        started = asyncio.get_running_loop().time()
         version = self.config.version
-        if not skip_push:
-            self.build_and_push(root)
-        await self._each_host("pull", lambda host: self._pull(host, version))
+        await self._deliver(root, skip_push, version)
         async with self.lock(f"Deploying {version}"):
+            await self.hook("pre-deploy", lock=True)
             await self.boot_proxy()
-            await self.boot(version)
+            await self.boot(version, watch)
             await self._each_host("prune", self._prune)
+        await self.hook("post-deploy", runtime=asyncio.get_running_loop().time() - started)
 
-    async def redeploy(self, root: Path, skip_push: bool) -> None:
+    async def redeploy(self, root: Path, skip_push: bool, watch: float = 0) -> None:
         """A deploy without proxy boot and prune (the proxy is known to run)."""
+        started = asyncio.get_running_loop().time()
         version = self.config.version
+        await self._deliver(root, skip_push, version)
+        async with self.lock(f"Redeploying {version}"):
+            await self.hook("pre-deploy", lock=True)
+            await self.boot(version, watch)
+        await self.hook("post-deploy", runtime=asyncio.get_running_loop().time() - started)
+
+    async def _deliver(self, root: Path, skip_push: bool, version: str) -> None:
+        """The image on every host: built and pushed here first unless `skip_push`."""
         if not skip_push:
+            await self.hook("pre-build")
             self.build_and_push(root)
         await self._each_host("pull", lambda host: self._pull(host, version))
-        async with self.lock(f"Redeploying {version}"):
-            await self.boot(version)
+
+    async def hook(self, name: str, **details: object) -> None:
+        """Run the project's hook `name` (see hooks.Hooks.run for `details`), unless hooks are off."""
+        if self.hooks is not None:
+            await self.hooks.run(name, **details)
 
     async def rollback(self, version: str | None) -> str:
         """Back to `version` (default: the newest stopped one older than what runs), from the containers
         kept on the hosts: no build, no pull."""
+        started = asyncio.get_running_loop().time()
         async with self.lock("Rollback"):
             if version is None:
                 version = await self.previous_version()
@@ -96,10 +120,12 @@ class Deployment:
                             f"The app version '{version}' is not available as a container on {name} "
                             "(`pydeploy app containers` lists the versions that are)."
                         )
+            await self.hook("pre-deploy", version=version, lock=True)
             try:
                 await self.boot(version)
             except DeployError as exc:
                 raise DeployError(f"Rollback to {version} failed: {exc}") from None
+        await self.hook("post-deploy", version=version, runtime=asyncio.get_running_loop().time() - started)
         return version
 
     async def previous_version(self) -> str:
@@ -231,8 +257,9 @@ class Deployment:
 
         async def boot(host: Host) -> None:
             await host.run(docker.network())
-            if host.name in proxied:
+            if host.name in proxied and (await host.run(docker.proxy_running(), check=False)).status != 0:
                 await host.run(docker.run_proxy(self.config))
+                await host.run(docker.wait_for_proxy())  # a deploy right after must find it answering
 
         await self._each_host("proxy boot", boot)
 
@@ -240,108 +267,58 @@ class Deployment:
         async def reboot(host: Host) -> None:
             await host.run(docker.remove_proxy())
 
+        await self.hook("pre-proxy-reboot")
         await self._each_host("proxy remove", reboot)
         await self.boot_proxy()
+        await self.hook("post-proxy-reboot")
 
-    async def boot(self, version: str) -> None:
-        """Start `version` everywhere, wait for health everywhere, then switch everywhere (spec 8.2)."""
-        config = self.config
-        started: dict[tuple[str, str], tuple[str, str | None]] = {}
-
-        async def start(host: Host, role: Role) -> None:
-            old = (await host.run(docker.current_version(config, role))).stdout.strip() or None
-            # The old container by name; the running one of this very version is moved aside first.
-            replaced = docker.replaced_name(config, role, version)
-            old_name = replaced if old == version else config.container_name(role, old) if old else None
-            env_file = docker.env_file(config, role, self.secrets)
-            await host.write_file(docker.env_file_path(config, role), env_file)
-            await host.run(docker.rename_existing(config, role, version, replaced))
-            await host.run(docker.run_app(config, role, version, host.name))
-            container = (await host.run(docker.container_id(config, role, version))).stdout.strip()
-            if not container:
-                raise DeployError(f"Failed to get the new {role.name} container on {host.name}: did it boot?")
-            started[host.name, role.name] = (container, old_name)
-            if role.proxy is not None:
-                await self._wait_healthy(host, role, container, version)
-
+    async def boot(self, version: str, watch: float = 0) -> None:
+        """Boot `version` on the selected hosts, group by group, all or nothing (spec 8.2 and the module's
+        docstring); `watch` seconds of health checks on every host before the old containers stop."""
+        cutover = Cutover(self.config, self.secrets, self.out, version)
         try:
-            await self._each_role("start new container", start)
-        except BaseException:
-            await self._stop_new(version, started)
+            for number, group in enumerate(self._boot_groups()):
+                if number and self.config.boot.wait:
+                    await asyncio.sleep(self.config.boot.wait)
+                names = [host.name for host in group]
+                await self.hook("pre-app-boot", hosts=names, version=version, lock=True)
+                slots = [cutover.add(host, role) for host in group for role in self._roles_on(host)]
+                await self._on_slots("start new container", cutover.start, slots)
+                await self._on_slots("switch traffic", cutover.switch, slots)
+                await self.hook("post-app-boot", hosts=names, version=version, lock=True)
+            if watch:
+                await self._watch(cutover, watch)
+        except BaseException as exc:
+            await self._on_slots("switch back", cutover.switch_back, cutover.slots)
+            if isinstance(exc, DeployError | RemoteError):
+                raise DeployError(f"{exc}\n{cutover.summary()}") from None
             raise
+        await self._gather((host, "stop old containers", cutover.retire(host)) for host in cutover.hosts)
 
-        switched: list[str] = []
+    def _boot_groups(self) -> list[list[Host]]:
+        hosts = [host for host in self.hosts.values() if self._roles_on(host)]
+        size = self.config.boot.group_size(len(hosts)) or len(hosts)
+        return [hosts[index : index + size] for index in range(0, len(hosts), size)]
 
-        async def switch(host: Host, role: Role) -> None:
-            container, old_name = started[host.name, role.name]
-            if role.proxy is not None:
-                try:
-                    await host.run(docker.proxy_deploy(config, role, container))
-                except RemoteError as exc:
-                    await host.run(docker.stop(config, role, version), check=False)  # not routed: stop it
-                    raise DeployError(self._explain_switch(host, role, exc.output)) from None
-            switched.append(host.name)
-            if old_name:
-                timeout = None if role.proxy is not None else config.drain_timeout
-                await host.run(docker.stop_named(old_name, timeout))
-            await host.run(docker.tag_latest(config, version))
-            await host.run(docker.record_version(config, version))
+    def _roles_on(self, host: Host) -> list[Role]:
+        return [role for role in self.roles if host.name in role.hosts]
 
-        try:
-            await self._each_role("switch traffic", switch)
-        except DeployError as exc:
-            moved = ", ".join(dict.fromkeys(switched)) or "none"
-            raise DeployError(
-                f"{exc}\nHosts that switched to {version}: {moved}; the others serve what they did before."
-            ) from None
+    async def _on_slots(
+        self, step: str, action: Callable[[Slot], Awaitable[None]], slots: list[Slot]
+    ) -> None:
+        await self._gather((slot.host, f"{step} ({slot.role.name})", action(slot)) for slot in slots)
 
-    async def _wait_healthy(self, host: Host, role: Role, container: str, version: str) -> None:
-        """Poll the new container's health check from the proxy container, up to deploy_timeout."""
-        check = role.proxy.healthcheck
-        url = f"http://{container}:{role.proxy.app_port}{check.path}"
-        probe = f"docker exec {docker.PROXY_CONTAINER} python3 -c " + quote(
-            "import sys, urllib.request\n"
-            "try:\n"
-            f"    code = urllib.request.urlopen({url!r}, timeout={check.timeout}).status\n"
-            "except Exception as exc:\n"
-            "    print(getattr(exc, 'code', None) or exc); sys.exit(1)\n"
-            "print(code); sys.exit(0 if 200 <= code < 300 else 1)\n"
-        )
-        deadline = asyncio.get_running_loop().time() + self.config.deploy_timeout
-        last = "no answer"
-        while True:
-            result = await host.run(probe, check=False)
-            if result.status == 0:
-                return
-            last = result.output.strip().splitlines()[-1] if result.output.strip() else last
-            if asyncio.get_running_loop().time() >= deadline:
-                logs = (await host.run(docker.logs(self.config, role, version, 20), check=False)).stdout
-                raise DeployError(self._explain_unhealthy(host, role, f"last health check: {last}\n{logs}"))
-            await asyncio.sleep(HEALTH_POLL)
-
-    def _explain_switch(self, host: Host, role: Role, output: str) -> str:
-        """Why `pyproxy deploy` refused: a health check (explained), or what the proxy said."""
-        if "health" in output.lower():
-            return self._explain_unhealthy(host, role, output)
-        return f"{host.name}: the proxy refused to switch {role.name}: {output.strip()[-1000:]}"
-
-    def _explain_unhealthy(self, host: Host, role: Role, detail: str) -> str:
-        proxy = role.proxy
-        return (
-            f"{host.name}: the new {role.name} container never became healthy within "
-            f"{self.config.deploy_timeout}s (GET {proxy.healthcheck.path} on port {proxy.app_port} must "
-            f"answer 2xx).\n{detail.strip()}\n"
-            "Likely causes: proxy.app_port is not the port the app listens on; the app redirects "
-            f"{proxy.healthcheck.path} (e.g. to HTTPS) or needs a Host it does not get; the app binds "
-            "127.0.0.1 instead of 0.0.0.0; the app boots slower than deploy_timeout.\n"
-            f"{host.name} still serves its previous version."
-        )
-
-    async def _stop_new(self, version: str, started: dict[tuple[str, str], tuple[str, str | None]]) -> None:
-        roles = {role.name: role for role in self.roles}
-        for (name, role_name), _ in started.items():
-            host = self.hosts[name]
-            await host.run(docker.stop(self.config, roles[role_name], version), check=False)
+    async def _watch(self, cutover: Cutover, seconds: float) -> None:
+        """`--watch`: every switched container's health checks for `seconds`; DeployError at the first
+        failure on any host (the others' watches are dropped: every host is going back)."""
+        with self.out.step("local", f"watch health checks {seconds:g}s"):
+            watches = [asyncio.ensure_future(cutover.watch(slot, seconds)) for slot in cutover.slots]
+            done, pending = await asyncio.wait(watches, return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                task.result()
 
     async def _prune(self, host: Host) -> None:
         for role in self.roles:
@@ -421,15 +398,6 @@ class Deployment:
 
     async def _each_host(self, step: str, action: Callable[[Host], Awaitable[None]]) -> None:
         await self._gather((host, step, action(host)) for host in self.hosts.values())
-
-    async def _each_role(self, step: str, action: Callable[[Host, Role], Awaitable[None]]) -> None:
-        work = [
-            (self.hosts[name], f"{step} ({role.name})", action(self.hosts[name], role))
-            for role in self.roles
-            for name in role.hosts
-            if name in self.hosts
-        ]
-        await self._gather(work)
 
     async def _gather(self, work: Iterable[tuple[Host, str, Awaitable[None]]]) -> None:
         async def timed(host: Host, step: str, action: Awaitable[None]) -> None:

@@ -9,6 +9,7 @@ state in `~/.config/kamal-proxy`, where the volume is mounted.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from shlex import quote
@@ -124,8 +125,7 @@ def _hostname(host: str) -> str:
 
 
 def container_id(config: DeployConfig, role: Role, version: str) -> str:
-    name = config.container_name(role, version)
-    return f"docker container ls --all --filter {quote(f'name=^{name}$')} --quiet"
+    return find_named(config.container_name(role, version))
 
 
 def replaced_name(config: DeployConfig, role: Role, version: str) -> str:
@@ -154,14 +154,85 @@ def containers(config: DeployConfig, role: Role) -> str:
     )
 
 
-def stop(config: DeployConfig, role: Role, version: str, timeout: int | None = None) -> str:
-    return stop_named(config.container_name(role, version), timeout)
+def stop_seconds(config: DeployConfig, role: Role) -> int | None:
+    """How long `docker stop` lets the role's container finish after SIGTERM before SIGKILL (spec 8.2):
+    its `stop_timeout`, else `drain_timeout` for a role without the proxy (a job in progress gets the
+    time a request would), else Docker's default (the proxy already drained the requests)."""
+    seconds = config.stop_timeout_for(role)
+    if seconds is None and role.proxy is None:
+        seconds = config.drain_timeout
+    return None if seconds is None else math.ceil(seconds)
+
+
+def stop(config: DeployConfig, role: Role, version: str) -> str:
+    return stop_named(config.container_name(role, version), stop_seconds(config, role))
 
 
 def stop_named(name: str, timeout: int | None = None) -> str:
     wait = f" -t {timeout}" if timeout is not None else ""
-    listed = f"docker container ls --all --filter {quote(f'name=^{name}$')} --quiet"
-    return f"{listed} | xargs --no-run-if-empty docker stop{wait}"
+    return f"{find_named(name)} | xargs --no-run-if-empty docker stop{wait}"
+
+
+def find_named(name: str) -> str:
+    """The id of the container called exactly `name` (nothing when there is none)."""
+    return f"docker container ls --all --filter {quote(f'name=^{name}$')} --quiet"
+
+
+def container_status(container: str) -> str:
+    """`healthy`/`unhealthy`/`starting` for a container with a Docker health check, else its state
+    (`running`, `restarting`, `exited`...): what the readiness of a role without the proxy is (spec 8.4)."""
+    status = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
+    return f"docker inspect --format {quote(status)} {quote(container)}"
+
+
+def watch_status(container: str, seconds: float) -> str:
+    """Exit 1 (printing the status) as soon as the container is neither running nor healthy within the
+    next `seconds`; exit 0 when it stayed so."""
+    return (
+        f"end=$(( $(date +%s) + {math.ceil(seconds)} )); while :; do"
+        f" s=$({container_status(container)} 2>&1);"
+        ' case "$s" in running|healthy) ;; *) echo "$s"; exit 1;; esac;'
+        ' [ "$(date +%s)" -ge "$end" ] && exit 0; sleep 1; done'
+    )
+
+
+# GET the health check from inside the proxy container (it is on the app's network): argv is url, Host
+# header, timeout, interval, seconds, mode. Mode "wait" ends at the first 2xx, "watch" at the first
+# answer that is not; both end at the deadline. The exit status says healthy (0) or not; the last line
+# what the last check got.
+_PROBE = """import sys, time, urllib.request
+url, host, timeout, interval, seconds, mode = sys.argv[1:]
+request = urllib.request.Request(url, headers={"Host": host} if host else {})
+deadline = time.monotonic() + float(seconds)
+while True:
+    try:
+        code = urllib.request.urlopen(request, timeout=float(timeout)).status
+        problem = None if 200 <= code < 300 else f"answered {code}"
+    except Exception as exc:
+        problem = f"answered {exc.code}" if hasattr(exc, "code") else str(exc) or type(exc).__name__
+    if (problem is None) != (mode == "watch") or time.monotonic() >= deadline:
+        print(problem or "healthy")
+        sys.exit(1 if problem else 0)
+    time.sleep(float(interval))
+"""
+
+
+def health_probe(role: Role, container: str, seconds: float, interval: float, watch: bool = False) -> str:
+    """Check the proxied role's health check on `container` every `interval` for up to `seconds`: until it
+    is healthy (exit 0; 1 at the deadline), or with `watch` while it stays healthy (exit 1 at the first
+    failure; 0 at the deadline)."""
+    proxy = role.proxy or ProxySettings()
+    check = proxy.healthcheck
+    url = f"http://{container}:{check.port or proxy.app_port}/{check.path.lstrip('/')}"
+    args = [
+        url,
+        check.host or "",
+        str(check.timeout),
+        str(interval),
+        str(seconds),
+        "watch" if watch else "wait",
+    ]
+    return f"docker exec {PROXY_CONTAINER} python3 -c {quote(_PROBE)} {' '.join(map(quote, args))}"
 
 
 def history_path(config: DeployConfig) -> str:
@@ -178,7 +249,11 @@ def read_history(config: DeployConfig) -> str:
 
 
 def start(config: DeployConfig, role: Role, version: str) -> str:
-    return f"docker start {quote(config.container_name(role, version))}"
+    return start_named(config.container_name(role, version))
+
+
+def start_named(name: str) -> str:
+    return f"docker start {quote(name)}"
 
 
 def logs(config: DeployConfig, role: Role, version: str, lines: int = 100) -> str:
