@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from deployer import docker, erb
+from deployer import audit, docker, erb
 from deployer.config import (
     Accessory,
-    ConfigError,
     DeployConfig,
     LoggingSettings,
     ProxySettings,
@@ -378,24 +377,26 @@ class Accessories:
         for upload in uploads:
             await host.write_file(upload.path, upload.content, upload.mode)
         await host.write_file(env_file_path(self.config, accessory), env_file(accessory, self.secrets))
+        await self._record(host, accessory, f"Booted {accessory.name} accessory")
         await self._run(host, accessory, run(self.config, accessory, host.name))
         await self._route(host, accessory)
 
     def uploads(self, accessory: Accessory) -> list[Upload]:
-        """The files to upload, read (and `.erb` ones rendered) here before any host is touched."""
+        """The files to upload, read (and `.erb` ones rendered with the accessory's env in ENV) here before
+        any host is touched."""
         environ = {**os.environ, **environment(accessory, self.secrets)}
         uploads = []
         for item in accessory.files:
             local = self.root / item.local
             where = f"accessories.{accessory.name}.files"
             if not local.is_file():
-                raise ConfigError(f"{where}: {item.local} is not a file")
+                raise DeployError(f"{where}: {item.local} is not a file")
             content = local.read_bytes()
             if item.local.endswith(".erb"):
                 try:
                     content = erb.render(content.decode(), item.local, environ).encode()
                 except (erb.TemplateError, UnicodeDecodeError) as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
+                    raise DeployError(f"{where}: cannot render {item.local}: {exc}") from None
             uploads.append(Upload(file_path(accessory, item.remote), content, item.mode or DEFAULT_FILE_MODE))
         return uploads
 
@@ -419,6 +420,7 @@ class Accessories:
 
     async def start(self, accessories: Iterable[Accessory]) -> None:
         async def action(host: Host, accessory: Accessory) -> None:
+            await self._record(host, accessory, f"Started {accessory.name} accessory")
             await self._run(host, accessory, start(accessory))
             await self._route(host, accessory)
 
@@ -426,6 +428,7 @@ class Accessories:
 
     async def stop(self, accessories: Iterable[Accessory]) -> None:
         async def action(host: Host, accessory: Accessory) -> None:
+            await self._record(host, accessory, f"Stopped {accessory.name} accessory")
             await self._unroute(host, accessory)
             await self._run(host, accessory, stop(accessory))
 
@@ -433,6 +436,7 @@ class Accessories:
 
     async def restart(self, accessories: Iterable[Accessory]) -> None:
         async def action(host: Host, accessory: Accessory) -> None:
+            await self._record(host, accessory, f"Restarted {accessory.name} accessory")
             await self._run(host, accessory, restart(accessory))
             await self._route(host, accessory)
 
@@ -443,6 +447,7 @@ class Accessories:
         kept: dict[str, list[str]] = {}
 
         async def action(host: Host, accessory: Accessory) -> None:
+            await self._record(host, accessory, f"Removed {accessory.name} accessory (its data kept)")
             await self._unroute(host, accessory)
             await self._run(host, accessory, remove_container(accessory))
             image = await host.run(remove_image(accessory), check=False)
@@ -483,9 +488,10 @@ class Accessories:
 
     async def exec(self, accessory: Accessory, command: str, reuse: bool) -> None:
         """`command` on every host of the accessory: in its running container (`reuse`) or a new one."""
-        if not reuse:
-            for host in self.hosts_of(accessory):
+        for host in self.hosts_of(accessory):
+            if not reuse:
                 await self._login(host, accessory.registry or self.config.registry)
+            await self._record(host, accessory, f"Executed cmd '{command}' on {accessory.name} accessory")
         line = exec_existing(accessory, command) if reuse else exec_new(self.config, accessory, command)
         await self.print_each((accessory,), lambda _: line)
 
@@ -509,6 +515,10 @@ class Accessories:
         return hosts[0]
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    async def _record(self, host: Host, accessory: Accessory, message: str) -> None:
+        """A line in the host's audit log (Kamal's words)."""
+        await self._run(host, accessory, audit.record_command(self.config, message))
 
     async def _run(self, host: Host, accessory: Accessory, command: str, check: bool = True) -> Completed:
         try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from deployer import accessory
-from deployer.config import Accessory, ConfigError, DeployConfig, ProxySettings, load_config
+from deployer.config import Accessory, DeployConfig, ProxySettings, load_config
+from deployer.errors import DeployError
 from deployer.output import Output
 from tests import test_pydeploy
 from tests.kamal_support import on_host, request
@@ -217,7 +218,7 @@ def test_erb_files_see_the_accessory_env_and_a_vanished_file_is_a_config_error(
         ("shop-db/init/setup.sql", b"CREATE DATABASE shop prod;\n", "0640"),
     ]
     (app / "config" / "my.cnf").unlink()
-    with pytest.raises(ConfigError, match=r"accessories\.db\.files: config/my.cnf is not a file"):
+    with pytest.raises(DeployError, match=r"accessories\.db\.files: config/my.cnf is not a file"):
         accessories.uploads(db)
 
 
@@ -336,6 +337,9 @@ async def test_setup_boots_the_accessories_before_the_app_which_reaches_them_by_
     kept = on_host(bed, first, "cat testapp-db/data/row; ls .kamal/apps/testapp/env/accessories")
     assert kept == "precious\nredis.env\n", "the data is kept, db's env file is gone"
     assert state(bed, first, "testapp-web-v1") == "running", "the app (same image) keeps running"
+    audited = on_host(bed, first, "cat .kamal/testapp-audit.log")
+    for line in ("Booted db accessory", "on db accessory", "Removed db accessory (its data kept)"):
+        assert line in audited, audited
 
 
 @pytest.mark.timeout(900)
