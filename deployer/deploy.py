@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from deployer import docker
+from deployer import assets, docker, proxy_files
 from deployer.config import DeployConfig, Role
 from deployer.cutover import Cutover, Slot
 from deployer.errors import DeployError
@@ -275,6 +275,7 @@ class Deployment:
     async def boot(self, version: str, watch: float = 0) -> None:
         """Boot `version` on the selected hosts, group by group, all or nothing (spec 8.2 and the module's
         docstring); `watch` seconds of health checks on every host before the old containers stop."""
+        await self._prepare_hosts(version)
         cutover = Cutover(self.config, self.secrets, self.out, version)
         try:
             for number, group in enumerate(self._boot_groups()):
@@ -294,6 +295,36 @@ class Deployment:
                 raise DeployError(f"{exc}\n{cutover.summary()}") from None
             raise
         await self._gather((host, "stop old containers", cutover.retire(host)) for host in cutover.hosts)
+        await self._gather(
+            (host, "remove old files", self._clean_up_host(host, cutover)) for host in cutover.hosts
+        )
+
+    async def _prepare_hosts(self, version: str) -> None:
+        """Before any new container starts anywhere, every host has the files of `version`: error pages and
+        certificates for the proxy (proxy_files.py), assets merged with the running version's (assets.py)."""
+        pages = proxy_files.local_error_pages(self.config, Path.cwd())  # relative to where pydeploy runs
+        if self.config.error_pages_path and not pages:
+            raise DeployError(
+                f"error_pages_path: {self.config.error_pages_path} has no 4xx.html or 5xx.html pages"
+            )
+
+        async def prepare(host: Host) -> None:
+            roles = self._roles_on(host)
+            await proxy_files.upload(host, self.config, roles, version, pages, self.secrets)
+            for role in roles:
+                await assets.prepare(host, self.config, role, version)
+
+        hosts = [host for host in self.hosts.values() if self._roles_on(host)]
+        await self._gather((host, "prepare files", prepare(host)) for host in hosts)
+
+    async def _clean_up_host(self, host: Host, cutover: Cutover) -> None:
+        """After the old containers stopped: assets and error pages of versions older than those go."""
+        slots = [slot for slot in cutover.slots if slot.host is host]
+        for slot in slots:
+            await assets.remove_old(host, self.config, slot.role, cutover.version, slot.old_version)
+        kept = {cutover.version, *(slot.old_version for slot in slots if slot.old_version)}
+        await proxy_files.remove_old_pages(host, self.config, kept)
+
 
     def _boot_groups(self) -> list[list[Host]]:
         hosts = [host for host in self.hosts.values() if self._roles_on(host)]
