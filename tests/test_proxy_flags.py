@@ -24,6 +24,7 @@ from deployer.config import (
     ProxySettings,
     Role,
     SslCertificate,
+    load_config,
 )
 from proxy.cli import _deploy_parser
 
@@ -217,3 +218,64 @@ def test_the_proxy_container_defaults_publish_80_and_443_and_publish_false_publi
     assert argv[-3:] == ["registry.example/pyproxy:test", "kamal-proxy", "run"]
     config, _ = app(ProxySettings(run=ProxyRun(publish=False)))
     assert "--publish" not in docker.run_proxy(config)
+
+
+DEPLOY_YML = """service: shop
+image: shop
+servers:
+  web:
+    hosts: [10.0.0.1]
+proxy:
+  host: shop.example
+  ssl: true
+  app_port: 3000
+  response_timeout: 1m
+  healthcheck: {path: /healthz, interval: 500ms, timeout: 2s, port: 3001, host: internal.shop}
+  buffering: {requests: false, memory: 4096, max_response_body: 1000000}
+  strip_path_prefix: false
+  ssl_redirect: false
+  logging: {request_headers: [X-Request-Id], response_headers: [X-Runtime]}
+  canonical_host: shop.example
+  acme_directory: https://ca.example/acme
+  acme_eab_kid: [EAB_KID]
+  acme_eab_hmac_key: [EAB_HMAC]
+  read_targets: ["10.0.0.7:3000"]
+  read_target_websockets: true
+  writer_affinity_timeout: 1.5s
+  client_ip_header: X-Real-IP
+  scope_cookie_paths: true
+  exclude_metrics_paths: [/up]
+  targets: ["10.0.0.8:3000"]
+error_pages_path: public
+"""
+
+
+def test_the_keys_of_deploy_yml_become_the_flags(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "deploy.yml").write_text(DEPLOY_YML)
+    (tmp_path / "public").mkdir()
+    config = load_config(tmp_path, version="v7", environ={})
+    web = config.roles[0]
+    secrets = {"EAB_KID": "kid-9", "EAB_HMAC": "aG1hYw"}
+    for file in proxy_files.service_files(config, "shop-web", web.proxy, secrets, "web"):
+        (tmp_path / file.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file.path).write_bytes(file.content)
+    _, options = parsed(docker.proxy_deploy(config, web, "f00dcafe", version="v7"), tmp_path)
+    assert options["target"] == ["f00dcafe:3000", "10.0.0.8:3000"] and options["target_timeout"] == 60
+    assert (options["health_check_interval"], options["health_check_timeout"]) == (0.5, 2)
+    assert (options["health_check_port"], options["health_check_host"]) == (3001, "internal.shop")
+    assert (options["buffer_requests"], options["buffer_responses"]) == (False, True)
+    assert (options["buffer_memory"], options["max_response_body"]) == (4096, 1_000_000)
+    assert options["strip_path_prefix"] is False and options["tls_redirect"] is False
+    assert options["log_request_header"] == ["X-Request-Id"] and options["log_response_header"] == [
+        "X-Runtime"
+    ]
+    assert (
+        options["canonical_host"] == "shop.example"
+        and options["tls_acme_directory"] == "https://ca.example/acme"
+    )
+    assert (options["tls_acme_eab_kid"], options["tls_acme_eab_hmac_key"]) == ("kid-9", "aG1hYw")
+    assert options["read_target"] == ["10.0.0.7:3000"] and options["read_target_websockets"] is True
+    assert options["writer_affinity_timeout"] == 1.5 and options["client_ip_header"] == "X-Real-IP"
+    assert options["scope_cookie_paths"] is True and options["exclude_metrics_path"] == ["/up"]
+    assert options["error_pages"] == "/home/kamal-proxy/.apps-config/shop/error_pages/v7"
