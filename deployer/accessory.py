@@ -228,23 +228,27 @@ def logs(
     lines: int | None = None,
     since: str | None = None,
     grep: str | None = None,
+    grep_options: str | None = None,
+    timestamps: bool = True,
     follow: bool = False,
 ) -> str:
-    """`docker logs` of the accessory, as Kamal's: without `lines`, the last 100, or all when --since or
-    --grep narrows them; following starts with the last 10 and greps line by line."""
+    """`docker logs` of the accessory, as Kamal's (and as `app logs`): without `lines`, the last 100, or
+    all when --since or --grep narrows them; following starts with the last 10 and greps line by line."""
     if lines is None and (follow or (since is None and grep is None)):
         lines = FOLLOWED_LINES if follow else SHOWN_LINES
-    parts = [f"docker logs {quote(accessory.service)} --timestamps"]
-    if since:
-        parts.append(f"--since {quote(since)}")
-    if lines is not None:
-        parts.append(f"--tail {lines}")
-    if follow:
-        parts.append("--follow")
-    parts.append("2>&1")
-    if grep:
-        parts.append(f"| grep{' --line-buffered' if follow else ''} -e {quote(grep)}")
-    return " ".join(parts)
+    flags = [
+        *(["--timestamps"] if timestamps else []),
+        *([f"--since {quote(since)}"] if since else []),
+        *([f"--tail {lines}"] if lines is not None else []),
+        *(["--follow"] if follow else []),
+    ]
+    command = f"docker logs {' '.join([*flags, quote(accessory.service)])} 2>&1"
+    if grep is None:
+        return command
+    options = ["--line-buffered"] if follow else []
+    options += [quote(option) for option in (grep_options or "").split()]
+    grepped = f"{command} | grep {' '.join([*options, '-e', quote(grep)])}"
+    return grepped if follow else f"{grepped} || [ $? -eq 1 ]"  # grep's 1: no line matched, not a failure
 
 
 def exec_new(config: DeployConfig, accessory: Accessory, command: str, interactive: bool = False) -> str:

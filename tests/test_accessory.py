@@ -17,6 +17,7 @@ from deployer.output import Output
 from tests import test_pydeploy
 from tests.kamal_support import on_host, request
 from tests.test_pydeploy import pydeploy
+from tests.test_pydeploy_commands import Terminal, started
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
 
 SECRET = "pa$$ word\nwith 'quotes'"
@@ -183,11 +184,25 @@ def test_exec_in_a_new_container_is_removed_after_and_sees_what_the_accessory_se
 
 
 def test_logs_default_to_100_lines_unless_narrowed(db: Accessory, tmp_path: Path) -> None:
-    assert words(accessory.logs(db), tmp_path) == ["logs", "shop-db", "--timestamps", "--tail", "100"]
-    assert "--tail" not in accessory.logs(db, since="5m") and "--since 5m" in accessory.logs(db, since="5m")
-    assert accessory.logs(db, lines=3, follow=True).endswith("--tail 3 --follow 2>&1")
-    grep = accessory.logs(db, grep="it's", follow=True)
-    assert grep.endswith("--tail 10 --follow 2>&1 | grep --line-buffered -e 'it'\"'\"'s'")
+    assert words(accessory.logs(db), tmp_path) == ["logs", "--timestamps", "--tail", "100", "shop-db"]
+    assert words(accessory.logs(db, since="5m", timestamps=False), tmp_path) == [
+        "logs",
+        "--since",
+        "5m",
+        "shop-db",
+    ]
+    assert accessory.logs(db, lines=3, follow=True).endswith("--tail 3 --follow shop-db 2>&1")
+    followed = accessory.logs(db, grep="it's", grep_options="-i", follow=True)
+    assert followed.endswith("--tail 10 --follow shop-db 2>&1 | grep --line-buffered -i -e 'it'\"'\"'s'")
+
+
+def test_logs_grep_that_matches_nothing_is_not_a_failure(db: Accessory, tmp_path: Path) -> None:
+    def grepped(pattern: str) -> subprocess.CompletedProcess[str]:
+        script = f"docker() {{ printf 'GET /orders\\nGET /up\\n'; }}; {accessory.logs(db, grep=pattern)}"
+        return subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+
+    assert (grepped("orders").returncode, grepped("orders").stdout) == (0, "GET /orders\n")
+    assert (grepped("nothing-like-it").returncode, grepped("nothing-like-it").stdout) == (0, "")
 
 
 def test_remove_finds_the_container_by_kamals_label_and_keeps_a_shared_image(db: Accessory) -> None:
@@ -325,9 +340,26 @@ async def test_setup_boots_the_accessories_before_the_app_which_reaches_them_by_
     assert created(bed, first, "testapp-db") != before and state(bed, first, "testapp-db") == "running"
     assert on_host(bed, first, "docker exec testapp-db cat /data/row") == "precious\n", "data outlives reboot"
 
-    logs = pydeploy(bed, app, "accessory", "logs", "redis", "-n", "5")
+    terminal = Terminal(app, "accessory", "exec", "-i", "--reuse", "db", "sh")
+    terminal.send("echo got-$(cat /data/row)-$((40 + 2)); exit 3\n")
+    terminal.expect("got-precious-42")
+    assert terminal.status() == 3, terminal.seen[-2000:]
+
+    on_host(
+        bed, first, "docker exec testapp-db sh -c 'echo query 1 >/proc/1/fd/1; echo vacuum >/proc/1/fd/1'"
+    )
+    logs = pydeploy(bed, app, "accessory", "logs", "db", "--grep", "query", "-T")
+    assert (logs.returncode, logs.stdout) == (0, f"db on {first}:\nquery 1\n"), logs.stdout + logs.stderr
+    followed = started(app, "accessory", "logs", "db", "-f", "--grep", "query")
+    try:
+        assert "query 1" in followed.stdout.readline()
+        on_host(bed, first, "docker exec testapp-db sh -c 'echo query 2 >/proc/1/fd/1'")
+        assert "query 2" in followed.stdout.readline(), "it streams what is logged after it started"
+    finally:
+        followed.terminate()
+        followed.wait(10)
     details = pydeploy(bed, app, "accessory", "details", "all")
-    assert logs.returncode == 0 and details.returncode == 0, logs.stderr + details.stderr
+    assert details.returncode == 0, details.stderr
     assert details.stdout.count("testapp-redis") == 2 and "testapp-db" in details.stdout
 
     removed = pydeploy(bed, app, "accessory", "remove", "db", "-y")
