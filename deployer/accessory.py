@@ -75,11 +75,6 @@ def create_network(name: str) -> str:
     )
 
 
-def publish(port: str) -> str:
-    """Kamal's `port`: "3306" publishes 3306:3306; anything with a colon is docker's own form."""
-    return port if ":" in port else f"{port}:{port}"
-
-
 def file_path(accessory: Accessory, remote: str) -> str:
     """Where an uploaded file lives on the host, relative to the SSH user's home."""
     return f"{accessory.service}/{remote.lstrip('/')}"
@@ -157,7 +152,7 @@ def run(config: DeployConfig, accessory: Accessory, host: str) -> str:
         *_logging(config.logging),
     ]
     if accessory.port:
-        parts.append(f"--publish {quote(publish(accessory.port))}")
+        parts.append(f"--publish {quote(accessory.port)}")  # "3306" was read as "3306:3306"
     parts.append(f"--env KAMAL_HOST={quote(host)}")
     parts += _env(config, accessory)
     parts += volumes(accessory)

@@ -4,7 +4,9 @@ remote shell makes of them, and `pydeploy accessory ...` on the test bed: setup 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from deployer.errors import DeployError
 from deployer.output import Output
 from tests import test_pydeploy
 from tests.kamal_support import on_host, request
-from tests.test_pydeploy import pydeploy
+from tests.test_pydeploy import ROOT, pydeploy
 from tests.test_pydeploy_commands import Terminal, started
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
 
@@ -223,7 +225,7 @@ def test_a_proxied_accessory_is_deployed_to_the_proxy_under_its_service_name(
     assert accessory.proxy_remove(proxied) == "docker exec pyproxy kamal-proxy remove shop-db"
 
 
-def test_erb_files_see_the_accessory_env_and_a_vanished_file_is_a_config_error(
+def test_erb_files_see_the_accessory_env_and_a_vanished_file_is_named(
     app: Path, config: DeployConfig, db: Accessory
 ) -> None:
     accessories = accessory.Accessories(config, {"MYSQL_ROOT_PASSWORD": SECRET}, Output(str), {}, app)
@@ -235,6 +237,34 @@ def test_erb_files_see_the_accessory_env_and_a_vanished_file_is_a_config_error(
     (app / "config" / "my.cnf").unlink()
     with pytest.raises(DeployError, match=r"accessories\.db\.files: config/my.cnf is not a file"):
         accessories.uploads(db)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["accessory", "boot", "dbb"], 'No accessory "dbb" (accessories: db)'),
+        (["accessory", "remove", "db"], "no terminal to confirm on; add -y (--confirmed)"),
+        (["accessory", "exec", "db"], "No command provided"),
+        (["accessory", "logs", "all", "-f"], "accessory logs acts on one accessory, not all"),
+        (["accessory", "exec", "-i", "db", "sh"], "needs a terminal"),
+    ],
+)
+def test_bad_accessory_commands_are_refused_before_any_host_is_contacted(
+    app: Path, args: list[str], message: str
+) -> None:
+    (app / ".kamal").mkdir()
+    (app / ".kamal" / "secrets").write_text("MYSQL_ROOT_PASSWORD=x\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "deployer", *args],
+        cwd=app,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 # -- on the test bed -----------------------------------------------------------------------------------------
