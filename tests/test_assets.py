@@ -4,7 +4,7 @@ Asset bridging (`asset_path`, spec 10): a page rendered by the old version finds
 after a deploy of a version that no longer has it, and two deploys later it is gone. The test app's
 image vN has /www/assets/app-vN.css only, linked from its page at /.
 Error pages and a custom certificate (spec 11): uploaded where the proxy, running as its own user, reads
-them; old versions' pages removed.
+them; old versions' pages removed. The proxy container itself as `proxy.run` describes it (spec 8.1).
 """
 
 from __future__ import annotations
@@ -126,3 +126,25 @@ async def test_error_pages_and_a_custom_certificate_reach_the_proxy_and_old_page
     for host in bed.hosts:
         assert on_host(bed, host, f"ls {pages}").split() == ["v2", "v3"], "v1's pages went, v2's stay"
         assert (await get(host, "/version", client)) == (200, "v3\n")
+
+
+async def test_the_proxy_container_runs_as_proxy_run_says(bed: Testbed, tmp_path: Path) -> None:  # noqa: F811
+    run = (
+        f"  run:\n    image: {bed.proxy_image}\n    http_port: 8080\n    https_port: 8443\n"
+        "    metrics_port: 9090\n    debug: true\n    log_max_size: 5m\n"
+    )
+    app = app_project(bed, tmp_path / "app")
+    deploy_yml = app / "config" / "deploy.yml"
+    deploy_yml.write_text(deploy_yml.read_text().replace(f"  image: {bed.proxy_image}\n", run))
+    deploy(bed, app, "setup", "v1")
+    host = bed.hosts[0]
+    reader, writer = await asyncio.open_connection(host, 8080)
+    writer.write(f"GET /version HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+    assert (await asyncio.wait_for(reader.read(-1), 10)).endswith(b"\r\n\r\nv1\n"), "served on http_port"
+    writer.close()
+    inspect = "docker inspect pyproxy --format '{{.HostConfig.LogConfig.Config}} {{.Config.ExposedPorts}}'"
+    settings = on_host(bed, host, inspect)
+    assert "max-size:5m" in settings and "9090/tcp" in settings, settings
+    metrics = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/metrics').status)"
+    assert on_host(bed, host, f'docker exec pyproxy python3 -c "{metrics}"').strip() == "200"
+    assert '"level": "DEBUG"' in on_host(bed, host, "docker logs pyproxy 2>&1"), "run with --debug"
