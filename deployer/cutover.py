@@ -138,10 +138,16 @@ class Cutover:
         except (RemoteError, DeployError) as exc:
             slot.outcome = f"could NOT switch back to {slot.old_version}: {exc}"
 
-    def summary(self) -> str:
-        """One line per slot after the way back: `h1: switched back to v1`."""
+    def summary(self, hosts: list[Host]) -> str:
+        """One line per slot after the way back (`h1: switched back to v1`), and one for each of `hosts`
+        a failure in an earlier boot group kept this boot from reaching."""
         single_role = len({slot.role.name for slot in self.slots}) == 1
         lines = [f"  {slot.host.name if single_role else slot.label}: {slot.outcome}" for slot in self.slots]
+        lines += [
+            f"  {host.name}: untouched (its boot group never started)"
+            for host in hosts
+            if host not in self.hosts
+        ]
         return (
             f"Every host goes back to what it ran before {self.version} (all or nothing); "
             f"{self.version} is not recorded on any host:\n" + "\n".join(lines)

@@ -277,8 +277,10 @@ class Deployment:
         docstring); `watch` seconds of health checks on every host before the old containers stop."""
         await self._prepare_hosts(version)
         cutover = Cutover(self.config, self.secrets, self.out, version)
+        hosts = self._app_hosts()
+        groups = self._boot_groups(hosts)
         try:
-            for number, group in enumerate(self._boot_groups()):
+            for number, group in enumerate(groups):
                 if number and self.config.boot.wait:
                     await asyncio.sleep(self.config.boot.wait)
                 names = [host.name for host in group]
@@ -292,7 +294,7 @@ class Deployment:
         except BaseException as exc:
             await self._on_slots("switch back", cutover.switch_back, cutover.slots)
             if isinstance(exc, DeployError | RemoteError):
-                raise DeployError(f"{exc}\n{cutover.summary()}") from None
+                raise DeployError(f"{exc}\n{cutover.summary(hosts)}") from None
             raise
         await self._gather((host, "stop old containers", cutover.retire(host)) for host in cutover.hosts)
         await self._gather(
@@ -314,8 +316,7 @@ class Deployment:
             for role in roles:
                 await assets.prepare(host, self.config, role, version)
 
-        hosts = [host for host in self.hosts.values() if self._roles_on(host)]
-        await self._gather((host, "prepare files", prepare(host)) for host in hosts)
+        await self._gather((host, "prepare files", prepare(host)) for host in self._app_hosts())
 
     async def _clean_up_host(self, host: Host, cutover: Cutover) -> None:
         """After the old containers stopped: assets and error pages of versions older than those go."""
@@ -325,9 +326,11 @@ class Deployment:
         kept = {cutover.version, *(slot.old_version for slot in slots if slot.old_version)}
         await proxy_files.remove_old_pages(host, self.config, kept)
 
+    def _app_hosts(self) -> list[Host]:
+        """The selected hosts that run a selected role."""
+        return [host for host in self.hosts.values() if self._roles_on(host)]
 
-    def _boot_groups(self) -> list[list[Host]]:
-        hosts = [host for host in self.hosts.values() if self._roles_on(host)]
+    def _boot_groups(self, hosts: list[Host]) -> list[list[Host]]:
         size = self.config.boot.group_size(len(hosts)) or len(hosts)
         return [hosts[index : index + size] for index in range(0, len(hosts), size)]
 
