@@ -4,6 +4,7 @@ remote shell makes of them, and `pydeploy accessory ...` on the test bed: setup 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from deployer.config import Accessory, DeployConfig, ProxySettings, load_config
 from deployer.errors import DeployError
 from deployer.output import Output
 from tests import test_pydeploy
-from tests.kamal_support import on_host, request
+from tests.kamal_support import kamal_unavailable_reason, on_host, request
+from tests.test_kamal import Kamal, kamal_home
 from tests.test_pydeploy import ROOT, pydeploy
 from tests.test_pydeploy_commands import Terminal, started
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
@@ -466,3 +468,100 @@ async def test_an_accessory_with_proxy_is_served_by_pyproxy_until_it_is_stopped(
     start = pydeploy(bed, app, "accessory", "start", "admin")
     assert start.returncode == 0, start.stdout + start.stderr
     assert (await request(first, "/version", host_header="admin.test")).text == "v2"
+
+
+def kamal_and_pydeploy_config(bed: Testbed) -> str:
+    """One deploy.yml both read: an accessory with every kind of setting that lands on the host."""
+    return f"""service: testapp
+image: testapp
+servers:
+  web:
+    hosts:
+      - {bed.hosts[0]}
+registry:
+  server: {bed.registry}
+  username: {bed.registry_user}
+  password:
+    - KAMAL_REGISTRY_PASSWORD
+ssh:
+  user: {bed.ssh_user}
+  keys:
+    - {bed.ssh_key}
+builder:
+  arch: amd64
+accessories:
+  db:
+    image: {bed.app("v1")}
+    host: {bed.hosts[0]}
+    port: "127.0.0.1:5432:5432"
+    cmd: /entrypoint.sh
+    env:
+      clear:
+        PORT: "5432"
+      secret:
+        - POSTGRES_PASSWORD
+    files:
+      - config/db.conf.erb:/etc/db/db.conf
+      - config/plain.conf:/etc/db/plain.conf
+    directories:
+      - data:/data
+    volumes:
+      - dbsocket:/run/db
+    options:
+      memory: 256m
+    labels:
+      team: data
+"""
+
+
+def landed(bed: Testbed, host: str) -> dict[str, object]:
+    """What an accessory boot put on the host, in the terms both tools share (not the network's name)."""
+    inspect = "docker inspect testapp-db --format '{{json .}}'"
+    container = json.loads(on_host(bed, host, inspect))
+    config, host_config = container["Config"], container["HostConfig"]
+    files = "cd testapp-db && find . -type f | sort | xargs -I{} sh -c 'stat -c \"%n %a\" {}; cat {}'"
+    env_file = ".kamal/apps/testapp/env/accessories/db.env"
+    return {
+        "name": container["Name"],
+        "labels": {key: value for key, value in config["Labels"].items() if not key.startswith("pydeploy.")},
+        "env": sorted(config["Env"]),
+        "cmd": config["Cmd"],
+        "mounts": sorted((mount["Source"], mount["Destination"]) for mount in container["Mounts"]),
+        "ports": host_config["PortBindings"],
+        "restart": host_config["RestartPolicy"]["Name"],
+        "memory": host_config["Memory"],
+        "log": host_config["LogConfig"],
+        "files": on_host(bed, host, files),
+        "env file": on_host(bed, host, f"stat -c %a {env_file} && cat {env_file}"),
+    }
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(kamal_unavailable_reason() is not None, reason=kamal_unavailable_reason() or "")
+def test_an_accessory_lands_on_the_host_as_kamal_boots_it(bed: Testbed, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "config").mkdir(parents=True)
+    (app / "config" / "deploy.yml").write_text(kamal_and_pydeploy_config(bed))
+    (app / "config" / "db.conf.erb").write_text("port = <%= ENV['PORT'] %>\n")
+    (app / "config" / "plain.conf").write_text("plain\n")
+    (app / ".kamal").mkdir()
+    (app / ".kamal" / "secrets").write_text(
+        f"KAMAL_REGISTRY_PASSWORD={bed.registry_password}\nPOSTGRES_PASSWORD={DB_PASSWORD}\n"
+    )
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-qm", "app"]):
+        subprocess.run(["git", *command], cwd=app, check=True, capture_output=True)
+    host = bed.hosts[0]
+
+    Kamal(app, kamal_home(bed, tmp_path / "home"))("accessory", "boot", "db")
+    by_kamal = landed(bed, host)
+    assert on_host(bed, host, "docker inspect testapp-db --format '{{.HostConfig.NetworkMode}}'") == "kamal\n"
+    on_host(bed, host, "docker rm --force testapp-db && rm -rf testapp-db .kamal/apps")
+
+    booted = pydeploy(bed, app, "accessory", "boot", "db")
+    assert booted.returncode == 0, booted.stdout + booted.stderr
+    by_pydeploy = landed(bed, host)
+    assert (
+        on_host(bed, host, "docker inspect testapp-db --format '{{.HostConfig.NetworkMode}}'") == "pydeploy\n"
+    )
+    assert by_pydeploy == by_kamal
