@@ -194,6 +194,8 @@ async def test_the_lock_refuses_prune_and_lock_wait(bed: Testbed, tmp_path: Path
     assert pydeploy(bed, app, "lock", "release").returncode == 0
 
     hold_lock_as_a_deploy(bed)
+    refused = pydeploy(bed, app, "prune", "images")
+    assert refused.returncode == 1 and "Message: Automatic deploy lock" in refused.stderr, refused.stderr
     began = time.monotonic()
     timed_out = pydeploy(
         bed, app, "--lock-wait", "--lock-wait-timeout", "3", "--lock-wait-interval", "1", "prune", "all"
@@ -212,6 +214,27 @@ async def test_the_lock_refuses_prune_and_lock_wait(bed: Testbed, tmp_path: Path
     on_host(bed, bed.hosts[0], "rm -rf .kamal/lock-testapp")
     assert waiting.wait(60) == 0, shown + waiting.stdout.read()
     assert "Pruned containers and images" in pydeploy(bed, app, "audit").stdout
+
+
+async def test_prune_is_refused_while_a_deploy_runs(bed: Testbed, tmp_path: Path) -> None:  # noqa: F811
+    app = project(bed, tmp_path / "app")
+    set_up(bed, app)
+    # v3 never becomes healthy: its deploy holds the lock for the whole deploy_timeout.
+    deploy = started(app, "deploy", "--version", "v3", "-P")
+    try:
+        deadline = time.monotonic() + 60
+        while "Deploying v3" not in pydeploy(bed, app, "lock", "status").stdout:
+            assert time.monotonic() < deadline and deploy.poll() is None, "the deploy never took the lock"
+        refused = pydeploy(bed, app, "prune", "all")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "is held" in refused.stderr and "Deploying v3" in refused.stderr, refused.stderr
+        assert "Locked by:" in refused.stderr and "Version: v3" in refused.stderr
+    finally:
+        assert deploy.wait(120) == 1, "v3 is refused"
+    for host in bed.hosts:
+        assert "testapp-web-v1" in on_host(bed, host, "docker ps --all --format '{{.Names}}'"), (
+            "nothing pruned"
+        )
 
 
 async def test_prune_keeps_a_rollback_and_remove_all(bed: Testbed, tmp_path: Path) -> None:  # noqa: F811
