@@ -5,7 +5,9 @@ mounts at `/home/kamal-proxy/.apps-config`.
 The proxy runs as its own user (kamal-proxy, uid 1000 in the image), not as the SSH user who uploads, so
 every directory is made 0755 and every error page 0644 whatever the login umask is. A private key is
 made 0640 and given the group the proxy runs with (asked from the container); where the SSH user may not
-give it that group, it is 0644, as Kamal uploads it.
+give it that group, it is 0644, as Kamal uploads it. ACME EAB credentials (ours) go to
+`.kamal/apps/<app>/acme/`, 0600: the host's shell reads them into the deploy command (see
+`docker.proxy_deploy_command`), the proxy never reads them from disk.
 Each host gets its files in one SSH call: a tar archive on stdin (secrets travel only there).
 """
 
