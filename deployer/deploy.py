@@ -34,6 +34,7 @@ from pathlib import Path
 from shlex import quote
 
 from deployer import assets, docker, proxy_files
+from deployer.accessory import Accessories
 from deployer.config import DeployConfig, Role
 from deployer.cutover import Cutover, Slot
 from deployer.errors import DeployError
@@ -66,17 +67,23 @@ class Deployment:
         """First deploy to fresh hosts: Docker checked, the network and the proxy created, then a deploy."""
         await self._each_host("docker", self._ensure_docker)
         await self.hook("docker-setup")
-        await self.deploy(root, skip_push, watch)
+        await self.deploy(root, skip_push, watch, boot_accessories=True)
 
-    async def deploy(self, root: Path, skip_push: bool, watch: float = 0) -> None:
+    async def deploy(
+        self, root: Path, skip_push: bool, watch: float = 0, boot_accessories: bool = False
+    ) -> None:
         """Build (unless `skip_push`), pull, and boot the config's version everywhere; `watch` seconds of
-        health checks after the switch (`--watch`)."""
+        health checks after the switch (`--watch`). `setup` boots the accessories first (as Kamal's does);
+        a deploy never touches them."""
         started = asyncio.get_running_loop().time()
         version = self.config.version
         await self._deliver(root, skip_push, version)
         async with self.lock(f"Deploying {version}"):
             await self.hook("pre-deploy", lock=True)
             await self.boot_proxy()
+            if boot_accessories:
+                accessories = Accessories(self.config, self.secrets, self.out, self.hosts, root)
+                await accessories.boot(self.config.accessories)
             await self.boot(version, watch)
             await self._each_host("prune", self._prune)
         await self.hook("post-deploy", runtime=asyncio.get_running_loop().time() - started)
