@@ -644,23 +644,23 @@ async def _app_exec(args: argparse.Namespace, deployment: Deployment, out: Outpu
     requested = config.version if args.app_version else None
     build = app_commands.exec_in_running if args.reuse else app_commands.exec_in_new
 
-    def version(role: Role, running: str | None) -> str | None:
+    def version(running: str | None) -> str | None:
         """The version to run: --version, else the running one; a new container falls back to `latest`."""
         return requested or running or (None if args.reuse else config.version)
 
     def line(role: Role, running: str | None, interactive: bool = False) -> str | None:
-        chosen = version(role, running)
+        chosen = version(running)
         return chosen and build(config, role, chosen, command, extra_env, interactive)
 
     def audited(role: Role, running: str | None) -> str:
-        return f"Executed cmd '{command}' on app version {version(role, running)}"
+        return f"Executed cmd '{command}' on app version {version(running)}"
 
     if not args.interactive:
         await _on_each(deployment, out, line, audit_message=audited)
         return 0
     host, role, running = await _primary_running(deployment, required=args.reuse)
     await host.run(audit.record_command(config, audited(role, running), role.name))
-    out.info(f"Launching `{command}` on {host.name} ({role.name} {version(role, running)}) interactively")
+    out.info(f"Launching `{command}` on {host.name} ({role.name} {version(running)}) interactively")
     return Session(host.name, config.ssh, line(role, running, interactive=True))
 
 
