@@ -48,6 +48,7 @@ def kbs(bed: Testbed, app: Path, *args: str) -> subprocess.CompletedProcess[str]
         HOST_1=bed.hosts[0],
         HOST_2=bed.hosts[1],
         REGISTRY=bed.registry,
+        PROXY_VERSION=bed.kamal_proxy_version,
         REGISTRY_PASSWORD=bed.registry_password,
         CI_REGISTRY_USER=bed.registry_user,
         SSH_KEY=str(bed.ssh_key),
