@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from deployer import accessory, app_commands, audit, docker
+from deployer import accessory, app_commands, audit, docker, schema
 from deployer.accessory import Accessories
 from deployer.config import CONFIG_FILE, Accessory, ConfigError, DeployConfig, Role, load_config
 from deployer.deploy import DeployError, Deployment, LockWait
@@ -35,19 +35,12 @@ class UsageError(Exception):
     """Bad command-line use: one line, exit status 2."""
 
 
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
-
-
 def _seconds(text: str) -> float:
-    """A duration option: seconds, or a number with s, m or h."""
-    number, unit = text.rstrip("smh"), text[len(text.rstrip("smh")) :]
+    """A duration option: seconds, or a Go duration ("90s", "1m30s", "500ms"), as deploy.yml takes them."""
     try:
-        seconds = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30, 90s, 5m)") from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
-    return seconds
+        return schema.seconds_option(text)
+    except schema.Invalid as problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}") from None
 
 
 def _at_least_one(text: str) -> int:
@@ -489,6 +482,9 @@ async def _dispatch(
         except DeployError:
             await _say_what_runs(deployment, out)
             raise
+        await audit.audit(
+            config, deployment.hosts.values(), f"Deployed app version {config.version} ({command})"
+        )
         out.info(f"{config.service} {config.version} is live on {', '.join(deployment.hosts)}")
         out.summary()
     elif command == "rollback":

@@ -313,6 +313,11 @@ def _seconds(value: object, path: Where) -> float:
     return int(amount) if amount.denominator == 1 else float(amount)
 
 
+def seconds_option(text: str) -> float:
+    """A duration given on the command line (`--watch 1m30s`), read as deploy.yml reads one."""
+    return _seconds(text, ())
+
+
 def _duration(value: object, path: Where) -> float:
     """A duration of more than zero seconds (timeouts and intervals)."""
     seconds = _seconds(value, path)

@@ -181,7 +181,7 @@ def test_options_after_an_alias_go_to_the_command_the_alias_names(app: Path) -> 
     [
         (["app", "exec"], "No command provided. You must specify a command to execute."),
         (["app", "exec", "-e", "NOVALUE", "env"], "-e 'NOVALUE': expected KEY=VALUE"),
-        (["--lock-wait-timeout", "soon", "prune", "all"], "'soon' is not a duration (e.g. 30, 90s, 5m)"),
+        (["--lock-wait-timeout", "soon", "prune", "all"], "'soon': expected seconds, or a duration"),
         (["remove"], "This will remove all containers and images: no terminal to confirm on; add -y"),
         (
             ["prune", "containers", "--retain", "0"],
