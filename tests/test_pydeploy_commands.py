@@ -149,6 +149,7 @@ async def test_exec_on_a_terminal_logs_and_the_audit_log(bed: Testbed, tmp_path:
 
     audit = pydeploy(bed, app, "audit")
     assert audit.returncode == 0, audit.stderr
+    assert "Deployed app version v1 (setup)" in audit.stdout
     assert "Executed cmd 'sh' on app version v1" in audit.stdout
     assert "Executed cmd 'env' on app version v1" in audit.stdout
     assert "] [web] Executed cmd" in audit.stdout, "Kamal's tags: time, performer, role"
