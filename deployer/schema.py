@@ -488,9 +488,7 @@ _PROXY: dict[str, _Reader] = {
     "client_ip_header": _str,
     "scope_cookie_paths": _bool,
     "exclude_metrics_paths": _url_paths,
-    "load_balancer": _str,
     "targets": _targets,
-    "rollout": lambda value, path: _section(value, path, {"percent": _percent}),
 }
 _PROXY_CONTAINER_KEYS = ("run", "image")
 _ROLE: dict[str, _Reader] = {
@@ -548,8 +546,6 @@ def _proxy(value: object, path: Where) -> ProxySettings:
         fields["log_request_headers"] = headers["request_headers"]
     if "response_headers" in headers:
         fields["log_response_headers"] = headers["response_headers"]
-    if "rollout" in fields:
-        fields["rollout_percent"] = fields.pop("rollout").get("percent")
     if "run" in fields or "image" in fields:
         fields["run"] = _proxy_run(fields.get("run", {}), fields.get("image"), path)
         fields["image"] = fields["run"].image
@@ -637,12 +633,12 @@ def _role(
         proxy = _proxy(deep_merge(root_raw, _own_proxy(proxy_value, proxy_path)), proxy_path)
     else:
         raise _wrong(proxy_value, proxy_path, "true, false or a proxy mapping")
-    automatic_ssl = proxy is not None and proxy.ssl and proxy.certificate is None and not proxy.load_balancer
+    automatic_ssl = proxy is not None and proxy.ssl and proxy.certificate is None
     if automatic_ssl and len(hosts) > 1:
         raise Invalid(
             path,
             f"automatic SSL works on a single server only, but this role has {len(hosts)} hosts: "
-            "provide a certificate (ssl.certificate_pem/private_key_pem) or a load_balancer",
+            "provide a certificate (ssl.certificate_pem/private_key_pem)",
         )
     return Role(name=name, hosts=hosts, proxy=proxy, **_read(data, path, _ROLE))
 

@@ -79,7 +79,7 @@ class ProxyRun:
 class ProxySettings:
     """How a role is published through the proxy; `None` values keep the proxy's own default.
 
-    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... rollout_percent).
+    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... targets); a rollout and a balancer host are not (yet).
     """
 
     hosts: tuple[str, ...] = ()
@@ -109,9 +109,7 @@ class ProxySettings:
     client_ip_header: str | None = None
     scope_cookie_paths: bool | None = None
     exclude_metrics_paths: tuple[str, ...] = ()
-    load_balancer: str | None = None
     targets: tuple[str, ...] = ()
-    rollout_percent: int | None = None
 
 
 @dataclass(frozen=True)

@@ -411,7 +411,7 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
         (
             with_servers("web: [10.0.0.1, 10.0.0.2]\n", "proxy: {ssl: true, host: a.com}\n"),
             "servers.web: automatic SSL works on a single server only, but this role has 2 hosts: "
-            "provide a certificate (ssl.certificate_pem/private_key_pem) or a load_balancer",
+            "provide a certificate (ssl.certificate_pem/private_key_pem)",
         ),
         ("- service\n", "expected a mapping, got a list"),
         (MINIMAL + "env: {1: a}\n", "env: keys must be strings, got 1"),
@@ -907,9 +907,7 @@ proxy:
   client_ip_header: CF-Connecting-IP
   scope_cookie_paths: true
   exclude_metrics_paths: [/up]
-  load_balancer: lb.a.com
   targets: ["10.0.0.6:3000"]
-  rollout: {percent: 10}
 """,
     ).proxy
     assert (proxy.ssl_redirect, proxy.strip_path_prefix) == (False, False)
@@ -921,28 +919,18 @@ proxy:
     assert (proxy.read_targets, proxy.read_target_websockets) == (("10.0.0.5:3000", "replica"), True)
     assert (proxy.writer_affinity_timeout, proxy.client_ip_header) == (2, "CF-Connecting-IP")
     assert (proxy.scope_cookie_paths, proxy.exclude_metrics_paths) == (True, ("/up",))
-    assert (proxy.load_balancer, proxy.targets, proxy.rollout_percent) == ("lb.a.com", ("10.0.0.6:3000",), 10)
+    assert proxy.targets == ("10.0.0.6:3000",)
 
 
 def test_proxy_defaults_leave_pyproxy_defaults(tmp_path):
     proxy = load(tmp_path, MINIMAL).proxy
     assert proxy.log_request_headers is None  # Kamal's default request headers
-    assert (proxy.ssl_redirect, proxy.strip_path_prefix, proxy.certificate, proxy.rollout_percent) == (
-        None,
-        None,
-        None,
-        None,
-    )
+    assert (proxy.ssl_redirect, proxy.strip_path_prefix, proxy.certificate) == (None, None, None)
 
 
 def test_on_demand_tls_needs_no_host(tmp_path):
     proxy = load(tmp_path, MINIMAL + "proxy: {ssl: true, tls_on_demand_url: /allowed}\n").proxy
     assert (proxy.ssl, proxy.hosts, proxy.tls_on_demand_url) == (True, (), "/allowed")
-
-
-def test_load_balancer_allows_automatic_ssl_on_several_hosts(tmp_path):
-    text = with_servers("web: [10.0.0.1, 10.0.0.2]\n", "proxy: {ssl: true, host: a.com, load_balancer: lb}\n")
-    assert load(tmp_path, text).roles[0].proxy.load_balancer == "lb"
 
 
 @pytest.mark.parametrize(
@@ -1011,9 +999,6 @@ def test_load_balancer_allows_automatic_ssl_on_several_hosts(tmp_path):
             "{exclude_metrics_paths: [up]}",
             'proxy.exclude_metrics_paths[0]: expected a path starting with "/"',
         ),
-        ("{load_balancer: [a]}", "proxy.load_balancer: expected a string, got a list"),
-        ("{rollout: {percent: 101}}", "proxy.rollout.percent: expected a percentage from 0 to 100, got 101"),
-        ("{rollout: {share: 1}}", "proxy.rollout.share: unknown key (expected one of: percent)"),
     ],
 )
 def test_bad_proxy_settings_name_their_path(tmp_path, proxy, message):
