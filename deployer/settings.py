@@ -79,7 +79,8 @@ class ProxyRun:
 class ProxySettings:
     """How a role is published through the proxy; `None` values keep the proxy's own default.
 
-    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... targets); a rollout and a balancer host are not (yet).
+    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... targets); a rollout
+    and a balancer host are not (yet).
     """
 
     hosts: tuple[str, ...] = ()
