@@ -28,7 +28,6 @@ from deployer import audit, docker, erb
 from deployer.config import (
     Accessory,
     DeployConfig,
-    LoggingSettings,
     ProxySettings,
     RegistrySettings,
 )
@@ -131,16 +130,9 @@ def _env(config: DeployConfig, accessory: Accessory) -> list[str]:
     return [*clear, f"--env-file {quote(env_file_path(config, accessory))}"]
 
 
-def _logging(settings: LoggingSettings) -> list[str]:
-    if settings.driver is None and not settings.options:
-        return ['--log-opt max-size="10m"']
-    driver = [f"--log-driver {quote(settings.driver)}"] if settings.driver else []
-    return driver + [f"--log-opt {quote(f'{key}={value}')}" for key, value in settings.options.items()]
-
-
 def _options_without_restart(accessory: Accessory) -> list[str]:
     """The accessory's docker options for a throw-away container, where a restart policy makes no sense."""
-    return docker._options({key: value for key, value in accessory.options.items() if key != "restart"})
+    return docker.options({key: value for key, value in accessory.options.items() if key != "restart"})
 
 
 def run(config: DeployConfig, accessory: Accessory, host: str) -> str:
@@ -149,7 +141,7 @@ def run(config: DeployConfig, accessory: Accessory, host: str) -> str:
     parts = [
         f"docker run --name {quote(accessory.service)} --detach{restart}",
         f"--network {quote(network(accessory))}",
-        *_logging(config.logging),
+        *docker.logging_options(config.logging),
     ]
     if accessory.port:
         parts.append(f"--publish {quote(accessory.port)}")  # "3306" was read as "3306:3306"
@@ -157,7 +149,7 @@ def run(config: DeployConfig, accessory: Accessory, host: str) -> str:
     parts += _env(config, accessory)
     parts += volumes(accessory)
     parts += [f"--label {quote(f'{name}={value}')}" for name, value in labels(config, accessory).items()]
-    parts += docker._options(accessory.options)
+    parts += docker.options(accessory.options)
     parts.append(quote(accessory.image))
     if accessory.cmd:
         parts.append(accessory.cmd)

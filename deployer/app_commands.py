@@ -61,7 +61,7 @@ def exec_in_new(
     parts.append(f"--env-file {docker.env_file_path(config, role)}")
     parts += _env_flags(extra_env or {})
     parts += [f"--volume {quote(volume)}" for volume in config.volumes]
-    parts += docker._options(role.options)
+    parts += docker.options(role.options)
     return " ".join([*parts, quote(docker.image(config, version)), command])
 
 

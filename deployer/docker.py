@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from shlex import quote
 
-from deployer.config import DeployConfig, ProxyRun, ProxySettings, Role
+from deployer.config import DeployConfig, LoggingSettings, ProxyRun, ProxySettings, Role
 from deployer.secrets import escaped
 
 PROXY_CONTAINER = "pyproxy"
@@ -74,11 +74,11 @@ def run_app(config: DeployConfig, role: Role, version: str, host: str) -> str:
         parts.append(f"--env KAMAL_DESTINATION={quote(config.destination)}")
     parts += [f"--env {quote(f'{key}={value}')}" for key, value in config.env_for(role).clear.items()]
     parts.append(f"--env-file {env_file_path(config, role)}")
-    parts.append('--log-opt max-size="10m"')
+    parts += logging_options(role.logging or config.logging)
     parts += [f"--volume {quote(volume)}" for volume in config.volumes]
     parts += _asset_volume(config, role, version)
     parts += _labels(config, role, version)
-    parts += _options(role.options)
+    parts += options(role.options)
     parts.append(quote(image(config, version)))
     if role.cmd:
         parts.append(role.cmd)
@@ -111,7 +111,15 @@ def _asset_volume(config: DeployConfig, role: Role, version: str) -> list[str]:
     return [f'--volume "$PWD"/{quote(f"{asset_volume_dir(config, role, version)}:{path}")}']
 
 
-def _options(settings: Mapping[str, str | bool | tuple[str, ...]]) -> list[str]:
+def logging_options(settings: LoggingSettings) -> list[str]:
+    """Kamal's `logging:` as docker run flags; nothing set keeps Docker's driver with a 10 MB log cap."""
+    if settings.driver is None and not settings.options:
+        return ['--log-opt max-size="10m"']
+    driver = [f"--log-driver {quote(settings.driver)}"] if settings.driver else []
+    return driver + [f"--log-opt {quote(f'{key}={value}')}" for key, value in settings.options.items()]
+
+
+def options(settings: Mapping[str, str | bool | tuple[str, ...]]) -> list[str]:
     options = []
     for key, value in settings.items():
         values = value if isinstance(value, tuple) else (value,)
@@ -320,7 +328,7 @@ def run_proxy(config: DeployConfig) -> str:
     parts.append(f"--log-opt max-size={quote(run.log_max_size)}")
     if run.metrics_port is not None:
         parts.append(f"--expose={run.metrics_port}")
-    parts += _options(run.options)
+    parts += options(run.options)
     parts.append(quote(proxy_image(config)))
     parts.append(f"{PROXY_PROGRAM} run")
     if run.debug:
