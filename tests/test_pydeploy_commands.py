@@ -98,8 +98,10 @@ async def test_exec_on_a_terminal_logs_and_the_audit_log(bed: Testbed, tmp_path:
     set_up(bed, app)
 
     terminal = Terminal(app, "app", "exec", "-i", "--reuse", "sh")
-    terminal.send("echo in-$(cat /www/version)-$((40 + 2)); stty size\n")
+    terminal.expect("built-in shell")  # typed before docker sized the container's terminal, stty sees 0x0
+    terminal.send("echo in-$(cat /www/version)-$((40 + 2))\n")
     terminal.expect("in-v1-42")
+    terminal.send("stty size\n")
     terminal.expect("40 123", timeout=10)  # the window size reached the container's terminal
     terminal.send("sleep 30; echo not-interrupted\n")
     time.sleep(1)  # let sleep start: Ctrl-C before it would only reach the shell's prompt
