@@ -38,8 +38,6 @@ from deployer.remote import Completed, Host, RemoteError
 from deployer.secrets import escaped
 
 DEFAULT_FILE_MODE = "755"  # Kamal's, for uploaded files without a `mode`
-SHOWN_LINES = 100  # `logs` shows this many lines unless --since or --grep narrows them (Kamal's)
-FOLLOWED_LINES = 10  # `logs -f` starts with this many
 
 
 # -- the command lines (pure functions, quoted for sh) ------------------------------------------------------
@@ -210,32 +208,9 @@ def details(accessory: Accessory) -> str:
     return f"docker ps --all {_filter(accessory)}"
 
 
-def logs(
-    accessory: Accessory,
-    lines: int | None = None,
-    since: str | None = None,
-    grep: str | None = None,
-    grep_options: str | None = None,
-    timestamps: bool = True,
-    follow: bool = False,
-) -> str:
-    """`docker logs` of the accessory, as Kamal's (and as `app logs`): without `lines`, the last 100, or
-    all when --since or --grep narrows them; following starts with the last 10 and greps line by line."""
-    if lines is None and (follow or (since is None and grep is None)):
-        lines = FOLLOWED_LINES if follow else SHOWN_LINES
-    flags = [
-        *(["--timestamps"] if timestamps else []),
-        *([f"--since {quote(since)}"] if since else []),
-        *([f"--tail {lines}"] if lines is not None else []),
-        *(["--follow"] if follow else []),
-    ]
-    command = f"docker logs {' '.join([*flags, quote(accessory.service)])} 2>&1"
-    if grep is None:
-        return command
-    options = ["--line-buffered"] if follow else []
-    options += [quote(option) for option in (grep_options or "").split()]
-    grepped = f"{command} | grep {' '.join([*options, '-e', quote(grep)])}"
-    return grepped if follow else f"{grepped} || [ $? -eq 1 ]"  # grep's 1: no line matched, not a failure
+def logs(accessory: Accessory, *narrowed: object, **options: object) -> str:
+    """`docker logs` of the accessory (docker.container_logs' filters, as `app logs`)."""
+    return docker.container_logs(accessory.service, *narrowed, **options)
 
 
 def exec_new(config: DeployConfig, accessory: Accessory, command: str, interactive: bool = False) -> str:

@@ -14,9 +14,6 @@ from shlex import quote
 from deployer import docker
 from deployer.config import DeployConfig, Role
 
-FOLLOWED_LINES = 10  # `logs -f` starts with this many lines, as Kamal's
-SHOWN_LINES = 100  # `logs` shows this many lines per container unless --since or --grep narrows them
-
 
 def joined(words: Sequence[str]) -> str:
     """A command given as words, as the remote shell gets it (Kamal's `join_commands`)."""
@@ -65,38 +62,9 @@ def exec_in_new(
     return " ".join([*parts, quote(docker.image(config, version)), command])
 
 
-def logs(
-    config: DeployConfig,
-    role: Role,
-    version: str,
-    lines: int | None = None,
-    since: str | None = None,
-    grep: str | None = None,
-    grep_options: str | None = None,
-    timestamps: bool = True,
-    follow: bool = False,
-) -> str:
-    """`docker logs` of the role's container of `version`, filtered through grep when asked.
-
-    Without `lines`: 100 lines (10 when following), or all of them when --since or --grep narrows
-    them, as Kamal does."""
-    if lines is None and since is None and grep is None:
-        lines = FOLLOWED_LINES if follow else SHOWN_LINES
-    flags = [
-        *(["--timestamps"] if timestamps else []),
-        *([f"--since {quote(since)}"] if since else []),
-        *([f"--tail {lines}"] if lines is not None else []),
-        *(["--follow"] if follow else []),
-    ]
-    command = f"docker logs {' '.join([*flags, quote(config.container_name(role, version))])} 2>&1"
-    if grep is None:
-        return command
-    # Line-buffered when following: each matching line shows up as it is logged.
-    options = ["--line-buffered"] if follow else []
-    options += [quote(option) for option in (grep_options or "").split()]
-    grepped = f"{command} | grep {' '.join([*options, '-e', quote(grep)])}"
-    # grep's 1 says no line matched: nothing to show, not a failure (2 is one: bad options).
-    return grepped if follow else f"{grepped} || [ $? -eq 1 ]"
+def logs(config: DeployConfig, role: Role, version: str, *narrowed: object, **options: object) -> str:
+    """`docker logs` of the role's container of `version` (docker.container_logs' filters)."""
+    return docker.container_logs(config.container_name(role, version), *narrowed, **options)
 
 
 def maintenance(config: DeployConfig, role: Role, drain_timeout: float, message: str | None = None) -> str:

@@ -264,8 +264,40 @@ def start_named(name: str) -> str:
     return f"docker start {quote(name)}"
 
 
+SHOWN_LINES = 100  # `logs` shows this many lines unless --since or --grep narrows them (Kamal's)
+FOLLOWED_LINES = 10  # `logs -f` starts with this many
+
+
+def container_logs(
+    container: str,
+    lines: int | None = None,
+    since: str | None = None,
+    grep: str | None = None,
+    grep_options: str | None = None,
+    timestamps: bool = True,
+    follow: bool = False,
+) -> str:
+    """`docker logs` of a container (an app's or an accessory's), as Kamal's: without `lines`, the last 100,
+    or all when --since or --grep narrows them; following starts with the last 10 and greps line by line."""
+    if lines is None and (follow or (since is None and grep is None)):
+        lines = FOLLOWED_LINES if follow else SHOWN_LINES
+    flags = [
+        *(["--timestamps"] if timestamps else []),
+        *([f"--since {quote(since)}"] if since else []),
+        *([f"--tail {lines}"] if lines is not None else []),
+        *(["--follow"] if follow else []),
+    ]
+    command = f"docker logs {' '.join([*flags, quote(container)])} 2>&1"
+    if grep is None:
+        return command
+    options = ["--line-buffered"] if follow else []
+    options += [quote(option) for option in (grep_options or "").split()]
+    grepped = f"{command} | grep {' '.join([*options, '-e', quote(grep)])}"
+    return grepped if follow else f"{grepped} || [ $? -eq 1 ]"  # grep's 1: no line matched, not a failure
+
+
 def logs(config: DeployConfig, role: Role, version: str, lines: int = 100) -> str:
-    return f"docker logs --timestamps --tail {lines} {quote(config.container_name(role, version))} 2>&1"
+    return container_logs(config.container_name(role, version), lines)
 
 
 def prune(config: DeployConfig, role: Role, keep: int) -> str:

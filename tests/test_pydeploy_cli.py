@@ -221,7 +221,7 @@ def test_logs_narrowed_by_grep_since_and_lines(app: Path) -> None:
         "docker logs --timestamps --since 5m shop-web-v1 2>&1 | grep -i -v -e 'GET /up' || [ $? -eq 1 ]"
     ), "all lines since then, no match is not a failure"
     followed = app_commands.logs(config, web, "v1", grep="x", timestamps=False, follow=True)
-    assert followed == "docker logs --follow shop-web-v1 2>&1 | grep --line-buffered -e x"
+    assert followed == "docker logs --tail 10 --follow shop-web-v1 2>&1 | grep --line-buffered -e x"
     assert "--tail 10 --follow" in app_commands.logs(config, web, "v1", follow=True)
 
 
