@@ -65,7 +65,7 @@ class Deployment:
 
     async def setup(self, root: Path, skip_push: bool, watch: float = 0) -> None:
         """First deploy to fresh hosts: Docker checked, the network and the proxy created, then a deploy."""
-        await self._each_host("docker", self._ensure_docker)
+        await self.each_host("docker", self._ensure_docker)
         await self.hook("docker-setup")
         await self.deploy(root, skip_push, watch, boot_accessories=True)
 
@@ -85,7 +85,7 @@ class Deployment:
                 accessories = Accessories(self.config, self.secrets, self.out, self.hosts, root)
                 await accessories.boot(self.config.accessories)
             await self.boot(version, watch)
-            await self._each_host("prune", self._prune)
+            await self.each_host("prune", self._prune)
         await self.hook("post-deploy", runtime=asyncio.get_running_loop().time() - started)
 
     async def redeploy(self, root: Path, skip_push: bool, watch: float = 0) -> None:
@@ -103,7 +103,7 @@ class Deployment:
         if not skip_push:
             await self.hook("pre-build")
             self.build_and_push(root)
-        await self._each_host("pull", lambda host: self._pull(host, version))
+        await self.each_host("pull", lambda host: self._pull(host, version))
 
     async def hook(self, name: str, **details: object) -> None:
         """Run the project's hook `name` (see hooks.Hooks.run for `details`), unless hooks are off."""
@@ -268,14 +268,14 @@ class Deployment:
                 await host.run(docker.run_proxy(self.config))
                 await host.run(docker.wait_for_proxy())  # a deploy right after must find it answering
 
-        await self._each_host("proxy boot", boot)
+        await self.each_host("proxy boot", boot)
 
     async def reboot_proxy(self) -> None:
         async def reboot(host: Host) -> None:
             await host.run(docker.remove_proxy())
 
         await self.hook("pre-proxy-reboot")
-        await self._each_host("proxy remove", reboot)
+        await self.each_host("proxy remove", reboot)
         await self.boot_proxy()
         await self.hook("post-proxy-reboot")
 
@@ -437,7 +437,7 @@ class Deployment:
 
     # -- running on several hosts -----------------------------------------------------------------
 
-    async def _each_host(self, step: str, action: Callable[[Host], Awaitable[None]]) -> None:
+    async def each_host(self, step: str, action: Callable[[Host], Awaitable[None]]) -> None:
         await self._gather((host, step, action(host)) for host in self.hosts.values())
 
     async def _gather(self, work: Iterable[tuple[Host, str, Awaitable[None]]]) -> None:

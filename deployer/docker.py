@@ -44,7 +44,8 @@ def _labels(config: DeployConfig, role: Role, version: str) -> list[str]:
     return [f"--label {quote(f'{name}={value}')}" for name, value in config.labels(role, version).items()]
 
 
-def _filters(config: DeployConfig, role: Role) -> str:
+def role_filters(config: DeployConfig, role: Role) -> str:
+    """`docker ps` filters for the role's containers, every version (empty destination without one)."""
     return " ".join(
         f"--filter {quote(f'label={name}={value}')}"
         for name, value in (
@@ -150,14 +151,14 @@ def rename_existing(config: DeployConfig, role: Role, version: str, replaced: st
 def current_version(config: DeployConfig, role: Role) -> str:
     """The version of the role's newest running container (its `version` label), or nothing."""
     return (
-        f"docker ps --latest --filter status=running --filter status=restarting {_filters(config, role)}"
+        f"docker ps --latest --filter status=running --filter status=restarting {role_filters(config, role)}"
         " --format '{{.Label \"version\"}}'"
     )
 
 
 def containers(config: DeployConfig, role: Role) -> str:
     return (
-        f"docker ps --all {_filters(config, role)}"
+        f"docker ps --all {role_filters(config, role)}"
         " --format '{{.Names}}\\t{{.Label \"version\"}}\\t{{.Status}}\\t{{.Image}}'"
     )
 
@@ -304,7 +305,7 @@ def prune(config: DeployConfig, role: Role, keep: int) -> str:
     """Remove stopped containers of the role beyond the newest `keep` (kept for rollbacks)."""
     return (
         "docker ps --all --filter status=created --filter status=exited --filter status=dead"
-        f" {_filters(config, role)}"
+        f" {role_filters(config, role)}"
         f" --format '{{{{.Names}}}}' | tail -n +{keep + 1} | xargs --no-run-if-empty docker rm"
     )
 

@@ -22,16 +22,9 @@ PROXY_DIRECTORY = ".kamal/proxy"
 def remove_containers(config: DeployConfig, role: Role) -> str:
     """Every container of the role, stopped first (the app gets its SIGTERM and its `stop_timeout`),
     then removed."""
-    filters = " ".join(
-        f"--filter {quote(f'label={name}={value}')}"
-        for name, value in (
-            ("service", config.service),
-            ("role", role.name),
-            ("destination", config.destination or ""),
-        )
-    )
-    timeout = config.stop_timeout_for(role)
-    stop = "docker stop" + (f" -t {timeout:g}" if timeout is not None else "")
+    filters = docker.role_filters(config, role)
+    timeout = docker.stop_seconds(config, role)
+    stop = "docker stop" + (f" -t {timeout}" if timeout is not None else "")
     listed = f"docker ps --all --quiet {filters}"
     return f"{listed} | xargs --no-run-if-empty {stop} >/dev/null && docker container prune --force {filters}"
 
@@ -91,7 +84,7 @@ class Housekeeping:
         )
         async with self.deployment.lock(f"Pruning {what}"):
             await self._audit(f"Pruned {what}")
-            await self.deployment._each_host("prune", prune)
+            await self.deployment.each_host("prune", prune)
 
     async def remove_app(self) -> None:
         """`app remove`: the app's containers (and its proxy routes), images and files, on every selected
@@ -111,7 +104,7 @@ class Housekeeping:
             await host.run(f"rm -rf {' '.join(map(quote, app_directories(config)))}")
 
         await self._audit("Removed the app's containers, images and files")
-        await self.deployment._each_host("remove app", remove)
+        await self.deployment.each_host("remove app", remove)
 
     async def remove_all(self) -> None:
         """`remove`: the app, its accessories, then the proxy and the network where no other app is left,
@@ -130,4 +123,4 @@ class Housekeeping:
                     await host.run(remove_proxy(image))
                 await host.run(registry_logout(self.config.registry.server))
 
-            await self.deployment._each_host("remove proxy", remove_proxy_if_alone)
+            await self.deployment.each_host("remove proxy", remove_proxy_if_alone)
