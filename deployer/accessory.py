@@ -35,7 +35,6 @@ from deployer.errors import DeployError
 from deployer.interactive import Session, require_tty
 from deployer.output import Output
 from deployer.remote import Completed, Host, RemoteError
-from deployer.secrets import escaped
 
 DEFAULT_FILE_MODE = "755"  # Kamal's, for uploaded files without a `mode`
 
@@ -53,23 +52,13 @@ def env_file_path(config: DeployConfig, accessory: Accessory) -> str:
 
 def env_file(accessory: Accessory, secret_values: Mapping[str, str]) -> bytes:
     """The accessory's secret env vars, one `KEY=value` line each, escaped as the app's env files are."""
-    lines = [
-        f"{name}={escaped(secret_values[source])}" for name, source in accessory.env.secret_sources().items()
-    ]
-    return ("\n".join(lines) + "\n").encode()
+    return docker.secret_env_file(accessory.env, secret_values)
 
 
 def environment(accessory: Accessory, secret_values: Mapping[str, str]) -> dict[str, str]:
     """Every env var the container gets from the config (clear and secret): what `.erb` files see in ENV."""
     secrets = {name: secret_values[source] for name, source in accessory.env.secret_sources().items()}
     return {**accessory.env.clear, **secrets}
-
-
-def create_network(name: str) -> str:
-    """The accessory's network, created where missing (the deploy network, unless `network` names another)."""
-    return (
-        f"docker network create {quote(name)} 2>/dev/null || docker network inspect {quote(name)} >/dev/null"
-    )
 
 
 def file_path(accessory: Accessory, remote: str) -> str:
@@ -317,7 +306,7 @@ class Accessories:
     async def _prepare(self, host: Host, accessory: Accessory) -> None:
         """Registry login, the network, the image: everything that can fail before anything changes."""
         await self._login(host, accessory.registry or self.config.registry)
-        await self._run(host, accessory, create_network(network(accessory)))
+        await self._run(host, accessory, docker.network(network(accessory)))
         pulled = await host.run(pull(accessory), check=False)
         if pulled.status != 0:
             raise DeployError(

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from shlex import quote
 
-from deployer.config import DeployConfig, LoggingSettings, ProxyRun, ProxySettings, Role
+from deployer.config import DeployConfig, EnvSettings, LoggingSettings, ProxyRun, ProxySettings, Role
 from deployer.secrets import escaped
 
 PROXY_CONTAINER = "pyproxy"
@@ -32,11 +32,15 @@ def env_file_path(config: DeployConfig, role: Role) -> str:
     return f".kamal/apps/{config.service_with_destination}/env/roles/{role.name}.env"
 
 
-def env_file(config: DeployConfig, role: Role, secret_values: dict[str, str]) -> bytes:
-    """The role's secret env vars, one `KEY=value` line each, escaped as a double-quoted literal's inside."""
-    lines = []
-    for name, source in config.env_for(role).secret_sources().items():
-        lines.append(f"{name}={escaped(secret_values[source])}")
+def env_file(config: DeployConfig, role: Role, secret_values: Mapping[str, str]) -> bytes:
+    """The role's secret env vars (see secret_env_file)."""
+    return secret_env_file(config.env_for(role), secret_values)
+
+
+def secret_env_file(env: EnvSettings, secret_values: Mapping[str, str]) -> bytes:
+    """An env file of the secret vars, one `KEY=value` line each, escaped as a double-quoted literal's
+    inside (Kamal's format): an app role's or an accessory's."""
+    lines = [f"{name}={escaped(secret_values[source])}" for name, source in env.secret_sources().items()]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -333,8 +337,10 @@ def login(server: str | None, username: str) -> str:
     return f"docker login{target} -u {quote(username)} --password-stdin"
 
 
-def network() -> str:
-    return f"docker network create {NETWORK} 2>/dev/null || docker network inspect {NETWORK} >/dev/null"
+def network(name: str = NETWORK) -> str:
+    """The network created where missing (the deploy network, or an accessory's own)."""
+    named = quote(name)
+    return f"docker network create {named} 2>/dev/null || docker network inspect {named} >/dev/null"
 
 
 def proxy_image(config: DeployConfig) -> str:
