@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deployer import docker
+from deployer import app_commands, docker
 from deployer.config import DeployConfig, Role
 from deployer.errors import DeployError
 from deployer.output import Output
@@ -109,10 +109,13 @@ class Cutover:
 
     async def retire(self, host: Host) -> None:
         """After a boot that succeeded everywhere: the host's old containers stopped (with each role's
-        stop timeout), the version tagged `latest` and recorded as the one the host switched to."""
-        for slot in self.slots:
-            if slot.host is host and slot.old_name:
+        stop timeout), any rollout ended (rollout.py), the version tagged `latest` and recorded as the one
+        the host switched to."""
+        for slot in (slot for slot in self.slots if slot.host is host):
+            if slot.old_name:
                 await host.run(docker.stop_named(slot.old_name, docker.stop_seconds(self.config, slot.role)))
+            if slot.role.proxy is not None:  # a deploy ends any rollout: of its version, it promoted it
+                await host.run(app_commands.end_rollout(self.config, slot.role))
         await host.run(docker.tag_latest(self.config, self.version))
         await host.run(docker.record_version(self.config, self.version))
 
@@ -135,6 +138,9 @@ class Cutover:
             else:
                 slot.outcome = f"never switched: still on {slot.old_version or 'nothing'}"
             await host.run(docker.stop(config, role, self.version), check=False)
+            if slot.old_version == self.version and slot.old_name:
+                # A redeploy of the running version: the container that serves again gets its name back.
+                await host.run(docker.restore_name(config, role, self.version, slot.old_name))
         except (RemoteError, DeployError) as exc:
             slot.outcome = f"could NOT switch back to {slot.old_version}: {exc}"
 

@@ -152,6 +152,13 @@ def rename_existing(config: DeployConfig, role: Role, version: str, replaced: st
     return f'if [ -n "$({exists})" ]; then docker rename {quote(name)} {quote(replaced)}; fi'
 
 
+def restore_name(config: DeployConfig, role: Role, version: str, replaced: str) -> str:
+    """The container moved aside by rename_existing named for its version again, in place of the new
+    container of that version (which is removed)."""
+    name = quote(config.container_name(role, version))
+    return f"docker rm --force {name} >/dev/null 2>&1; docker rename {quote(replaced)} {name}"
+
+
 def current_version(config: DeployConfig, role: Role) -> str:
     """The version of the role's newest running container (its `version` label), or nothing."""
     return (

@@ -84,6 +84,17 @@ async def test_a_switch_that_fails_on_the_second_host_switches_the_first_back(
     assert "v2" in load.versions, "the first host did serve v2 until it was switched back"
     await assert_all_on_v1(bed)
 
+    # A redeploy of the version that runs, failing the same way: the v1 containers that serve again are
+    # named testapp-web-v1 again (not left under the name they were moved aside to).
+    load = Poller(bed.hosts, limit=120, fetch=version_served)
+    again = await load.during(lambda: pydeploy(bed, app, "deploy", "--version", "v1", "-P"))
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert f"{first}: switched back to v1" in again.stderr, again.stderr
+    assert not load.failed, load.failed[:5]
+    await assert_all_on_v1(bed)
+    for host in bed.hosts:
+        assert "_replaced_" not in containers(bed, host), containers(bed, host)
+
 
 @pytest.mark.timeout(600)
 async def test_deploy_watch_switches_every_host_back_when_the_health_check_fails(
