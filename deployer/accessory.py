@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from deployer import audit, docker, erb
+from deployer import audit, docker, erb, prerequisites
 from deployer.config import (
     Accessory,
     DeployConfig,
     ProxySettings,
-    RegistrySettings,
 )
 from deployer.errors import DeployError
 from deployer.interactive import Session, require_tty
@@ -305,7 +304,7 @@ class Accessories:
 
     async def _prepare(self, host: Host, accessory: Accessory) -> None:
         """Registry login, the network, the image: everything that can fail before anything changes."""
-        await self._login(host, accessory.registry or self.config.registry)
+        await self._login(host, accessory)
         await self._run(host, accessory, docker.network(network(accessory)))
         pulled = await host.run(pull(accessory), check=False)
         if pulled.status != 0:
@@ -314,16 +313,8 @@ class Accessories:
                 f"{pulled.output.strip()[-500:]}\nNothing was changed for {accessory.name} on {host.name}."
             )
 
-    async def _login(self, host: Host, registry: RegistrySettings) -> None:
-        if registry.username is None or registry.password is None:
-            return
-        command = docker.login(registry.server, registry.username.resolve(self.secrets))
-        done = await host.run(command, registry.password.resolve(self.secrets).encode(), check=False)
-        if done.status != 0:
-            raise DeployError(
-                f"{host.name}: the registry {registry.server or 'Docker Hub'} refused the login: "
-                f"{done.output.strip()[-500:]}"
-            )
+    async def _login(self, host: Host, accessory: Accessory) -> None:
+        await prerequisites.log_in(host, accessory.registry or self.config.registry, self.secrets)
 
     async def _launch(self, host: Host, accessory: Accessory, uploads: list[Upload]) -> None:
         mkdir = make_directories(accessory)
@@ -359,9 +350,7 @@ class Accessories:
         """With `proxy`: the proxy (booted where missing) sends the accessory's hosts to its container."""
         if accessory.proxy is None:
             return
-        if (await host.run(docker.proxy_running(), check=False)).status != 0:
-            await self._run(host, accessory, docker.run_proxy(self.config))
-            await self._run(host, accessory, docker.wait_for_proxy())
+        await prerequisites.boot_proxy(host, self.config)
         target = (await self._run(host, accessory, running_id(accessory))).stdout.strip()
         if not target:
             raise DeployError(f"{host.name}: accessory {accessory.name} is not running, so not routed")
@@ -445,7 +434,7 @@ class Accessories:
         """`command` on every host of the accessory: in its running container (`reuse`) or a new one."""
         for host in self.hosts_of(accessory):
             if not reuse:
-                await self._login(host, accessory.registry or self.config.registry)
+                await self._login(host, accessory)
             await self._record(host, accessory, f"Executed cmd '{command}' on {accessory.name} accessory")
         line = exec_existing(accessory, command) if reuse else exec_new(self.config, accessory, command)
         await self.print_each((accessory,), lambda _: line)
@@ -460,7 +449,7 @@ class Accessories:
         require_tty()
         if reuse:
             return self.attached(accessory, exec_existing(accessory, command, interactive=True))
-        await self._login(self.first_host(accessory), accessory.registry or self.config.registry)
+        await self._login(self.first_host(accessory), accessory)
         return self.attached(accessory, exec_new(self.config, accessory, command, interactive=True))
 
     def first_host(self, accessory: Accessory) -> Host:

@@ -27,13 +27,14 @@ import asyncio
 import base64
 import datetime
 import getpass
+import os
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
-from deployer import assets, docker, proxy_files
+from deployer import assets, docker, prerequisites, proxy_files
 from deployer.accessory import Accessories
 from deployer.config import DeployConfig, Role
 from deployer.cutover import Cutover, Slot
@@ -77,7 +78,7 @@ class Deployment:
         a deploy never touches them."""
         started = asyncio.get_running_loop().time()
         version = self.config.version
-        await self._deliver(root, skip_push, version)
+        await self.deliver(root, skip_push, version)
         async with self.lock(f"Deploying {version}"):
             await self.hook("pre-deploy", lock=True)
             await self.boot_proxy()
@@ -92,13 +93,13 @@ class Deployment:
         """A deploy without proxy boot and prune (the proxy is known to run)."""
         started = asyncio.get_running_loop().time()
         version = self.config.version
-        await self._deliver(root, skip_push, version)
+        await self.deliver(root, skip_push, version)
         async with self.lock(f"Redeploying {version}"):
             await self.hook("pre-deploy", lock=True)
             await self.boot(version, watch)
         await self.hook("post-deploy", runtime=asyncio.get_running_loop().time() - started)
 
-    async def _deliver(self, root: Path, skip_push: bool, version: str) -> None:
+    async def deliver(self, root: Path, skip_push: bool, version: str) -> None:
         """The image on every host: built and pushed here first unless `skip_push`."""
         if not skip_push:
             await self.hook("pre-build")
@@ -235,21 +236,8 @@ class Deployment:
                 f"root): {installed.output.strip()[-500:]}"
             )
 
-    async def _login(self, host: Host) -> None:
-        registry = self.config.registry
-        if registry.username is None or registry.password is None:
-            return
-        command = docker.login(registry.server, registry.username.resolve(self.secrets))
-        try:
-            await host.run(command, registry.password.resolve(self.secrets).encode())
-        except RemoteError as exc:
-            raise DeployError(
-                f"{host.name}: the registry {registry.server or 'Docker Hub'} refused the login: "
-                f"{exc.output.strip()[-500:]}\nCheck registry.username and the password secret."
-            ) from None
-
     async def _pull(self, host: Host, version: str) -> None:
-        await self._login(host)
+        await prerequisites.log_in(host, self.config.registry, self.secrets)
         try:
             await host.run(docker.pull(self.config, version))
         except RemoteError as exc:
@@ -264,9 +252,8 @@ class Deployment:
 
         async def boot(host: Host) -> None:
             await host.run(docker.network())
-            if host.name in proxied and (await host.run(docker.proxy_running(), check=False)).status != 0:
-                await host.run(docker.run_proxy(self.config))
-                await host.run(docker.wait_for_proxy())  # a deploy right after must find it answering
+            if host.name in proxied:
+                await prerequisites.boot_proxy(host, self.config)
 
         await self.each_host("proxy boot", boot)
 
@@ -292,14 +279,14 @@ class Deployment:
                     await asyncio.sleep(self.config.boot.wait)
                 names = [host.name for host in group]
                 await self.hook("pre-app-boot", hosts=names, version=version, lock=True)
-                slots = [cutover.add(host, role) for host in group for role in self._roles_on(host)]
-                await self._on_slots("start new container", cutover.start, slots)
-                await self._on_slots("switch traffic", cutover.switch, slots)
+                slots = [cutover.add(host, role) for host in group for role in self.roles_on(host)]
+                await self.on_slots("start new container", cutover.start, slots)
+                await self.on_slots("switch traffic", cutover.switch, slots)
                 await self.hook("post-app-boot", hosts=names, version=version, lock=True)
             if watch:
                 await self._watch(cutover, watch)
         except BaseException as exc:
-            await self._on_slots("switch back", cutover.switch_back, cutover.slots)
+            await self.on_slots("switch back", cutover.switch_back, cutover.slots)
             if isinstance(exc, DeployError | RemoteError):
                 raise DeployError(f"{exc}\n{cutover.summary(hosts)}") from None
             raise
@@ -318,7 +305,7 @@ class Deployment:
             )
 
         async def prepare(host: Host) -> None:
-            roles = self._roles_on(host)
+            roles = self.roles_on(host)
             await proxy_files.upload(host, self.config, roles, version, pages, self.secrets)
             for role in roles:
                 await assets.prepare(host, self.config, role, version)
@@ -335,18 +322,16 @@ class Deployment:
 
     def _app_hosts(self) -> list[Host]:
         """The selected hosts that run a selected role."""
-        return [host for host in self.hosts.values() if self._roles_on(host)]
+        return [host for host in self.hosts.values() if self.roles_on(host)]
 
     def _boot_groups(self, hosts: list[Host]) -> list[list[Host]]:
         size = self.config.boot.group_size(len(hosts)) or len(hosts)
         return [hosts[index : index + size] for index in range(0, len(hosts), size)]
 
-    def _roles_on(self, host: Host) -> list[Role]:
+    def roles_on(self, host: Host) -> list[Role]:
         return [role for role in self.roles if host.name in role.hosts]
 
-    async def _on_slots(
-        self, step: str, action: Callable[[Slot], Awaitable[None]], slots: list[Slot]
-    ) -> None:
+    async def on_slots(self, step: str, action: Callable[[Slot], Awaitable[None]], slots: list[Slot]) -> None:
         await self._gather((slot.host, f"{step} ({slot.role.name})", action(slot)) for slot in slots)
 
     async def _watch(self, cutover: Cutover, seconds: float) -> None:
@@ -413,7 +398,9 @@ class Deployment:
                 await self.acquire_lock(message)
                 return
             except LockHeldError as held:
-                if AUTOMATIC_LOCK_MESSAGE not in held.holder:
+                # Released, or not yet described, between our mkdir and our read: looked at again soon.
+                racing = held.holder == NO_LOCK
+                if not racing and AUTOMATIC_LOCK_MESSAGE not in held.holder:
                     raise DeployError(
                         f"The deploy lock on {self.primary.name} was taken by hand, not waiting for it:\n"
                         f"{held.holder}\n`pydeploy lock release` frees it."
@@ -424,13 +411,20 @@ class Deployment:
                         f"Timed out after {wait.timeout:g}s waiting for the deploy lock on "
                         f"{self.primary.name}, held by:\n{held.holder}"
                     ) from None
+                if racing:
+                    self.out.info(
+                        f"The deploy lock on {self.primary.name} has no details yet (being taken or "
+                        f"released); looking again in {LOCK_RACE_RETRY:g}s"
+                    )
+                    await asyncio.sleep(min(LOCK_RACE_RETRY, remaining))
+                    continue
                 self.out.info(f"Lock held; retrying in {wait.interval:g}s ({remaining:.0f}s remaining)")
                 await asyncio.sleep(min(wait.interval, remaining))
 
     async def lock_status(self) -> str:
         directory = quote(self.lock_dir)
         status = await self.primary.run(f"cat {directory}/details 2>/dev/null | base64 -d", check=False)
-        return status.stdout.strip() or "There is no deploy lock."
+        return status.stdout.strip() or NO_LOCK
 
     async def release_lock(self) -> None:
         await self.primary.run(f"rm -rf {quote(self.lock_dir)}")
@@ -457,6 +451,8 @@ class Deployment:
 
 
 AUTOMATIC_LOCK_MESSAGE = "Automatic deploy lock"  # Kamal's words: its deploys' locks say this too
+NO_LOCK = "There is no deploy lock."
+LOCK_RACE_RETRY = 1.0  # seconds: a lock seen held but with no details is looked at again this soon
 
 
 class LockHeldError(DeployError):
@@ -476,20 +472,28 @@ class LockWait:
 
 
 class DeployLock:
-    """`async with`: the deploy lock held for the block, released even when the block fails."""
+    """`async with`: the deploy lock held for the block, released even when the block fails.
+
+    Under KAMAL_LOCK=true (what a hook gets while the command that runs it holds the lock) the lock is
+    the caller's already: a pydeploy command in a hook neither takes nor releases it, as in Kamal."""
 
     def __init__(self, deployment: Deployment, message: str) -> None:
         self.deployment = deployment
         self.message = message
+        self.held_by_caller = os.environ.get("KAMAL_LOCK") == "true"
 
     async def __aenter__(self) -> None:
         wait = self.deployment.lock_wait
+        if self.held_by_caller:
+            return
         if wait is None:
             await self.deployment.acquire_lock(self.message)
         else:
             await self.deployment.acquire_lock_waiting(self.message, wait)
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.held_by_caller:
+            return
         try:
             await self.deployment.release_lock()
         except RemoteError as problem:

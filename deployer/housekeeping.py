@@ -62,9 +62,6 @@ class Housekeeping:
         self.config = deployment.config
         self.accessories = accessories
 
-    def _roles_on(self, host: Host) -> list[Role]:
-        return [role for role in self.deployment.roles if host.name in role.hosts]
-
     async def _audit(self, message: str) -> None:
         await audit.audit(self.config, self.deployment.hosts.values(), message)
 
@@ -74,7 +71,7 @@ class Housekeeping:
 
         async def prune(host: Host) -> None:
             if containers:
-                for role in self._roles_on(host):
+                for role in self.deployment.roles_on(host):
                     await host.run(docker.prune(self.config, role, retain))
             if images:
                 await host.run(docker.prune_images(self.config))
@@ -96,9 +93,10 @@ class Housekeeping:
         config = self.config
 
         async def remove(host: Host) -> None:
-            for role in self._roles_on(host):
+            for role in self.deployment.roles_on(host):
                 if role.proxy is not None:
                     await host.run(app_commands.proxy_remove(config, role), check=False)
+                    await host.run(remove_containers(config, app_commands.canary_role(role)))
                 await host.run(remove_containers(config, role))
             await host.run(docker.prune_images(config))
             await host.run(f"rm -rf {' '.join(map(quote, app_directories(config)))}")

@@ -172,6 +172,26 @@ async def test_maintenance_serves_the_message_until_live(bed: Testbed, tmp_path:
     assert "Maintenance mode: Back at five" in pydeploy(bed, app, "audit").stdout
 
 
+async def test_app_stop_leaves_the_proxy_and_start_brings_the_deployed_version_back(
+    bed: Testbed,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    app = project(bed, tmp_path / "app")
+    set_up(bed, app)
+    stopped = pydeploy(bed, app, "app", "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    for host in bed.hosts:
+        assert (await answer(host))[0] == 404, "the route went with the container: no 502 for a stopped app"
+        running = on_host(bed, host, "docker ps --filter label=service=testapp --format '{{.Names}}'")
+        assert not running.strip(), running
+    started_again = pydeploy(bed, app, "app", "start")  # no --version: the one each host switched to
+    assert started_again.returncode == 0, started_again.stdout + started_again.stderr
+    for host in bed.hosts:
+        assert await answer(host) == (200, "v1\n")
+    audit = pydeploy(bed, app, "audit").stdout
+    assert "Stopped app" in audit and "Started app version v1" in audit, audit
+
+
 def hold_lock_as_a_deploy(the_bed: Testbed) -> None:
     """The deploy lock as a running deploy (Kamal's or ours) holds it."""
     details = "Locked by: ci at 2026-12-02T08:00:00Z\nVersion: v9\nMessage: Automatic deploy lock\n"
@@ -208,12 +228,23 @@ async def test_the_lock_refuses_prune_and_lock_wait(bed: Testbed, tmp_path: Path
     assert "Locked by: ci" in timed_out.stderr and "Version: v9" in timed_out.stderr, "the holder is named"
     assert time.monotonic() - began >= 3
 
+    # A pydeploy command in a hook of the deploy that holds the lock (KAMAL_LOCK=true) runs under it.
+    nested = pydeploy(bed, app, "prune", "images", KAMAL_LOCK="true")
+    assert nested.returncode == 0, nested.stdout + nested.stderr
+    assert "Version: v9" in pydeploy(bed, app, "lock", "status").stdout, "the holder's lock is left alone"
+    on_host(bed, bed.hosts[0], "rm -rf .kamal/lock-testapp")
+
+    # A lock seen between its mkdir and its details (being taken): looked at again, not read as by hand.
+    on_host(bed, bed.hosts[0], "mkdir -p .kamal/lock-testapp")
     waiting = started(app, "prune", "all", "--lock-wait", "--lock-wait-interval", "0.5")
     shown = ""
-    while "retrying" not in shown:
-        line = waiting.stdout.readline()
-        assert line, f"pydeploy ended without waiting: {shown}"
-        shown += line
+    for awaited in ("has no details yet", "retrying"):
+        while awaited not in shown:
+            line = waiting.stdout.readline()
+            assert line, f"pydeploy ended without waiting: {shown}"
+            shown += line
+        if awaited == "has no details yet":
+            hold_lock_as_a_deploy(bed)  # the deploy that took it describes it
     on_host(bed, bed.hosts[0], "rm -rf .kamal/lock-testapp")
     assert waiting.wait(60) == 0, shown + waiting.stdout.read()
     assert "Pruned containers and images" in pydeploy(bed, app, "audit").stdout
