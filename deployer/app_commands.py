@@ -7,6 +7,7 @@ taken as Kamal takes it: its words joined by spaces and read by the host's shell
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
 from shlex import quote
@@ -84,6 +85,25 @@ def live(config: DeployConfig, role: Role) -> str:
 def proxy_remove(config: DeployConfig, role: Role) -> str:
     """`kamal-proxy remove`: the proxy forgets the role's service (before its containers go)."""
     return _proxy(config, role, "remove", [])
+
+
+def rollout(config: DeployConfig, role: Role, command: str, flags: list[str]) -> str:
+    """`kamal-proxy rollout deploy|set|stop` for the role's service (see rollout.py)."""
+    return _proxy(config, role, f"rollout {command}", flags)
+
+
+def canary_role(role: Role) -> Role:
+    """The shadow role a rollout's containers belong to (see rollout.py)."""
+    return dataclasses.replace(role, name=f"{role.name}-rollout")
+
+
+def end_rollout(config: DeployConfig, role: Role) -> str:
+    """Where the role has canary containers: the proxy's split removed (every request to the live
+    containers again), then the canaries stopped (they get their SIGTERM) and removed. Nothing elsewhere."""
+    canaries = f"docker ps --all --quiet {docker.role_filters(config, canary_role(role))}"
+    stop = rollout(config, role, "stop", [])
+    gone = f"{canaries} | xargs docker stop >/dev/null && {canaries} | xargs docker rm >/dev/null"
+    return f'if [ -n "$({canaries})" ]; then {stop} && {gone}; fi'
 
 
 def _proxy(config: DeployConfig, role: Role, command: str, flags: list[str]) -> str:

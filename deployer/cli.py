@@ -12,20 +12,21 @@ import fnmatch
 import json
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import yaml
 
-from deployer import accessory, app_commands, audit, docker, schema
+from deployer import accessory, app_commands, app_control, audit, docker, prerequisites, schema
 from deployer.accessory import Accessories
-from deployer.config import CONFIG_FILE, Accessory, ConfigError, DeployConfig, Role, load_config
+from deployer.config import CONFIG_FILE, Accessory, ConfigError, DeployConfig, Role, RolloutSplit, load_config
 from deployer.deploy import DeployError, Deployment, LockWait
 from deployer.hooks import Hooks, Invocation, check_hooks
 from deployer.housekeeping import Housekeeping
 from deployer.interactive import NoTerminalError, Session, require_tty
 from deployer.output import Output
 from deployer.remote import Host, RemoteError
+from deployer.rollout import Rollout
 from deployer.secrets import check_referenced, load_secrets, redact, redact_data
 
 VERSION = "0.1.0"
@@ -127,6 +128,15 @@ def parser() -> argparse.ArgumentParser:
         "rollback", help="go back to a previous version", add_help=False, parents=[common]
     )
     rollback.add_argument("rollback_version", nargs="?", metavar="VERSION", help="default: the previous one")
+    _rollout_parser(
+        commands.add_parser(
+            "rollout",
+            help="a canary: a new version for some requests (ours)",
+            add_help=False,
+            parents=[common],
+        ),
+        common,
+    )
     app = commands.add_parser("app", help="the app's containers", add_help=False, parents=[common])
     app_actions = app.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name in ("boot", "stop", "start", "containers", "details", "version", "live", "remove"):
@@ -222,6 +232,24 @@ def _accessory_parser(commands: argparse._SubParsersAction, common: argparse.Arg
     execute.add_argument("exec_command", nargs=argparse.REMAINDER, metavar="CMD")
 
 
+def _rollout_parser(rollout: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    deploy = actions.add_parser("deploy", add_help=False, parents=[common])
+    deploy.add_argument("-P", "--skip-push", action="store_true", help="use the image already pushed")
+    split = actions.add_parser("set", add_help=False, parents=[common])
+    split.add_argument("--percent", type=_percent, help="share of kamal-rollout cookie values (0-100)")
+    split.add_argument(
+        "--list", dest="allowlist", help="kamal-rollout cookie values always sent (comma list)"
+    )
+    actions.add_parser("stop", add_help=False, parents=[common])
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number from 0 to 100")
+    return int(text)
+
+
 def _app_logs_parser(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("-n", "--lines", type=int, help="lines from the end (default 100, 10 with -f)")
     logs.add_argument("-s", "--since", help="since a time (2026-01-02T13:23:37Z) or for a while (42m)")
@@ -256,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Only building and booting need the version git (or $VERSION) gives; the rest act on what runs.
         action = getattr(args, "action", None)
-        builds = args.command in ("setup", "deploy", "redeploy") or (args.command, action) == ("app", "boot")
+        builds = args.command in ("setup", "deploy", "redeploy") or (args.command, action) in (
+            ("app", "boot"),
+            ("rollout", "deploy"),
+        )
         version = args.app_version or (None if builds else "latest")
         config = load_config(root, args.destination, version, config_file=args.config_file)
         for warning in () if args.quiet else config.warnings:
@@ -495,6 +526,8 @@ async def _dispatch(
             raise
         await audit.audit(config, deployment.hosts.values(), f"Rolled back to app version {version}")
         out.info(f"Rolled back to {version} on {', '.join(deployment.hosts)}")
+    elif command == "rollout":
+        await _rollout(args, deployment, out, root)
     elif command == "lock":
         await _lock(args, deployment, out)
     elif command == "proxy":
@@ -516,6 +549,26 @@ async def _say_what_runs(deployment: Deployment, out: Output) -> None:
     """After a failed deploy: the version each host serves now (the old one where it did not switch)."""
     versions = await deployment.running_versions()
     out.error("Running now: " + ", ".join(f"{host}: {version}" for host, version in versions.items()))
+
+
+async def _rollout(args: argparse.Namespace, deployment: Deployment, out: Output, root: Path) -> None:
+    config = deployment.config
+    rollout = Rollout(deployment)
+    if args.action == "deploy":
+        await rollout.deploy(root, args.skip_push)
+        await audit.audit(config, deployment.hosts.values(), f"Rolled out app version {config.version}")
+        out.info(
+            f"{config.service} {config.version} takes the rollout's share on {', '.join(deployment.hosts)}"
+        )
+    elif args.action == "set":
+        given = args.percent is not None or args.allowlist is not None
+        listed = tuple(value.strip() for value in (args.allowlist or "").split(",") if value.strip())
+        await rollout.set(RolloutSplit(args.percent or 0, listed) if given else None)
+        out.info("Rollout split set")
+    else:
+        await rollout.stop()
+        await audit.audit(config, deployment.hosts.values(), "Ended the rollout")
+        out.info("Rollout ended: every request goes to the live version")
 
 
 async def _lock(args: argparse.Namespace, deployment: Deployment, out: Output) -> None:
@@ -593,7 +646,12 @@ async def _app(args: argparse.Namespace, deployment: Deployment, out: Output, ro
     config = deployment.config
     action = args.action
     if action == "boot":
-        await deployment.boot(config.version)
+        async with deployment.lock(f"Booting {config.version}"):
+            await deployment.boot(config.version)
+    elif action == "stop":
+        await app_control.stop(deployment)
+    elif action == "start":
+        await app_control.start(deployment, config.version if args.app_version else None)
     elif action == "exec":
         return await _app_exec(args, deployment, out)
     elif action == "logs" and args.follow:
@@ -607,10 +665,7 @@ async def _app(args: argparse.Namespace, deployment: Deployment, out: Output, ro
     elif action == "stale_containers":
         await _stale_containers(args, deployment, out)
     else:
-        requested = config.version if args.app_version else None
         commands = {
-            "stop": lambda role, running: running and docker.stop(config, role, running),
-            "start": lambda role, running: docker.start(config, role, requested or running or config.version),
             "containers": lambda role, running: docker.containers(config, role),
             "details": lambda role, running: docker.containers(config, role),
             "version": lambda role, running: f"echo {shlex.quote(running or 'none')}",
@@ -651,10 +706,18 @@ async def _app_exec(args: argparse.Namespace, deployment: Deployment, out: Outpu
     def audited(role: Role, running: str | None) -> str:
         return f"Executed cmd '{command}' on app version {version(running)}"
 
+    def log_in(host: Host) -> Awaitable[None]:
+        """A new container's image may have to be pulled: as Kamal's, logged in to the registry first."""
+        return prerequisites.log_in(host, config.registry, deployment.secrets)
+
     if not args.interactive:
+        if not args.reuse:
+            await deployment.each_host("registry login", log_in)
         await _on_each(deployment, out, line, audit_message=audited)
         return 0
     host, role, running = await _primary_running(deployment, required=args.reuse)
+    if not args.reuse:
+        await log_in(host)
     await host.run(audit.record_command(config, audited(role, running), role.name))
     out.info(f"Launching `{command}` on {host.name} ({role.name} {version(running)}) interactively")
     return Session(host.name, config.ssh, line(role, running, interactive=True))

@@ -35,6 +35,7 @@ from deployer.settings import (
     ProxySettings,
     RegistrySettings,
     Role,
+    RolloutSplit,
     SshSettings,
     SslCertificate,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ProxySettings",
     "RegistrySettings",
     "Role",
+    "RolloutSplit",
     "SshSettings",
     "SslCertificate",
     "load_config",

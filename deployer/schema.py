@@ -33,6 +33,7 @@ from deployer.settings import (
     ProxySettings,
     RegistrySettings,
     Role,
+    RolloutSplit,
     SshSettings,
     SslCertificate,
 )
@@ -489,6 +490,7 @@ _PROXY: dict[str, _Reader] = {
     "scope_cookie_paths": _bool,
     "exclude_metrics_paths": _url_paths,
     "targets": _targets,
+    "rollout": lambda value, path: _rollout(value, path),
 }
 _PROXY_CONTAINER_KEYS = ("run", "image")
 _ROLE: dict[str, _Reader] = {
@@ -601,6 +603,21 @@ def _check_tls(proxy: ProxySettings, path: Where) -> None:
             raise _wrong(on_demand, on_demand_path, "a path or an absolute http(s) URL")
     elif proxy.ssl and not proxy.hosts:
         raise Invalid((*path, "ssl"), "automatic SSL needs a host: set host or hosts")
+
+
+def _rollout(value: object, path: Where) -> RolloutSplit:
+    fields = _section(value, path, {"percentage": _percentage, "allowlist": _strings})
+    if not fields:
+        raise Invalid(path, "set percentage, allowlist or both")
+    return RolloutSplit(**fields)
+
+
+def _percentage(value: object, path: Where) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong(value, path, "a whole percentage")
+    if not 0 <= value <= 100:
+        raise Invalid(path, f"must be between 0 and 100, got {value}")
+    return value
 
 
 def _own_proxy(value: object, path: Where) -> dict[str, object]:

@@ -79,8 +79,8 @@ class ProxyRun:
 class ProxySettings:
     """How a role is published through the proxy; `None` values keep the proxy's own default.
 
-    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... targets); a rollout
-    and a balancer host are not (yet).
+    Beyond Kamal's keys, every pyproxy deploy option is reachable (canonical_host ... targets), and
+    `rollout`, the split `pydeploy rollout deploy` gives the proxy.
     """
 
     hosts: tuple[str, ...] = ()
@@ -111,6 +111,16 @@ class ProxySettings:
     scope_cookie_paths: bool | None = None
     exclude_metrics_paths: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
+    rollout: RolloutSplit | None = None
+
+
+@dataclass(frozen=True)
+class RolloutSplit:
+    """`proxy.rollout` (ours): the requests a canary (`pydeploy rollout deploy`) gets, by their
+    `kamal-rollout` cookie: `percentage` of the cookie values, and every value in `allowlist`."""
+
+    percentage: int = 0
+    allowlist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

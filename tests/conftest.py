@@ -20,6 +20,14 @@ from tests.raw_target import RawTarget
 PYPROXY = [sys.executable, "-m", "proxy"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the test bed (real sshd, dockerd and registry) is marked `bed`, whatever its
+    name, so `-m 'not bed'` runs the rest in a few minutes."""
+    for item in items:
+        if "testbed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.bed)
+
+
 @dataclass
 class CommandResult:
     status: int

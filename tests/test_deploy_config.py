@@ -413,6 +413,12 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
             "servers.web: automatic SSL works on a single server only, but this role has 2 hosts: "
             "provide a certificate (ssl.certificate_pem/private_key_pem)",
         ),
+        (MINIMAL + "proxy: {rollout: {}}\n", "proxy.rollout: set percentage, allowlist or both"),
+        (
+            MINIMAL + "proxy: {rollout: {percentage: 120}}\n",
+            "proxy.rollout.percentage: must be between 0 and 100, got 120",
+        ),
+        (MINIMAL + "proxy: {rollout: {allowlist: a}}\n", 'proxy.rollout.allowlist: expected a list, got "a"'),
         ("- service\n", "expected a mapping, got a list"),
         (MINIMAL + "env: {1: a}\n", "env: keys must be strings, got 1"),
     ],
