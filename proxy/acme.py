@@ -29,10 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from proxy.letsencrypt import LETS_ENCRYPT
 from proxy.tlsalpn import TlsAlpnChallenges
-
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 ACCOUNT_KEY_FILE = "acme_account+key"
 HTTP_01 = "http-01"
