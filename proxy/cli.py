@@ -1,20 +1,21 @@
-"""`pyproxy`: the server (`run`) and its admin clients (`deploy`, `remove`, `list`).
+"""`pyproxy`: the server (`run`) and its admin clients (`deploy`, `remove`, `list`, ...).
 
 Flags, defaults and parsing follow kamal-proxy, so a tool that drives
-kamal-proxy (Kamal) can drive pyproxy the same way.
+kamal-proxy (Kamal) can drive pyproxy the same way. Only `run` imports the
+server; the admin commands load the standard library and small modules, so
+they start in milliseconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import admin_client
-from proxy.acme import LETS_ENCRYPT_STAGING
 from proxy.flags import FlagParser
+from proxy.letsencrypt import LETS_ENCRYPT_STAGING
 from proxy.paths import data_dir, program_name
 
 COMMANDS = {
@@ -263,7 +264,7 @@ def _deploy(argv: list[str]) -> int:
         "client_ip_header": ns.client_ip_header,
         "scope_cookie_paths": ns.scope_cookie_paths,
     }
-    return _call(admin_client.deploy(payload, _print_progress))
+    return _call(admin_client.deploy, payload, _print_progress)
 
 
 def _absolute(path: str) -> str:
@@ -302,7 +303,7 @@ def _service_parser(command: str, description: str | None = None) -> FlagParser:
 
 def _remove(argv: list[str]) -> int:
     ns = _service_parser("remove").parse_args(argv)
-    return _call(admin_client.change("/remove", ns.service))
+    return _call(admin_client.change, "/remove", ns.service)
 
 
 def _add_drain_timeout(parser: FlagParser) -> None:
@@ -319,7 +320,7 @@ def _pause(argv: list[str]) -> int:
     parser.add_duration("--max-pause", default=30.0, help="How long a request is held before it gets 504")
     ns = parser.parse_args(argv)
     return _call(
-        admin_client.change("/pause", ns.service, drain_timeout=ns.drain_timeout, max_pause=ns.max_pause)
+        admin_client.change, "/pause", ns.service, drain_timeout=ns.drain_timeout, max_pause=ns.max_pause
     )
 
 
@@ -328,12 +329,12 @@ def _stop(argv: list[str]) -> int:
     _add_drain_timeout(parser)
     parser.add_str("--message", help="Text for the 503 page (the error page's {{ .Message }})")
     ns = parser.parse_args(argv)
-    return _call(admin_client.change("/stop", ns.service, drain_timeout=ns.drain_timeout, message=ns.message))
+    return _call(admin_client.change, "/stop", ns.service, drain_timeout=ns.drain_timeout, message=ns.message)
 
 
 def _resume(argv: list[str]) -> int:
     ns = _service_parser("resume").parse_args(argv)
-    return _call(admin_client.change("/resume", ns.service))
+    return _call(admin_client.change, "/resume", ns.service)
 
 
 ROLLOUT_COMMANDS = {
@@ -369,7 +370,7 @@ def _rollout(argv: list[str]) -> int:
             "deploy_timeout": ns.deploy_timeout,
             "drain_timeout": ns.drain_timeout,
         }
-        return _call(admin_client.deploy(payload, _print_progress, path="/rollout/deploy"))
+        return _call(admin_client.deploy, payload, _print_progress, path="/rollout/deploy")
     if command == "set":
         parser.add_int("--percent", help="Share (0-100) of kamal-rollout cookie values sent to the rollout")
         parser.add_list("--list", help="kamal-rollout cookie values always sent to the rollout")
@@ -379,24 +380,16 @@ def _rollout(argv: list[str]) -> int:
         if not 0 <= ns.percent <= 100:
             parser.error(f"invalid percent {ns.percent}: must be between 0 and 100")
         return _call(
-            admin_client.change("/rollout/set", ns.service, percentage=ns.percent, allowlist=ns.list)
+            admin_client.change, "/rollout/set", ns.service, percentage=ns.percent, allowlist=ns.list
         )
     ns = parser.parse_args(rest)
-    return _call(admin_client.change("/rollout/stop", ns.service))
+    return _call(admin_client.change, "/rollout/stop", ns.service)
 
 
 def _list(argv: list[str]) -> int:
     parser = _parser("list")
     parser.parse_args(argv)
-    services: list[dict[str, Any]] = []
-
-    async def fetch() -> None:
-        services.extend(await admin_client.list_services())
-
-    status = _call(fetch())
-    if status == 0:
-        print(format_table(services))
-    return status
+    return _call(lambda: print(format_table(admin_client.list_services())))
 
 
 def format_table(services: list[dict[str, Any]]) -> str:
@@ -418,9 +411,10 @@ def format_table(services: list[dict[str, Any]]) -> str:
     return "\n".join([table, "", "Certificates:", *lines])
 
 
-def _call(coroutine: Any) -> int:
+def _call(request: Callable[..., object], *args: Any, **kwargs: Any) -> int:
+    """Run one admin request: exit 0, or 1 with the reason on stderr."""
     try:
-        asyncio.run(coroutine)
+        request(*args, **kwargs)
     except admin_client.AdminError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
