@@ -65,9 +65,6 @@ def _parser(command: str, description: str | None = None) -> FlagParser:
 
 
 def _run(argv: list[str]) -> int:
-    from proxy.app import RunSettings, run
-    from proxy.http.server import HttpLimits
-
     parser = _parser("run")
     parser.add_int("--http-port", default=80, env="HTTP_PORT", help="Port for HTTP traffic")
     parser.add_int(
@@ -102,6 +99,9 @@ def _run(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     if ns.header_timeout <= 0 or ns.idle_timeout <= 0:
         parser.error("--header-timeout and --idle-timeout must be positive")
+    from proxy.app import RunSettings, run  # here: the admin commands never load the server
+    from proxy.http.server import HttpLimits
+
     settings = RunSettings(
         http_port=ns.http_port,
         https_port=ns.https_port,
