@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-ACME_TLS_ALPN = "acme-tls/1"
+from proxy.http.tlslistener import ACME_TLS_ALPN
+
 _ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 
 

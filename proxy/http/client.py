@@ -32,8 +32,8 @@ from proxy.http.http2 import Http2Connection
 from proxy.http.replay import MAX_REQUEST
 from proxy.http.request import Request
 from proxy.http.responses import error_response
+from proxy.http.tlslistener import ACME_TLS_ALPN
 from proxy.http.upstream import WRITE_HIGH_WATER
-from proxy.tlsalpn import ACME_TLS_ALPN
 
 if TYPE_CHECKING:
     from proxy.http.buffering import BufferPolicy

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
-from proxy.tlsalpn import ACME_TLS_ALPN
+ACME_TLS_ALPN = "acme-tls/1"  # the only protocol a CA validating TLS-ALPN-01 offers (RFC 8737)
 
 _TLS_HANDSHAKE_RECORD = 0x16
 _CLIENT_HELLO = 1
