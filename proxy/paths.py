@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 PYPROXY = "pyproxy"
@@ -22,12 +21,14 @@ def program_name() -> str:
 
 
 def socket_path() -> Path:
-    """`$PYPROXY_SOCKET` or `$KAMAL_PROXY_SOCKET`, else `$XDG_RUNTIME_DIR/<name>.sock`, else the temp dir."""
+    """`$PYPROXY_SOCKET` or `$KAMAL_PROXY_SOCKET`, else `$XDG_RUNTIME_DIR/<name>.sock`, else in the temp dir
+    as Go's `os.TempDir()` names it (`$TMPDIR`, else /tmp), where kamal-proxy looks; Python's `tempfile`
+    would also read `$TEMP` and `$TMP`, and importing it costs each admin command 2 ms."""
     explicit = os.environ.get("PYPROXY_SOCKET") or os.environ.get("KAMAL_PROXY_SOCKET")
     if explicit:
         return Path(explicit)
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime or tempfile.gettempdir()) / f"{program_name()}.sock"
+    return Path(runtime or os.environ.get("TMPDIR") or "/tmp") / f"{program_name()}.sock"
 
 
 def data_dir() -> Path:
