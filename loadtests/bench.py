@@ -42,7 +42,11 @@ WARMUP_SECONDS = 1
 READY_TIMEOUT = 15.0
 DEPLOY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
-TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy")
+TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy", "kamal-proxy")
+# The original pyproxy replaces, built from its sources (../shared/anchors/README.md): a baseline column when
+# the binary is there, skipped (saying where it looked) when not. GOMAXPROCS=1: one core, as the others.
+KAMAL_PROXY = HERE.parent.parent / "shared" / "anchors" / "kamal-proxy"
+DEPLOYED = ("pyproxy", "kamal-proxy")  # deployed through their CLI: the buffered POST row has its own service
 # The HTTP/2 row: h2load (Debian package nghttp2-client) with this many connections, each keeping this
 # many streams in flight, over TLS to the proxies' HTTPS ports. Skipped when h2load is not installed.
 H2LOAD_CONNECTIONS = 16
@@ -420,6 +424,15 @@ def start_pyproxy(
     # The access log (JSON lines on stdout) still costs pyproxy its formatting and write(), but no disk.
     proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, env=env, stdout=Path(os.devnull))
     wait_ready(port, proc, "pyproxy", log, extra=socket_path.exists)
+    deploy_buffered = deploy_bench_services(cli, env, upstream_port, tls, log)
+    return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv), deploy_buffered
+
+
+def deploy_bench_services(
+    cli: list[str], env: dict[str, str], upstream_port: int, tls: TlsFiles | None, log: Path
+) -> Callable[[], None]:
+    """Deploy `bench` (any host) and with tls `bench-tls` (bench.test over HTTPS) through a kamal-proxy
+    style CLI (pyproxy's or kamal-proxy's); return what deploys the buffered POST row's service."""
     deploy = ["bench", f"--target=127.0.0.1:{upstream_port}", "--health-check-path=/up"]
     pyproxy_deploy(cli, env, deploy, log)
     if tls is not None:
@@ -438,7 +451,36 @@ def start_pyproxy(
         buffered = ["bench-buffered", *deploy[1:], f"--path-prefix={BUFFERED_PREFIX}", "--buffer-requests"]
         pyproxy_deploy(cli, env, buffered, log)
 
-    return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv), deploy_buffered
+    return deploy_buffered
+
+
+def start_kamal_proxy(
+    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None
+) -> tuple[Endpoint, Callable[[], None]]:
+    """kamal-proxy on CPU 1 with GOMAXPROCS=1, deployed as pyproxy is (its CLI takes the same flags).
+
+    It has no bind flag and listens on every address; the traffic stays on loopback. Its access log (a
+    JSON line per request on stdout, which it cannot be told not to write) goes to /dev/null.
+    """
+    port, tls_port = free_port(), free_port()
+    socket_path = tmp / "kamal-proxy.sock"
+    home = tmp / "kamal-home"  # its state goes to ~/.config/kamal-proxy/ (XDG_CONFIG_HOME is not read)
+    home.mkdir()
+    env = {**os.environ, "KAMAL_PROXY_SOCKET": str(socket_path), "HOME": str(home), "GOMAXPROCS": "1"}
+    log = tmp / "kamal-proxy.log"
+    argv = [
+        "taskset",
+        "-c",
+        PROXY_CPU,
+        str(KAMAL_PROXY),
+        "run",
+        f"--http-port={port}",
+        f"--https-port={tls_port}",
+    ]
+    proc = procs.start(argv, log, env=env, stdout=Path(os.devnull))
+    wait_ready(port, proc, "kamal-proxy", log, extra=socket_path.exists)
+    deploy_buffered = deploy_bench_services([str(KAMAL_PROXY)], env, upstream_port, tls, log)
+    return Endpoint(port, tls_port if tls else None, proc.pid), deploy_buffered
 
 
 def pyproxy_deploy(cli: list[str], env: dict[str, str], args: list[str], log: Path) -> None:
@@ -530,7 +572,7 @@ def measure(
     script = path = None
     if scenario.post:
         script = resolve_lua.with_name("wrk-post.lua")
-        path = (BUFFERED_PREFIX if scenario.buffered and target == "pyproxy" else "") + POST_PATH
+        path = (BUFFERED_PREFIX if scenario.buffered and target in DEPLOYED else "") + POST_PATH
     run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua, script, path)
     cpu_before = group_cpu_times(endpoint.pgid)
     output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua, script, path)
@@ -625,12 +667,15 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
 def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool) -> str:
     """The throughput/latency table and the per-proxy-core table, pyproxy as a ratio to both nginx setups.
 
-    HTTPS rows have no direct column ("-"): the upstream serves plain HTTP only.
+    HTTPS rows have no direct column ("-"): the upstream serves plain HTTP only. kamal-proxy's columns are
+    there when it was measured.
     """
     main_rows, core_rows, split_rows = [], [], []
+    with_kamal = any(target == "kamal-proxy" for _, target in results)
     for sc in scenarios:
         ngx, tuned, pyp = (results[sc, t] for t in ("nginx", "nginx-tuned", "pyproxy"))
         direct = results.get((sc, "direct"))
+        kamal = results.get((sc, "kamal-proxy"))
         main_rows.append(
             [
                 sc.label,
@@ -642,6 +687,11 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
                 fmt_ms(pyp.p99_ms),
                 fmt_ratio(pyp.rps / ngx.rps),
                 fmt_ratio(pyp.rps / tuned.rps),
+                *(
+                    [fmt_rps(kamal.rps), fmt_ms(kamal.p99_ms), fmt_ratio(pyp.rps / kamal.rps)]
+                    if kamal
+                    else []
+                ),
             ]
         )
         core_rows.append(
@@ -653,6 +703,15 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
                 fmt_rps(pyp.rps_per_core),
                 fmt_ratio(pyp.rps_per_core / ngx.rps_per_core),
                 fmt_ratio(pyp.rps_per_core / tuned.rps_per_core),
+                *(
+                    [
+                        f"{kamal.cpu_share:.0%}",
+                        fmt_rps(kamal.rps_per_core),
+                        fmt_ratio(pyp.rps_per_core / kamal.rps_per_core),
+                    ]
+                    if kamal
+                    else []
+                ),
             ]
         )
         split_rows.append(
@@ -663,6 +722,7 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
                 fmt_us(pyp.system_us),
                 fmt_us(pyp.user_us),
                 fmt_us(ngx.system_us + ngx.user_us - pyp.system_us),
+                *([fmt_us(kamal.system_us), fmt_us(kamal.user_us)] if kamal else []),
             ]
         )
     main = table(
@@ -676,6 +736,7 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
             "pyproxy p99",
             "pyproxy/nginx",
             "pyproxy/nginx-tuned",
+            *(["kamal-proxy req/s", "kamal-proxy p99", "pyproxy/kamal-proxy"] if with_kamal else []),
         ],
         main_rows,
         markdown,
@@ -689,6 +750,11 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
             "pyproxy req/CPU-s",
             "pyproxy/nginx per core",
             "pyproxy/nginx-tuned per core",
+            *(
+                ["kamal-proxy CPU", "kamal-proxy req/CPU-s", "pyproxy/kamal-proxy per core"]
+                if with_kamal
+                else []
+            ),
         ],
         core_rows,
         markdown,
@@ -701,6 +767,7 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
             "pyproxy kernel",
             "pyproxy user",
             "pyproxy user at 1.0x per core",
+            *(["kamal-proxy kernel", "kamal-proxy user"] if with_kamal else []),
         ],
         split_rows,
         markdown,
@@ -804,6 +871,11 @@ def servers(
         _, endpoints["pyproxy"], pyp_cmd, deploy_buffered = start_pyproxy(
             procs, tmp, up_port, tls_files if tls else None
         )
+        deploy_kamal_buffered = None
+        if KAMAL_PROXY.exists():
+            endpoints["kamal-proxy"], deploy_kamal_buffered = start_kamal_proxy(
+                procs, tmp, up_port, tls_files if tls else None
+            )
         for name, endpoint in endpoints.items():
             for size in sizes:
                 check_body(endpoint.port, size, name)
@@ -814,6 +886,11 @@ def servers(
         def buffered_row() -> None:
             deploy_buffered()
             check_post(endpoints["pyproxy"].port, BUFFERED_PREFIX + POST_PATH, "pyproxy (--buffer-requests)")
+            if deploy_kamal_buffered is not None:
+                deploy_kamal_buffered()
+                check_post(
+                    endpoints["kamal-proxy"].port, BUFFERED_PREFIX + POST_PATH, "kamal-proxy (buffered)"
+                )
 
         yield endpoints, pyp_cmd, buffered_row if deploy_buffered is not None else None
     finally:
@@ -856,13 +933,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     scenarios.append(Scenario(POST_SIZE, close=False, post=True, buffered=True))
             runs: dict[tuple[Scenario, str], list[Measurement]] = {
-                (sc, t): [] for sc in scenarios for t in sc.targets
+                (sc, t): [] for sc in scenarios for t in sc.targets if t in endpoints
             }
             for sc in scenarios:
                 if sc.buffered:
                     deploy_buffered()  # last, so that no other row measures a second service
                 for rnd in range(1, args.rounds + 1):
-                    for target in sc.targets:
+                    for target in (t for t in sc.targets if t in endpoints):
                         m = measure(endpoints[target], sc, args, resolve_lua, target)
                         runs[sc, target].append(m)
                         errors = f", {m.errors} ERRORS" if m.errors else ""
@@ -891,7 +968,12 @@ def main(argv: list[str] | None = None) -> int:
         f"wrk -t 1 -c {args.connections} -d {args.duration}s, {args.rounds} round(s), medians; "
         f"{tool_version(['nginx', '-v'])}"
     )
-    print(f"pyproxy: {pyproxy_cmd}\n")
+    print(f"pyproxy: {pyproxy_cmd}")
+    print(
+        f"kamal-proxy: {KAMAL_PROXY} (GOMAXPROCS=1)\n"
+        if KAMAL_PROXY.exists()
+        else f"kamal-proxy: not found at {KAMAL_PROXY}: no kamal-proxy columns\n"
+    )
     print(report(results, scenarios, args.markdown))
     failed = {key: s.errors for key, s in results.items() if s.errors}
     for (sc, target), count in failed.items():
