@@ -47,7 +47,10 @@ from bench import (
     wait_ready,
 )
 
-TARGETS = ("nginx", "pythrust X-Sendfile", "pythrust serve")
+TARGETS = ("nginx", "pythrust X-Sendfile", "pythrust serve", "thrust X-Sendfile")
+# The original pythrust replaces (../shared/anchors/README.md): a baseline row beside pythrust X-Sendfile
+# when the binary is there (it has no `serve`), skipped when not.
+THRUST = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "thrust"
 GOALS = {10240: 1.0, 1048576: 0.7}  # the issue's targets, per core against nginx
 DISTINCT = "each request new"  # the rows where every request carries a cookie of its own
 # (label, file size, whether each request is new)
@@ -80,12 +83,23 @@ def start_pythrust(
     return port, partial(process_cpu_seconds, proc.pid)
 
 
-def sendfile_app_command(tmp: Path) -> list[str]:
-    """The app pythrust starts: nginx answering with X-Sendfile, pinned to the load CPU."""
+def start_thrust(procs: Processes, tmp: Path, command: list[str]) -> tuple[int, Callable[[], float]]:
+    """thrust (the Go original) on the proxy CPU in front of the same app, as pythrust is started."""
+    port = free_port()
+    env = {**os.environ, "HTTP_PORT": str(port)}
+    log = tmp / "thrust.log"
+    proc = procs.start(["taskset", "-c", PROXY_CPU, str(THRUST), *command], log, env, stdout=Path(os.devnull))
+    wait_ready(port, proc, "thrust", log)
+    wait_ready(int(env["TARGET_PORT"]), proc, "thrust's app", log)  # thrust answers 502 until it is up
+    return port, partial(process_cpu_seconds, proc.pid)
+
+
+def sendfile_app_command(tmp: Path, name: str = "app") -> list[str]:
+    """The app pythrust (or thrust) starts: nginx answering with X-Sendfile, pinned to the load CPU."""
     app_port = free_port()
-    temp = tmp / "app-temp"
+    temp = tmp / f"{name}-temp"
     temp.mkdir()
-    conf = tmp / "app.conf"
+    conf = tmp / f"{name}.conf"
     conf.write_text(render("nginx-sendfile-app.conf", dir=tmp, temp=temp, port=app_port))
     os.environ["TARGET_PORT"] = str(app_port)
     return ["taskset", "-c", LOAD_CPU, "nginx", "-p", str(tmp), "-e", str(tmp / "app.log"), "-c", str(conf)]
@@ -145,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             "pythrust X-Sendfile": start_pythrust(procs, tmp, "pythrust-sendfile", sendfile_app_command(tmp)),
             "pythrust serve": start_pythrust(procs, tmp, "pythrust-serve", ["serve", str(www)]),
         }
+        if THRUST.exists():
+            endpoints["thrust X-Sendfile"] = start_thrust(procs, tmp, sendfile_app_command(tmp, "thrust-app"))
+        else:
+            print(f"thrust_bench.py: no thrust at {THRUST}: no thrust rows", file=sys.stderr)
         for name, (port, _) in endpoints.items():
             for size in GOALS:
                 check_body(port, size, name)
@@ -179,7 +197,7 @@ def report(runs: dict[tuple[str, str], list[tuple[float, float]]], markdown: boo
     for label, size, distinct in SCENARIOS:
         goal = "-" if distinct else f">= {GOALS[size]:.1f}x"
         ngx_rps, ngx_core = (statistics.median(v) for v in zip(*runs[label, "nginx"], strict=True))
-        for target in TARGETS[1:]:
+        for target in (t for t in TARGETS[1:] if runs[label, t]):
             rps, core = (statistics.median(v) for v in zip(*runs[label, target], strict=True))
             rows.append(
                 [
@@ -189,15 +207,15 @@ def report(runs: dict[tuple[str, str], list[tuple[float, float]]], markdown: boo
                     fmt_rps(rps),
                     fmt_rps(core),
                     fmt_ratio(core / ngx_core),
-                    goal,
+                    "-" if target.startswith("thrust") else goal,  # the baseline has no goal
                 ]
             )
     headers = [
         "scenario",
         "nginx req/s",
         "nginx req/CPU-s",
-        "pythrust req/s",
-        "pythrust req/CPU-s",
+        "req/s",
+        "req/CPU-s",
         "per core vs nginx",
         "goal",
     ]
