@@ -539,7 +539,7 @@ def breakdown_report(
                 tracemalloc.Filter(False, tracemalloc.__file__)]  # fmt: skip
     stats = after.filter_traces(left_out).compare_to(before.filter_traces(left_out), "traceback")
     traced = sum(s.size_diff for s in stats)
-    grown = [s for s in stats if s.size_diff > 0]
+    grown = [s for s in stats if s.size_diff >= count]  # at least a byte per connection
     top = sorted(grown, key=lambda s: s.size_diff, reverse=True)[:TOP_SITES]
     rows = [[describe_site(s), f"{s.size_diff / count:,.0f}", f"{s.count_diff / count:.2f}"] for s in top]
     return (
