@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.health import HealthCheckConfig
-from proxy.http.buffering import BufferPolicy
+from proxy.http.request import BufferPolicy
 from proxy.manager import DeployError, DeployRequest, ServiceManager, ServiceNotFound
 from proxy.service import ServiceOptions, TlsOptions
 from proxy.target import parse_target

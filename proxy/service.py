@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from proxy.balancer import LoadBalancer
 from proxy.errorpages import ErrorPages, stop_page
 from proxy.health import HealthCheckConfig
-from proxy.http.buffering import BufferPolicy
+from proxy.http.request import BufferPolicy
 from proxy.logheaders import LogHeaders
 from proxy.pause import RUNNING, STOPPED, PauseState
 from proxy.responsehead import HeadRewrite

@@ -42,27 +42,16 @@ import re
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy.http.filesender import FileSender
+from proxy.http.request import BufferPolicy
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
-    from proxy.http.request import Request
+    from proxy.http.accesslog import EngineLog
+    from proxy.http.request import Downstream, Request, RequestClient, Upstream
     from proxy.http.upstream import UpstreamConnection
-    from proxy.log import JsonLog
-
-
-@dataclass(frozen=True)
-class BufferPolicy:
-    """What one service buffers, and its limits in bytes (0: no limit)."""
-
-    requests: bool = False
-    responses: bool = False
-    memory: int = 1024 * 1024  # held in memory; the rest of a body goes to a temp file
-    max_request_body: int = 0
-    max_response_body: int = 0
 
 
 # Bytes waiting for the disk before whoever sends them is paused, and resumed.
@@ -259,7 +248,7 @@ class Spill:
     def flushed(self) -> None: ...
 
 
-def _log_failure(log: JsonLog, what: str, error: OSError) -> None:
+def _log_failure(log: EngineLog, what: str, error: OSError) -> None:
     log.error(f"{what} buffer failed", directory=spill_directory(), error=str(error))
 
 
@@ -296,7 +285,12 @@ class RequestSpool(Spill):
     )
 
     def __init__(
-        self, request: Request, client: Any, to_target: Any, policy: BufferPolicy, log: JsonLog
+        self,
+        request: Request,
+        client: RequestClient,
+        to_target: Downstream,
+        policy: BufferPolicy,
+        log: EngineLog,
     ) -> None:
         super().__init__(policy.memory)
         self.request = request
@@ -461,7 +455,9 @@ def take_expect_continue(request: Request) -> bool:
     return False
 
 
-def begin_buffered(request: Request, client: Any, policy: BufferPolicy, log: JsonLog) -> tuple[Any, bool]:
+def begin_buffered(
+    request: Request, client: RequestClient, policy: BufferPolicy, log: EngineLog
+) -> tuple[Downstream, bool]:
     """How a client connection (or HTTP/2 stream) starts a request of a service that buffers: where the
     target's response goes (the client, or a ResponseBuffer before it), and whether the body is to be read
     whole first. Upgrades bypass both buffers; so do pools that answer themselves."""
@@ -471,7 +467,7 @@ def begin_buffered(request: Request, client: Any, policy: BufferPolicy, log: Jso
 
 
 def spool_body(
-    request: Request, client: Any, to_target: Any, policy: BufferPolicy, log: JsonLog
+    request: Request, client: RequestClient, to_target: Downstream, policy: BufferPolicy, log: EngineLog
 ) -> RequestSpool | None:
     """Begin keeping the request body whole, with what arrived before (pipelined, or held by a paused
     service); None when the body is already over the limit (the caller answers 413)."""
@@ -529,7 +525,9 @@ class ResponseBuffer(Spill):
 
     write_paused = False  # it pauses the target itself while the disk is behind
 
-    def __init__(self, downstream: Any, request: Request, policy: BufferPolicy, log: JsonLog) -> None:
+    def __init__(
+        self, downstream: Downstream, request: Request, policy: BufferPolicy, log: EngineLog
+    ) -> None:
         super().__init__(policy.memory)
         self.downstream = downstream
         self.request = request
@@ -539,7 +537,7 @@ class ResponseBuffer(Spill):
         self.head_size = 0
         self.answered = False
 
-    # -- what the target connection uses of a client connection -------------------------------
+    # -- Downstream: what the target connection uses of a client connection --------------------
 
     @property
     def transport(self) -> ResponseBuffer:
@@ -704,7 +702,7 @@ class ResponseBuffer(Spill):
         FileSender(downstream, request, self.take_file(), pieces).start()
 
 
-def end_exchange(upstream: Any, client: Any) -> None:
+def end_exchange(upstream: Upstream, client: Downstream) -> None:
     """Stop what `upstream` (a request's upstream) does for `client`: itself, or the response buffer
     between them. Nothing if it has gone on to serve someone else."""
     peer = upstream.client

@@ -18,8 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxy.http.client import ClientConnection
-    from proxy.http.request import Request
+    from proxy.http.request import Downstream, Request
 
 CHUNK = 256 * 1024
 # A piece of the response: bytes to send as they are, or (offset, length) of the file.
@@ -44,7 +43,7 @@ class FileSender:
 
     attached = True  # what the client connections check before pausing an upstream
 
-    def __init__(self, client: ClientConnection, request: Request, fd: int, pieces: list[Piece]) -> None:
+    def __init__(self, client: Downstream, request: Request, fd: int, pieces: list[Piece]) -> None:
         self.client = client
         self.request: Request | None = None  # request bodies still arriving are not ours to take
         self.fd = fd

@@ -1,19 +1,33 @@
-"""One client request as the data plane sees it, and the dispatcher contract.
+"""One client request as the data plane sees it, and the contracts around it.
 
 A `Request` lives from the first byte of the request to the last byte of its
 response. It holds the request head already filtered for forwarding (so the
 upstream head is built with one join), the client-supplied values the
 forwarding rules need, and the routing decision the dispatcher writes into it.
+
+The request and the parties it passes between are typed here as Protocols, so
+that no module of the engine has to know another's classes to hold or answer a
+request: the `Dispatcher` that routes it, the `Pool` it goes to, the
+`Upstream` that serves it, and the `Downstream` the response goes back to.
+They are typing only: nothing is looked up through them at run time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from proxy.http.buffering import BufferPolicy, RequestSpool
-    from proxy.http.upstream import UpstreamConnection, UpstreamPool
+
+@dataclass(frozen=True)
+class BufferPolicy:
+    """What one service buffers, and its limits in bytes (0: no limit). See proxy/http/buffering.py."""
+
+    requests: bool = False
+    responses: bool = False
+    memory: int = 1024 * 1024  # held in memory; the rest of a body goes to a temp file
+    max_request_body: int = 0
+    max_response_body: int = 0
 
 
 class Request:
@@ -88,11 +102,11 @@ class Request:
         self.chunked = False
         self.complete = False
         self.had_body = False
-        self.body: list[bytes] | RequestSpool | None = None  # a buffered body is a RequestSpool
+        self.body: list[bytes] | BodySender | None = None  # a buffered body is a buffering.RequestSpool
         self.body_size = 0
         self.body_received = 0  # counted only under a body limit
-        self.upstream: UpstreamConnection | None = None
-        self.pool: UpstreamPool | None = None
+        self.upstream: Upstream | None = None
+        self.pool: Pool | None = None
         self.service = b""
         self.context: object = None  # what a dispatcher keeps for its own response handling (pythrust)
         self.forward_headers = False
@@ -100,7 +114,7 @@ class Request:
         # Per-service choices the dispatcher makes (None: the server's defaults, nothing extra).
         self.pages: dict[int, bytes] | None = None  # the service's own error pages, status -> HTML
         self.head_filter: Callable[[Request, bytes], bytes] | None = None  # rewrites the response head
-        self.buffering: BufferPolicy | None = None  # request/response buffering (proxy/http/buffering.py)
+        self.buffering: BufferPolicy | None = None  # request/response buffering
         self.unmetered = False  # routed to a path the service excludes from metrics
         self.extra_log = b""  # more access-log fields, ready-made JSON: ',"name":value...'
         self.target_timeout = 0.0
@@ -120,10 +134,117 @@ class Dispatcher(Protocol):
     error page the proxy must give itself (404 when nothing matches, 503 when no
     target is healthy); or returns a complete response to send (redirects).
 
-    `pool` is usually a target's `UpstreamPool`; it may be anything with
-    `acquire(request, client)`, `address_bytes` (the access log's target) and
-    `answers_itself` (True: it answers without a target, so no upstream head is
-    built), such as pythrust's cache and static files.
+    `pool` is a `Pool`: usually a target's `UpstreamPool`, or pythrust's cache
+    and static files.
     """
 
     def route(self, request: Request) -> int | bytes: ...
+
+
+class Pool(Protocol):
+    """Where a routed request goes (`Request.pool`): a target's `upstream.UpstreamPool`, or
+    pythrust's cache and static files."""
+
+    address_bytes: bytes  # the access log's target
+    answers_itself: bool  # True: it answers without a target, so no upstream head is built
+
+    def acquire(self, request: Request, client: Downstream) -> None:
+        """Serve `request`, answering `client`."""
+
+
+class ResponseTransport(Protocol):
+    """What response bytes are written to: a socket's transport, or a stand-in that frames or keeps
+    them (an HTTP/2 stream, a response buffer)."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def writelines(self, chunks: Iterable[bytes | memoryview]) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Downstream(Protocol):
+    """Whoever a request's response goes to, as what serves it (an upstream connection, a file
+    sender, a pool that answers itself) sees it: an HTTP/1.1 connection (client.ClientConnection),
+    an HTTP/2 stream (http2.Http2Stream), or a response buffer between the target and either
+    (buffering.ResponseBuffer)."""
+
+    transport: ResponseTransport
+    closed: bool  # gone, or answered for the last time: nothing more is to be written
+    closing: bool  # the server is stopping: the response says `Connection: close`
+    write_paused: bool  # the client is not taking bytes: whoever writes should pause
+    deadline: float  # the loop time the connection's timer expires (0.0: none); a response clears it
+    protocol: bytes  # as the access log names it
+    log_fields: bytes  # the access-log fields of the connection (accesslog.AccessLog.connection_fields)
+
+    def pause_reading_for_upstream(self) -> None:
+        """The target is not taking the request body: stop reading it from the client."""
+
+    def resume_reading_for_upstream(self) -> None: ...
+
+    def body_flushed(self) -> None:
+        """The body that arrived before the target connection did has been sent to it."""
+
+    def response_finished(self, request: Request) -> None:
+        """The response to `request` is all written."""
+
+    def upstream_failed(self, request: Request, status: int) -> None:
+        """Nothing of a response was written: answer `request` with the proxy's own `status`."""
+
+    def abort(self) -> None:
+        """A response broke off midway: cut the connection (or the stream)."""
+
+    # Asked only of an HTTP/1.1 connection: nothing else forwards an upgrade.
+    def tunnel_opened(self, request: Request, upstream: Upstream) -> None:
+        """The target switched protocols: relay raw bytes both ways with `upstream`."""
+
+    def tunnel_closed(self) -> None:
+        """The target closed the tunnel."""
+
+
+class RequestClient(Downstream, Protocol):
+    """The client side itself, an HTTP/1.1 connection or an HTTP/2 stream (not a response buffer), as a
+    buffered request body and a pool that holds requests (a paused service) see it."""
+
+    def request_sent(self, request: Request) -> None:
+        """A buffered body is all with the target: its time to answer starts."""
+
+    def start_again(self, request: Request) -> None:
+        """Route `request` anew and go on with it."""
+
+
+class Upstream(Protocol):
+    """What serves a request, as its client connection sees it (`Request.upstream`): a target
+    connection (upstream.UpstreamConnection) or a file being sent (filesender.FileSender)."""
+
+    attached: bool  # serving a request now (not connecting, not idle in its pool)
+    client: Downstream | None  # whom it answers now
+    request: Request | None  # the request whose body it takes, if any
+    transport: ResponseTransport  # where the request's body is written (the target's socket)
+
+    def pause(self) -> None:
+        """The client is not taking the response: stop producing it."""
+
+    def resume(self) -> None: ...
+
+    def cancel(self, status: int) -> None:
+        """Give up (a timeout): the client is answered `status`, or cut if a response has begun."""
+
+    def client_gone(self) -> None:
+        """The client went away mid-exchange."""
+
+
+class BodySender(Protocol):
+    """A request body kept whole before its target is asked (buffering.RequestSpool), as the target
+    connection that sends it sees it (`Request.body`, `UpstreamConnection.body_sender`)."""
+
+    def send(self, upstream: Any) -> None:
+        """`upstream` (an upstream.UpstreamConnection) has written the head: send the body after it."""
+
+    def pause(self) -> None:
+        """The target is not taking the body."""
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None:
+        """The exchange ended: let go of what is left."""

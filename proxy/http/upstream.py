@@ -25,9 +25,7 @@ import httptools
 from proxy.http.headers import relay_response_head
 
 if TYPE_CHECKING:
-    from proxy.http.buffering import RequestSpool
-    from proxy.http.client import ClientConnection
-    from proxy.http.request import Request
+    from proxy.http.request import BodySender, Downstream, Request
 
 READ_BUFFER_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
@@ -96,7 +94,7 @@ class UpstreamPool:
     def in_flight(self) -> int:
         return len(self.busy)
 
-    def acquire(self, request: Request, client: ClientConnection) -> None:
+    def acquire(self, request: Request, client: Downstream) -> None:
         """Start `request` on an idle connection, or on a new one."""
         idle = self.idle
         while idle:
@@ -177,7 +175,7 @@ class UpstreamPool:
         return len(cut)
 
 
-def connection_tail(request: Request, client: ClientConnection) -> bytes:
+def connection_tail(request: Request, client: Downstream) -> bytes:
     """The end of a response head: what it says of the connection, then the blank line."""
     if not request.keep_alive or client.closing:
         return b"Connection: close\r\n\r\n"
@@ -225,13 +223,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.request: Request | None = None
-        self.client: ClientConnection | None = None
+        self.client: Downstream | None = None
         self.closed = False
         self.attached = False
         self.paused = False
         self.reused = False
-        self.tunnel: ClientConnection | None = None
-        self.body_sender: RequestSpool | None = None  # a buffered request body being sent (buffering.py)
+        self.tunnel: Downstream | None = None
+        self.body_sender: BodySender | None = None  # a buffered request body being sent (buffering.py)
         self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
         self.read_buffer: bytearray | None = None
         self.read_view: memoryview | None = None
@@ -273,7 +271,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if client is not None:
             client.upstream_failed(request, 502)
 
-    def start(self, request: Request, client: ClientConnection, reused: bool) -> None:
+    def start(self, request: Request, client: Downstream, reused: bool) -> None:
         """Send the request head and whatever body arrived before the connection did."""
         self.request = request
         self.client = client
@@ -516,7 +514,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         client.resume_reading_for_upstream()
         self._complete(client, request)
 
-    def _complete(self, client: ClientConnection, request: Request) -> None:
+    def _complete(self, client: Downstream, request: Request) -> None:
         """The target's response has ended: so has the client's (pythrust's connections may first have
         more to send)."""
         client.response_finished(request)
