@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import time
 from json.encoder import encode_basestring_ascii
-from typing import TYPE_CHECKING
-
-from proxy.log import JsonLog
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from proxy.http.client import ClientConnection
     from proxy.http.replay import Replay
-    from proxy.http.request import Request
+    from proxy.http.request import Downstream, Request
 
 # Printable ASCII that needs no escaping inside a JSON string.
 _PLAIN = bytes(sorted(set(range(0x20, 0x7F)) - {ord('"'), ord("\\")}))
@@ -29,13 +26,32 @@ def json_bytes(value: bytes) -> bytes:
     return encode_basestring_ascii(value.decode("utf-8", "replace")).encode()
 
 
+class LineSink(Protocol):
+    """Where access-log lines go: appended to a buffer, written out later."""
+
+    def timestamp(self, now: float) -> bytes:
+        """`now` (time.time()) as the line's time field."""
+
+    def write_buffered(self, line: bytes) -> None: ...
+
+
+class EngineLog(LineSink, Protocol):
+    """The log the engine writes to (the program's log, proxy/log.py's `JsonLog`)."""
+
+    def flush(self) -> None:
+        """Write out the buffered lines."""
+
+    def error(self, msg: str, **attrs: Any) -> None:
+        """Write one error line now."""
+
+
 class AccessLog:
     """Formats one JSON line per finished request into the server's log buffer."""
 
-    def __init__(self, log: JsonLog) -> None:
+    def __init__(self, log: LineSink) -> None:
         self.log = log
 
-    def write(self, client: ClientConnection, request: Request) -> None:
+    def write(self, client: Downstream, request: Request) -> None:
         now = time.time()
         host, url, request_id = request.host, request.url, request.request_id or b""
         method, user_agent, service = request.method, request.user_agent, request.service
@@ -66,19 +82,19 @@ class AccessLog:
         )
         self.log.write_buffered(line)
 
-    def fixed_fields(self, client: ClientConnection, request: Request) -> tuple[bytes, bytes]:
+    def fixed_fields(self, client: Downstream, request: Request) -> tuple[bytes, bytes]:
         """The parts of `request`'s line before and after the duration, for `write_replayed`.
 
         Cut from the line `write` makes (into a sink, not the log): one formatting, and no cost
         added to `write`, which runs for every request."""
         sink = _KeptLine()
-        AccessLog(sink).write(client, request)  # type: ignore[arg-type]
+        AccessLog(sink).write(client, request)
         line = sink.line
         duration_at = line.index(_DURATION) + len(_DURATION)  # client text has its quotes escaped
         end_at = line.index(_AFTER_DURATION, duration_at)
         return line[len(_KEPT_START) : duration_at], line[end_at : -len(client.log_fields) - 2]
 
-    def write_replayed(self, client: ClientConnection, replay: Replay, started_at: float) -> None:
+    def write_replayed(self, client: Downstream, replay: Replay, started_at: float) -> None:
         """The line of a request answered again from its kept answer (proxy/http/replay.py)."""
         now = time.time()
         line = _REPLAYED % (

@@ -23,10 +23,11 @@ milliseconds), as a client sending endless distinct requests would make it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.http.request import Downstream
 
 if TYPE_CHECKING:
-    from proxy.http.client import ClientConnection
     from proxy.http.request import Request
 
 MAX_REQUEST = 4096
@@ -59,9 +60,13 @@ class Replay:
 
 
 class Replays:
-    """The answers kept for one listener scheme, keyed by the exact request bytes."""
+    """The answers kept for one listener scheme, keyed by the exact request bytes.
 
-    def __init__(self) -> None:
+    `log_parts` cuts a kept answer's access-log line into the fields around its duration
+    (accesslog.AccessLog.fixed_fields)."""
+
+    def __init__(self, log_parts: Callable[[Downstream, Request], tuple[bytes, bytes]]) -> None:
+        self.log_parts = log_parts
         self.held: dict[bytes, Replay] = {}
         self.held_bytes = 0
         self.noted: set[int] = set()  # hashes of request bytes offered once
@@ -99,8 +104,15 @@ class Replays:
         self.held_bytes += replay.size
 
 
+class KeepingClient(Downstream, Protocol):
+    """A client connection that may keep answers: an HTTP/1.1 one (others have no `replays`)."""
+
+    replays: Replays | None
+    fresh_read: bytes | None  # the read being parsed, while it may hold one whole request
+
+
 def offer(
-    client: ClientConnection,
+    client: KeepingClient,
     request: Request,
     response: bytes,
     expires: float,
@@ -124,5 +136,5 @@ def offer(
     if data.find(_HEAD_END) != len(data) - 4:
         return  # part of a request, or more than one (ClientConnection keeps only reads of MAX_REQUEST)
     if replays.seen_before(data):
-        log_parts = client.server.access_log.fixed_fields(client, request)
+        log_parts = replays.log_parts(client, request)
         replays.keep(data, Replay(response, log_parts, expires, still_valid, len(data)))

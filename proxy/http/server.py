@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.http.accesslog import AccessLog
+from proxy.http.accesslog import AccessLog, EngineLog
 from proxy.http.client import ClientConnection
 from proxy.http.h2c import CleartextProtocolChooser
 from proxy.http.http2 import Http2Connection
@@ -24,7 +24,6 @@ from proxy.http.replay import Replay, Replays
 from proxy.http.request import Dispatcher, Request
 from proxy.http.responses import error_response, page_response
 from proxy.http.tlslistener import HandshakeGate, TlsListener
-from proxy.log import JsonLog
 
 SWEEP_INTERVAL = 0.1
 BACKLOG = 4096
@@ -54,7 +53,7 @@ class HttpServer:
     def __init__(
         self,
         dispatcher: Dispatcher,
-        log: JsonLog,
+        log: EngineLog,
         limits: HttpLimits | None = None,
         metrics: RequestObserver | None = None,
         log_requests: bool = True,
@@ -78,9 +77,10 @@ class HttpServer:
         self.log_replayed = self.access_log.write_replayed if log_requests else _no_log_replayed
         self.error_pages = error_pages or {}
         # One table per scheme: a kept answer is only replayed on the kind of listener that made it.
-        self.replays: dict[bytes, Replays] = (
-            {b"http": Replays(), b"https": Replays()} if replay_answers and metrics is None else {}
-        )
+        self.replays: dict[bytes, Replays] = {}
+        if replay_answers and metrics is None:
+            cut = self.access_log.fixed_fields
+            self.replays = {b"http": Replays(cut), b"https": Replays(cut)}
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.max_url_bytes = limits.max_url_bytes
