@@ -36,9 +36,9 @@ from proxy.http.tlslistener import ACME_TLS_ALPN
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
-    from proxy.http.buffering import BufferPolicy
+    from proxy.http.contracts import ServerContext
     from proxy.http.replay import Replay, Replays
-    from proxy.http.server import HttpServer
+    from proxy.http.request import BufferPolicy
     from proxy.http.upstream import UpstreamConnection
 
 MAX_PIPELINED = 16
@@ -105,7 +105,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
     protocol = b"HTTP/1.1"  # as the access log names it; HTTP/1.0 requests say so themselves
     downstream = None  # what a ResponseBuffer has instead: it stands between a target and its client
 
-    def __init__(self, server: HttpServer, scheme: bytes, port: int) -> None:
+    def __init__(self, server: ServerContext, scheme: bytes, port: int) -> None:
         self.server = server
         self.scheme = scheme
         self.port = port

@@ -14,8 +14,8 @@ from proxy.http import headers as h
 from proxy.http.accesslog import AccessLog
 
 if TYPE_CHECKING:
+    from proxy.http.contracts import ServerContext
     from proxy.http.request import Request
-    from proxy.http.server import HttpServer
 
 
 class Reject(Exception):
@@ -31,7 +31,7 @@ class RequestForwarding:
 
     __slots__ = ()
 
-    server: HttpServer
+    server: ServerContext
     client_ip: bytes
     scheme: bytes
     forwarded_plain: bytes

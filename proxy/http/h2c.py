@@ -16,7 +16,7 @@ from proxy.http.client import ClientConnection
 from proxy.http.http2 import Http2Connection
 
 if TYPE_CHECKING:
-    from proxy.http.server import HttpServer
+    from proxy.http.contracts import ServerContext
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -24,7 +24,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class CleartextProtocolChooser(asyncio.Protocol):
     """Reads just enough of a new plain connection to tell HTTP/2 from HTTP/1.1."""
 
-    def __init__(self, server: HttpServer, port: int) -> None:
+    def __init__(self, server: ServerContext, port: int) -> None:
         self.server = server
         self.port = port
         self.seen = b""

@@ -45,8 +45,8 @@ from proxy.http.request import Request
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
-    from proxy.http.buffering import BufferPolicy
-    from proxy.http.server import HttpServer
+    from proxy.http.contracts import ServerContext
+    from proxy.http.request import BufferPolicy
 
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 256 * 1024  # request body bytes a stream may send before the target has taken them
@@ -130,7 +130,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "written",
     )
 
-    def __init__(self, server: HttpServer, port: int, scheme: bytes = b"https") -> None:
+    def __init__(self, server: ServerContext, port: int, scheme: bytes = b"https") -> None:
         self.server = server
         self.port = port
         self.scheme = scheme  # http with --h2c
@@ -513,7 +513,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 class Http2Stream:
     """One request/response exchange: the client the upstream connection relays to.
 
-    It offers what `UpstreamConnection` expects of a client connection, and is
+    It is the `Downstream` (request.py) its upstream connection answers, and is
     its own `transport`: the HTTP/1.1 response bytes written to it are parsed
     and become HEADERS and DATA frames.
     """
@@ -695,7 +695,7 @@ class Http2Stream:
             self.connection.flush_soon()
         self.acked_later = 0
 
-    # -- what the upstream connection calls ---------------------------------------------
+    # -- Downstream: what the upstream connection calls ----------------------------------
 
     def pause_reading_for_upstream(self) -> None:
         self.upload_paused = True
