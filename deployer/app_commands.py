@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from shlex import quote
 
 from deployer import docker
-from deployer.config import DeployConfig, Role
+from deployer.config import CANARY_SUFFIX, DeployConfig, Role
 
 
 def joined(words: Sequence[str]) -> str:
@@ -94,16 +94,21 @@ def rollout(config: DeployConfig, role: Role, command: str, flags: list[str]) ->
 
 def canary_role(role: Role) -> Role:
     """The shadow role a rollout's containers belong to (see rollout.py)."""
-    return dataclasses.replace(role, name=f"{role.name}-rollout")
+    return dataclasses.replace(role, name=role.name + CANARY_SUFFIX)
 
 
 def end_rollout(config: DeployConfig, role: Role) -> str:
-    """Where the role has canary containers: the proxy's split removed (every request to the live
-    containers again), then the canaries stopped (they get their SIGTERM) and removed. Nothing elsewhere."""
+    """Where the role has canary containers: the proxy's split removed, so every request goes to the live
+    containers again (or the proxy has no such service: nothing reaches them), then the canaries stopped
+    with their stop timeout and removed. Nothing where there is no canary."""
     canaries = f"docker ps --all --quiet {docker.role_filters(config, canary_role(role))}"
     stop = rollout(config, role, "stop", [])
-    gone = f"{canaries} | xargs docker stop >/dev/null && {canaries} | xargs docker rm >/dev/null"
-    return f'if [ -n "$({canaries})" ]; then {stop} && {gone}; fi'
+    service = quote(f"^{config.container_prefix(role)} ")
+    absent = (
+        f"! docker exec {docker.PROXY_CONTAINER} {docker.PROXY_PROGRAM} list 2>/dev/null | grep -q {service}"
+    )
+    gone = docker.remove_containers(config, canary_role(role))
+    return f'if [ -n "$({canaries})" ]; then {{ {stop} || {absent}; }} && {gone} >/dev/null; fi'
 
 
 def _proxy(config: DeployConfig, role: Role, command: str, flags: list[str]) -> str:

@@ -1,6 +1,7 @@
 """`app stop` and `app start` (spec 13.5). A stopped app leaves the proxy (its route removed, so nothing
-is sent to a container that is gone); a started one comes back as the version each host last switched
-to (what `deploy` recorded there), or `--version`, and is deployed to the proxy again."""
+is sent to a container that is gone; a rollout's canaries go too); a started one comes back as the version
+each host last switched to (what `deploy` recorded there), or `--version`, and is deployed to the proxy
+again."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ async def stop(deployment: Deployment) -> None:
         for role in deployment.roles_on(host):
             running = (await host.run(docker.current_version(config, role))).stdout.strip()
             await host.run(audit.record_command(config, "Stopped app", role.name))
-            if not running:
-                continue
             if role.proxy is not None:
-                await host.run(app_commands.proxy_remove(config, role))
-            await host.run(docker.stop(config, role, running))
+                # As Kamal: a route already gone is no reason not to stop. The rollout goes with the route.
+                await host.run(app_commands.proxy_remove(config, role), check=False)
+                await host.run(docker.remove_containers(config, app_commands.canary_role(role)))
+            if running:
+                await host.run(docker.stop(config, role, running))
 
     async with deployment.lock("Stopping the app"):
         await deployment.each_host("stop app", stop_on)

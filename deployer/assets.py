@@ -38,13 +38,15 @@ def extract(config: DeployConfig, role: Role, version: str) -> str:
     )
 
 
-def sync(config: DeployConfig, role: Role, version: str, old: str) -> str:
-    """Merge the volumes, `old` being a shell word naming the running version (empty: none). `cp -n`:
-    a file of the new version always wins over the old version's file of the same name."""
+def sync(config: DeployConfig, role: Role, version: str, old: str, old_role: Role | None = None) -> str:
+    """Merge the volumes, `old` being a shell word naming the running version (empty: none) of `old_role`
+    (default: the same role). `cp -n`: a file of the new version always wins over the old version's file
+    of the same name."""
+    old_name = quote((old_role or role).name)
     new_extracted = quote(extracted_dir(config, role, version))
     new_volume = quote(docker.asset_volume_dir(config, role, version))
-    old_extracted = f'{quote(docker.assets_dir(config, "extracted"))}/{quote(role.name)}-"{old}"'
-    old_volume = f'{quote(docker.assets_dir(config, "volumes"))}/{quote(role.name)}-"{old}"'
+    old_extracted = f'{quote(docker.assets_dir(config, "extracted"))}/{old_name}-"{old}"'
+    old_volume = f'{quote(docker.assets_dir(config, "volumes"))}/{old_name}-"{old}"'
     return (
         f"mkdir -p {new_volume} && cp -rnT {new_extracted} {new_volume}"
         f' && if [ -n "{old}" ]; then'
@@ -63,15 +65,21 @@ def clean_up(config: DeployConfig, role: Role, keep: tuple[str, ...]) -> str:
     )
 
 
-async def prepare(host: Host, config: DeployConfig, role: Role, version: str) -> None:
-    """Extract and merge the role's assets on `host` in one SSH call (nothing without `asset_path`)."""
+async def prepare(
+    host: Host, config: DeployConfig, role: Role, version: str, live: Role | None = None
+) -> None:
+    """Extract and merge the role's assets on `host` in one SSH call (nothing without `asset_path`). With
+    `live` (a rollout's canary), merged with that role's running version as well, both ways: a browser
+    moved between live and canary finds the assets of the page it has."""
     if docker.asset_path(config, role) is None:
         return
     running = docker.current_version(config, role)
+    command = f"{extract(config, role, version)} && old=$({running}) && {sync(config, role, version, '$old')}"
+    if live is not None:
+        bridged = sync(config, role, version, "$live", live)
+        command += f" && live=$({docker.current_version(config, live)}) && {bridged}"
     try:
-        await host.run(
-            f"{extract(config, role, version)} && old=$({running}) && {sync(config, role, version, '$old')}"
-        )
+        await host.run(command)
     except RemoteError as exc:
         raise DeployError(
             f"{host.name}: could not copy the assets out of {docker.image(config, version)} "

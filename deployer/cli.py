@@ -19,7 +19,7 @@ import yaml
 
 from deployer import accessory, app_commands, app_control, audit, docker, prerequisites, schema
 from deployer.accessory import Accessories
-from deployer.config import CONFIG_FILE, Accessory, ConfigError, DeployConfig, Role, RolloutSplit, load_config
+from deployer.config import CONFIG_FILE, Accessory, ConfigError, DeployConfig, Role, load_config
 from deployer.deploy import DeployError, Deployment, LockWait
 from deployer.hooks import Hooks, Invocation, check_hooks
 from deployer.housekeeping import Housekeeping
@@ -553,7 +553,7 @@ async def _say_what_runs(deployment: Deployment, out: Output) -> None:
 
 async def _rollout(args: argparse.Namespace, deployment: Deployment, out: Output, root: Path) -> None:
     config = deployment.config
-    rollout = Rollout(deployment)
+    rollout = Rollout(deployment, configured_only=args.action != "stop")
     if args.action == "deploy":
         await rollout.deploy(root, args.skip_push)
         await audit.audit(config, deployment.hosts.values(), f"Rolled out app version {config.version}")
@@ -561,9 +561,10 @@ async def _rollout(args: argparse.Namespace, deployment: Deployment, out: Output
             f"{config.service} {config.version} takes the rollout's share on {', '.join(deployment.hosts)}"
         )
     elif args.action == "set":
-        given = args.percent is not None or args.allowlist is not None
-        listed = tuple(value.strip() for value in (args.allowlist or "").split(",") if value.strip())
-        await rollout.set(RolloutSplit(args.percent or 0, listed) if given else None)
+        listed = None
+        if args.allowlist is not None:
+            listed = tuple(value.strip() for value in args.allowlist.split(",") if value.strip())
+        await rollout.set(args.percent, listed)
         out.info("Rollout split set")
     else:
         await rollout.stop()
@@ -731,7 +732,7 @@ async def _primary_running(deployment: Deployment, required: bool = True) -> tup
     """The primary host, its first selected role and the version running there (Kamal's primary host
     for interactive commands); DeployError when nothing runs there and `required`."""
     host = deployment.primary
-    role = next(role for role in deployment.roles if host.name in role.hosts)
+    role = deployment.roles_on(host)[0]
     running = await _running_version(deployment.config, host, role)
     if running is None and required:
         raise DeployError(f"{host.name}: no {role.name} container is running (`pydeploy app containers`)")
@@ -754,10 +755,9 @@ async def _maintenance_or_live(args: argparse.Namespace, deployment: Deployment,
         def command(role: Role) -> str:
             return app_commands.live(config, role)
 
-    proxied = [role for role in deployment.roles if role.proxy is not None]
     async with deployment.lock(message):
         for name, host in deployment.hosts.items():
-            for role in (role for role in proxied if name in role.hosts):
+            for role in (role for role in deployment.roles_on(host) if role.proxy is not None):
                 await host.run(audit.record_command(config, message, role.name))
                 await host.run(command(role))
                 out.info(f"{name} ({role.name}): {message}")
@@ -767,7 +767,7 @@ async def _stale_containers(args: argparse.Namespace, deployment: Deployment, ou
     """Running containers of a role other than its current version (a deploy that died half way)."""
     config = deployment.config
     for name, host in deployment.hosts.items():
-        for role in (role for role in deployment.roles if name in role.hosts):
+        for role in deployment.roles_on(host):
             current = await _running_version(config, host, role)
             listing = (await host.run(docker.containers(config, role))).stdout.splitlines()
             rows = [row.split("\t") for row in listing]
@@ -846,7 +846,7 @@ async def _on_each(
     (no running container). With `audit_message`, each run is recorded in the host's audit log first."""
     config = deployment.config
     for name, host in deployment.hosts.items():
-        roles = [role for role in deployment.roles if name in role.hosts] if per_role else [None]
+        roles = deployment.roles_on(host) if per_role else [None]
         for role in roles:
             running = None if role is None else await _running_version(config, host, role)
             label = name if role is None else f"{name} ({role.name})"

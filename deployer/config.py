@@ -18,6 +18,7 @@ import yaml
 from deployer import erb
 from deployer.schema import NAME, Invalid, Where, build, deep_merge, format_path
 from deployer.settings import (
+    CANARY_SUFFIX,
     REDACTED,
     Accessory,
     AccessoryFile,
@@ -41,6 +42,7 @@ from deployer.settings import (
 )
 
 __all__ = [
+    "CANARY_SUFFIX",
     "CONFIG_FILE",
     "REDACTED",
     "Accessory",

@@ -67,10 +67,12 @@ class Cutover:
         # The running container of this very version (a redeploy, a rollback to it) is moved aside first.
         replaced = docker.replaced_name(config, role, version)
         slot.old_version = running
-        if running is not None:
-            slot.old_name = replaced if running == version else config.container_name(role, running)
+        if running is not None and running != version:
+            slot.old_name = config.container_name(role, running)
         await host.write_file(docker.env_file_path(config, role), docker.env_file(config, role, self.secrets))
         await host.run(docker.rename_existing(config, role, version, replaced))
+        if running == version:  # only once it is moved aside: the way back then knows where it is
+            slot.old_name = replaced
         await host.run(docker.run_app(config, role, version, host.name))
         slot.container = (await host.run(docker.container_id(config, role, version))).stdout.strip()
         if not slot.container:
@@ -109,15 +111,21 @@ class Cutover:
 
     async def retire(self, host: Host) -> None:
         """After a boot that succeeded everywhere: the host's old containers stopped (with each role's
-        stop timeout), any rollout ended (rollout.py), the version tagged `latest` and recorded as the one
-        the host switched to."""
+        stop timeout), the version tagged `latest` and recorded as the one the host switched to, and any
+        rollout ended (rollout.py)."""
         for slot in (slot for slot in self.slots if slot.host is host):
             if slot.old_name:
                 await host.run(docker.stop_named(slot.old_name, docker.stop_seconds(self.config, slot.role)))
-            if slot.role.proxy is not None:  # a deploy ends any rollout: of its version, it promoted it
-                await host.run(app_commands.end_rollout(self.config, slot.role))
         await host.run(docker.tag_latest(self.config, self.version))
         await host.run(docker.record_version(self.config, self.version))
+        for slot in (slot for slot in self.slots if slot.host is host and slot.role.proxy is not None):
+            # A deploy ends any rollout (of its own version, it promoted it); the deploy stands if this fails.
+            ended = await host.run(app_commands.end_rollout(self.config, slot.role), check=False)
+            if ended.status != 0:
+                self.out.error(
+                    f"{host.name}: could not end the rollout of {slot.role.name} (`pydeploy rollout stop` "
+                    f"again): {_last_line(ended.output)}"
+                )
 
     # -- back ---------------------------------------------------------------------------------
 
@@ -137,7 +145,13 @@ class Cutover:
                 slot.outcome = f"switched back to {slot.old_version}"
             else:
                 slot.outcome = f"never switched: still on {slot.old_version or 'nothing'}"
-            await host.run(docker.stop(config, role, self.version), check=False)
+            if slot.container:
+                await host.run(
+                    docker.stop_container(slot.container, docker.stop_seconds(config, role)), check=False
+                )
+            elif slot.old_version != self.version or slot.old_name:
+                # Started, or being started, but its id unknown; by name (never the old one's: moved aside).
+                await host.run(docker.stop(config, role, self.version), check=False)
             if slot.old_version == self.version and slot.old_name:
                 # A redeploy of the running version: the container that serves again gets its name back.
                 await host.run(docker.restore_name(config, role, self.version, slot.old_name))

@@ -154,7 +154,7 @@ class Deployment:
         """The version each host's first role runs, as far as the host can be asked (best effort)."""
 
         async def ask(host: Host) -> str:
-            role = next((role for role in self.roles if host.name in role.hosts), self.roles[0])
+            role = next(iter(self.roles_on(host)), self.roles[0])
             try:
                 async with asyncio.timeout(15):
                     found = await host.run(docker.current_version(self.config, role), check=False)
@@ -347,9 +347,8 @@ class Deployment:
                 task.result()
 
     async def _prune(self, host: Host) -> None:
-        for role in self.roles:
-            if host.name in role.hosts:
-                await host.run(docker.prune(self.config, role, self.config.retain_containers))
+        for role in self.roles_on(host):
+            await host.run(docker.prune(self.config, role, self.config.retain_containers))
         await host.run(docker.prune_images(self.config), check=False)
 
     # -- the deploy lock (spec 13.1) ----------------------------------------------------------
@@ -393,6 +392,7 @@ class Deployment:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait.timeout
         self.out.info(f"Acquiring the deploy lock (waiting up to {wait.timeout:g}s)...")
+        undescribed_since = None  # when the lock was first seen without details, in this streak
         while True:
             try:
                 await self.acquire_lock(message)
@@ -400,6 +400,20 @@ class Deployment:
             except LockHeldError as held:
                 # Released, or not yet described, between our mkdir and our read: looked at again soon.
                 racing = held.holder == NO_LOCK
+                if not racing:
+                    undescribed_since = None
+                elif undescribed_since is None:
+                    undescribed_since = loop.time()
+                    self.out.info(
+                        f"The deploy lock on {self.primary.name} has no details yet (being taken or "
+                        f"released); looking again every {LOCK_RACE_RETRY:g}s"
+                    )
+                elif loop.time() - undescribed_since > STALE_LOCK_AFTER:
+                    raise DeployError(
+                        f"The deploy lock on {self.primary.name} has had no details for "
+                        f"{STALE_LOCK_AFTER:g}s: a command died taking it, or could not write there? "
+                        "`pydeploy lock release` frees it."
+                    ) from None
                 if not racing and AUTOMATIC_LOCK_MESSAGE not in held.holder:
                     raise DeployError(
                         f"The deploy lock on {self.primary.name} was taken by hand, not waiting for it:\n"
@@ -412,10 +426,6 @@ class Deployment:
                         f"{self.primary.name}, held by:\n{held.holder}"
                     ) from None
                 if racing:
-                    self.out.info(
-                        f"The deploy lock on {self.primary.name} has no details yet (being taken or "
-                        f"released); looking again in {LOCK_RACE_RETRY:g}s"
-                    )
                     await asyncio.sleep(min(LOCK_RACE_RETRY, remaining))
                     continue
                 self.out.info(f"Lock held; retrying in {wait.interval:g}s ({remaining:.0f}s remaining)")
@@ -453,6 +463,7 @@ class Deployment:
 AUTOMATIC_LOCK_MESSAGE = "Automatic deploy lock"  # Kamal's words: its deploys' locks say this too
 NO_LOCK = "There is no deploy lock."
 LOCK_RACE_RETRY = 1.0  # seconds: a lock seen held but with no details is looked at again this soon
+STALE_LOCK_AFTER = 10.0  # seconds without details: the lock is not being taken, it was left so
 
 
 class LockHeldError(DeployError):
@@ -485,11 +496,24 @@ class DeployLock:
     async def __aenter__(self) -> None:
         wait = self.deployment.lock_wait
         if self.held_by_caller:
+            await self._check_held_by_caller()
             return
         if wait is None:
             await self.deployment.acquire_lock(self.message)
         else:
             await self.deployment.acquire_lock_waiting(self.message, wait)
+
+    async def _check_held_by_caller(self) -> None:
+        """A KAMAL_LOCK=true left in a shell, or inherited from another app's hook, must not mean "no
+        lock": the lock this command would take has to be there."""
+        deployment = self.deployment
+        held = await deployment.primary.run(f"test -d {quote(deployment.lock_dir)}", check=False)
+        if held.status != 0:
+            raise DeployError(
+                f"KAMAL_LOCK=true says the command that runs this one holds the deploy lock, but "
+                f"{deployment.primary.name} has no {deployment.lock_dir}: unset KAMAL_LOCK to take it."
+            )
+        deployment.out.info("Using the deploy lock of the command that runs this one (KAMAL_LOCK=true)")
 
     async def __aexit__(self, *exc: object) -> None:
         if self.held_by_caller:

@@ -189,8 +189,24 @@ def stop(config: DeployConfig, role: Role, version: str) -> str:
 
 
 def stop_named(name: str, timeout: int | None = None) -> str:
-    wait = f" -t {timeout}" if timeout is not None else ""
-    return f"{find_named(name)} | xargs --no-run-if-empty docker stop{wait}"
+    return f"{find_named(name)} | xargs --no-run-if-empty {_docker_stop(timeout)}"
+
+
+def stop_container(container: str, timeout: int | None = None) -> str:
+    return f"{_docker_stop(timeout)} {quote(container)}"
+
+
+def _docker_stop(timeout: int | None) -> str:
+    return "docker stop" + (f" -t {timeout}" if timeout is not None else "")
+
+
+def remove_containers(config: DeployConfig, role: Role) -> str:
+    """Every container of the role, stopped first (the app gets its SIGTERM and its `stop_timeout`),
+    then removed."""
+    filters = role_filters(config, role)
+    listed = f"docker ps --all --quiet {filters}"
+    stop = _docker_stop(stop_seconds(config, role))
+    return f"{listed} | xargs --no-run-if-empty {stop} >/dev/null && docker container prune --force {filters}"
 
 
 def find_named(name: str) -> str:
@@ -444,8 +460,7 @@ def proxy_deploy_command(
     flags += [f"--host={quote(host)}" for host in proxy.hosts]
     flags += [f"--path-prefix={quote(prefix)}" for prefix in proxy.path_prefixes]
     flags += [
-        f"--deploy-timeout={go_duration(config.deploy_timeout)}",
-        f"--drain-timeout={go_duration(config.drain_timeout)}",
+        *timeout_flags(config),
         f"--health-check-path={quote(proxy.healthcheck.path)}",
         f"--health-check-interval={go_duration(proxy.healthcheck.interval)}",
         f"--health-check-timeout={go_duration(proxy.healthcheck.timeout)}",
@@ -462,6 +477,14 @@ def proxy_deploy_command(
     if version is not None and config.error_pages_path:
         flags.append(f"--error-pages={quote(f'{APPS_CONFIG_MOUNT}/{error_pages_dir(config)}')}/{version}")
     return f"docker exec {PROXY_CONTAINER} {PROXY_PROGRAM} deploy {quote(service)} {' '.join(flags)}"
+
+
+def timeout_flags(config: DeployConfig) -> list[str]:
+    """How long a `kamal-proxy deploy` (or `rollout deploy`) waits for health, and for the old to drain."""
+    return [
+        f"--deploy-timeout={go_duration(config.deploy_timeout)}",
+        f"--drain-timeout={go_duration(config.drain_timeout)}",
+    ]
 
 
 def acme_credential_file(config: DeployConfig, service: str, name: str) -> str:

@@ -11,22 +11,12 @@ from shlex import quote
 
 from deployer import app_commands, audit, docker
 from deployer.accessory import Accessories
-from deployer.config import DeployConfig, Role
+from deployer.config import DeployConfig
 from deployer.deploy import Deployment
 from deployer.remote import Host
 
 APPS_DIRECTORY = ".kamal/apps"
 PROXY_DIRECTORY = ".kamal/proxy"
-
-
-def remove_containers(config: DeployConfig, role: Role) -> str:
-    """Every container of the role, stopped first (the app gets its SIGTERM and its `stop_timeout`),
-    then removed."""
-    filters = docker.role_filters(config, role)
-    timeout = docker.stop_seconds(config, role)
-    stop = "docker stop" + (f" -t {timeout}" if timeout is not None else "")
-    listed = f"docker ps --all --quiet {filters}"
-    return f"{listed} | xargs --no-run-if-empty {stop} >/dev/null && docker container prune --force {filters}"
 
 
 def app_directories(config: DeployConfig) -> list[str]:
@@ -96,8 +86,8 @@ class Housekeeping:
             for role in self.deployment.roles_on(host):
                 if role.proxy is not None:
                     await host.run(app_commands.proxy_remove(config, role), check=False)
-                    await host.run(remove_containers(config, app_commands.canary_role(role)))
-                await host.run(remove_containers(config, role))
+                    await host.run(docker.remove_containers(config, app_commands.canary_role(role)))
+                await host.run(docker.remove_containers(config, role))
             await host.run(docker.prune_images(config))
             await host.run(f"rm -rf {' '.join(map(quote, app_directories(config)))}")
 

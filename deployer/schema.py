@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from deployer.settings import (
+    CANARY_SUFFIX,
     Accessory,
     AccessoryFile,
     BootSettings,
@@ -672,6 +673,10 @@ def _roles(value: object, primary: str, root_raw: object, root: ProxySettings) -
     else:
         raise _wrong(value, ("servers",), "a list of hosts or a mapping of roles")
     names = [role.name for role in roles]
+    for name in names:
+        if name.endswith(CANARY_SUFFIX):
+            reason = f'role names ending in "{CANARY_SUFFIX}" are kept for the canaries of `pydeploy rollout`'
+            raise Invalid(("servers", name), reason)
     if primary not in names:
         raise Invalid(
             ("servers",), f'the primary role "{primary}" is not defined (roles: {", ".join(names) or "none"})'

@@ -114,6 +114,9 @@ class ProxySettings:
     rollout: RolloutSplit | None = None
 
 
+CANARY_SUFFIX = "-rollout"  # the shadow role of a rollout's containers is `<role>-rollout` (rollout.py)
+
+
 @dataclass(frozen=True)
 class RolloutSplit:
     """`proxy.rollout` (ours): the requests a canary (`pydeploy rollout deploy`) gets, by their

@@ -419,6 +419,11 @@ def test_unknown_keys_name_their_path(tmp_path, text, message):
             "proxy.rollout.percentage: must be between 0 and 100, got 120",
         ),
         (MINIMAL + "proxy: {rollout: {allowlist: a}}\n", 'proxy.rollout.allowlist: expected a list, got "a"'),
+        (
+            with_servers("web: [10.0.0.1]\nweb-rollout: [10.0.0.2]\n"),
+            'servers.web-rollout: role names ending in "-rollout" are kept for the canaries of '
+            "`pydeploy rollout`",
+        ),
         ("- service\n", "expected a mapping, got a list"),
         (MINIMAL + "env: {1: a}\n", "env: keys must be strings, got 1"),
     ],

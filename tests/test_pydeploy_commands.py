@@ -233,6 +233,8 @@ async def test_the_lock_refuses_prune_and_lock_wait(bed: Testbed, tmp_path: Path
     assert nested.returncode == 0, nested.stdout + nested.stderr
     assert "Version: v9" in pydeploy(bed, app, "lock", "status").stdout, "the holder's lock is left alone"
     on_host(bed, bed.hosts[0], "rm -rf .kamal/lock-testapp")
+    leftover = pydeploy(bed, app, "prune", "images", KAMAL_LOCK="true")
+    assert leftover.returncode == 1 and "unset KAMAL_LOCK" in leftover.stderr, "no lock: not one to trust"
 
     # A lock seen between its mkdir and its details (being taken): looked at again, not read as by hand.
     on_host(bed, bed.hosts[0], "mkdir -p .kamal/lock-testapp")

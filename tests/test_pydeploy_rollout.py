@@ -1,6 +1,7 @@
 """`pydeploy rollout` on the test bed: a canary version beside the live one, sent only the requests whose
 `kamal-rollout` cookie `proxy.rollout` picks; `rollout set` widens it; a deploy of the canary's version
-promotes it; a canary that never turns healthy ends the rollout everywhere, the live version untouched."""
+promotes it, `rollout stop` ends it; a canary that never turns healthy ends the rollout everywhere, the live
+version untouched."""
 
 from __future__ import annotations
 
@@ -43,12 +44,27 @@ async def test_a_canary_gets_its_share_and_a_deploy_promotes_it(bed: Testbed, tm
     version = pydeploy(bed, app, "app", "version")
     assert version.returncode == 0 and "v2" not in version.stdout, "the live version is still v1"
 
+    listed = pydeploy(bed, app, "rollout", "set", "--list", "other-tester")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for host in bed.hosts:
+        assert await served(host, "other-tester") == "v2"
+        assert await served(host, "beta-tester") == "v1", "--list replaces the allow-list"
+        assert await served(host, "someone") == "v1", "the percentage stays deploy.yml's (0)"
     widened = pydeploy(bed, app, "rollout", "set", "--percent", "100")
     assert widened.returncode == 0, widened.stdout + widened.stderr
     for host in bed.hosts:
         assert await served(host, "someone") == "v2", "100% of cookie values"
         assert await served(host) == "v1", "a request without the cookie always goes to the live version"
 
+    ended = pydeploy(bed, app, "rollout", "stop")
+    assert ended.returncode == 0, ended.stdout + ended.stderr
+    for host in bed.hosts:
+        assert await served(host, "beta-tester") == "v1"
+        assert "rollout" not in containers(bed, host), "the canaries are removed"
+    refused = pydeploy(bed, app, "rollout", "set", "--percent", "50")
+    assert refused.returncode == 1 and "no rollout of web runs" in refused.stderr, refused.stderr
+
+    assert pydeploy(bed, app, "rollout", "deploy", "--version", "v2", "-P").returncode == 0
     promoted = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     for host in bed.hosts:
