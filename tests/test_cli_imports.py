@@ -80,19 +80,25 @@ async def test_admin_commands_import_no_server_library(proxy: ProxyProcess, upst
         assert "proxy" in imported, "the import log must be read (else this test proves nothing)"
 
 
+async def start_deploy(proxy: ProxyProcess, target: Upstream, *flags: str) -> asyncio.subprocess.Process:
+    """`pyproxy deploy web` to `target`, running; its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        *PYPROXY,
+        "deploy",
+        "web",
+        f"--target={target.address}",
+        *flags,
+        env=proxy.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_deploy_progress_is_printed_while_the_deploy_waits(proxy: ProxyProcess, upstreams):
     """Each progress line reaches the operator when it happens, not when the deploy returns."""
     blue, _ = upstreams
     blue.healthy = False
-    process = await asyncio.create_subprocess_exec(
-        *PYPROXY,
-        "deploy",
-        "web",
-        f"--target={blue.address}",
-        "--health-check-interval=100ms",
-        env=proxy.env,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    process = await start_deploy(proxy, blue, "--health-check-interval=100ms")
     first = await asyncio.wait_for(process.stdout.readline(), 10)
     assert first.decode() == f"Waiting for {blue.address} to become healthy (timeout 30s)\n"
     blue.healthy = True
@@ -105,15 +111,7 @@ async def test_deploy_cut_off_by_a_dying_proxy_says_so(make_proxy, upstreams):
     proxy = await make_proxy()
     blue, _ = upstreams
     blue.healthy = False
-    process = await asyncio.create_subprocess_exec(
-        *PYPROXY,
-        "deploy",
-        "web",
-        f"--target={blue.address}",
-        env=proxy.env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_deploy(proxy, blue)
     assert b"Waiting for" in await asyncio.wait_for(process.stdout.readline(), 10)
     await proxy.stop(signal.SIGKILL)
     _, stderr = await asyncio.wait_for(process.communicate(), 10)

@@ -95,10 +95,12 @@ def on_host(bed: Testbed, host: str, *command: str) -> str:
     return done.stdout + done.stderr
 
 
-async def version_served(host: str) -> str:
-    """GET /version through the host's proxy, as a browser asking for app.test would."""
+async def version_served(host: str, rollout_cookie: str | None = None) -> str:
+    """GET /version through the host's proxy, as a browser asking for app.test would (with this
+    `kamal-rollout` cookie, if any)."""
+    cookie = f"Cookie: kamal-rollout={rollout_cookie}\r\n" if rollout_cookie else ""
     reader, writer = await asyncio.open_connection(host, 80)
-    writer.write(f"GET /version HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET /version HTTP/1.1\r\nHost: {HOST}\r\n{cookie}Connection: close\r\n\r\n".encode())
     response = await asyncio.wait_for(reader.read(-1), 10)
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")

@@ -5,28 +5,15 @@ version untouched."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from tests.test_cutover import containers, edit, history
-from tests.test_pydeploy import HOST, bed, project, pydeploy  # noqa: F401  (bed: fixture)
+from tests.test_pydeploy import bed, project, pydeploy, version_served  # noqa: F401  (bed: fixture)
 from tests.testbed.fixture import Testbed, testbed  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(600)
-
-
-async def served(host: str, rollout_cookie: str | None = None) -> str:
-    """The version behind the host's proxy for a browser that has this `kamal-rollout` cookie (or none)."""
-    cookie = f"Cookie: kamal-rollout={rollout_cookie}\r\n" if rollout_cookie else ""
-    reader, writer = await asyncio.open_connection(host, 80)
-    writer.write(f"GET /version HTTP/1.1\r\nHost: {HOST}\r\n{cookie}Connection: close\r\n\r\n".encode())
-    response = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body.decode().strip()
 
 
 async def test_a_canary_gets_its_share_and_a_deploy_promotes_it(bed: Testbed, tmp_path: Path) -> None:  # noqa: F811
@@ -37,9 +24,9 @@ async def test_a_canary_gets_its_share_and_a_deploy_promotes_it(bed: Testbed, tm
     rolled = pydeploy(bed, app, "rollout", "deploy", "--version", "v2", "-P")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     for host in bed.hosts:
-        assert await served(host, "beta-tester") == "v2", "an allow-listed browser gets the canary"
-        assert await served(host, "someone") == "v1"
-        assert await served(host) == "v1"
+        assert await version_served(host, "beta-tester") == "v2", "an allow-listed browser gets the canary"
+        assert await version_served(host, "someone") == "v1"
+        assert await version_served(host) == "v1"
         assert "testapp-web-rollout-v2 running" in containers(bed, host)
     version = pydeploy(bed, app, "app", "version")
     assert version.returncode == 0 and "v2" not in version.stdout, "the live version is still v1"
@@ -47,19 +34,19 @@ async def test_a_canary_gets_its_share_and_a_deploy_promotes_it(bed: Testbed, tm
     listed = pydeploy(bed, app, "rollout", "set", "--list", "other-tester")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     for host in bed.hosts:
-        assert await served(host, "other-tester") == "v2"
-        assert await served(host, "beta-tester") == "v1", "--list replaces the allow-list"
-        assert await served(host, "someone") == "v1", "the percentage stays deploy.yml's (0)"
+        assert await version_served(host, "other-tester") == "v2"
+        assert await version_served(host, "beta-tester") == "v1", "--list replaces the allow-list"
+        assert await version_served(host, "someone") == "v1", "the percentage stays deploy.yml's (0)"
     widened = pydeploy(bed, app, "rollout", "set", "--percent", "100")
     assert widened.returncode == 0, widened.stdout + widened.stderr
     for host in bed.hosts:
-        assert await served(host, "someone") == "v2", "100% of cookie values"
-        assert await served(host) == "v1", "a request without the cookie always goes to the live version"
+        assert await version_served(host, "someone") == "v2", "100% of cookie values"
+        assert await version_served(host) == "v1", "no cookie: always the live version"
 
     ended = pydeploy(bed, app, "rollout", "stop")
     assert ended.returncode == 0, ended.stdout + ended.stderr
     for host in bed.hosts:
-        assert await served(host, "beta-tester") == "v1"
+        assert await version_served(host, "beta-tester") == "v1"
         assert "rollout" not in containers(bed, host), "the canaries are removed"
     refused = pydeploy(bed, app, "rollout", "set", "--percent", "50")
     assert refused.returncode == 1 and "no rollout of web runs" in refused.stderr, refused.stderr
@@ -68,7 +55,7 @@ async def test_a_canary_gets_its_share_and_a_deploy_promotes_it(bed: Testbed, tm
     promoted = pydeploy(bed, app, "deploy", "--version", "v2", "-P")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     for host in bed.hosts:
-        assert await served(host) == "v2" and await served(host, "beta-tester") == "v2"
+        assert await version_served(host) == "v2" and await version_served(host, "beta-tester") == "v2"
         assert "rollout" not in containers(bed, host), "the canary went once its version was live"
         assert history(bed, host) == ["v1", "v2"]
 
@@ -83,7 +70,7 @@ async def test_a_canary_that_never_turns_healthy_ends_the_rollout(bed: Testbed, 
     assert pydeploy(bed, app, "setup", "--version", "v1", "-P").returncode == 0
     assert pydeploy(bed, app, "rollout", "deploy", "--version", "v2", "-P").returncode == 0
     for host in bed.hosts:
-        assert await served(host, "anyone") == "v2"
+        assert await version_served(host, "anyone") == "v2"
 
     refused = pydeploy(bed, app, "rollout", "deploy", "--version", "v3", "-P")  # v3's /up answers 404
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -92,5 +79,5 @@ async def test_a_canary_that_never_turns_healthy_ends_the_rollout(bed: Testbed, 
     )
     for host in bed.hosts:
         assert f"{host}: serves only the live version" in refused.stderr
-        assert await served(host, "anyone") == "v1", "no canary left: every request to the live version"
+        assert await version_served(host, "anyone") == "v1", "no canary left: all to the live version"
         assert "rollout" not in containers(bed, host)
