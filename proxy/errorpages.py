@@ -225,6 +225,10 @@ class ErrorPages:
         nodes = self._pages.get(status)
         return None if nodes is None else _render(nodes, message).encode()
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """A mapping proxy does not pickle: the pages travel as dicts, wrapped again on arrival."""
+        return (_error_pages, (self.directory, self.statuses, dict(self._pages), dict(self._rendered)))
+
     def rendered(self) -> dict[int, bytes]:
         """Every page with an empty message (all errors but a stopped service's 503), rendered at load time.
 
@@ -246,7 +250,16 @@ def load_error_pages(directory: str) -> ErrorPages:
         if _STATUS_PAGE.fullmatch(path.name):
             pages[int(path.name[:3])] = nodes
     rendered = {status: _render(nodes, "").encode() for status, nodes in pages.items()}
-    return ErrorPages(directory, frozenset(pages), MappingProxyType(pages), MappingProxyType(rendered))
+    return _error_pages(directory, frozenset(pages), pages, rendered)
+
+
+def _error_pages(
+    directory: str,
+    statuses: frozenset[int],
+    pages: dict[int, tuple[_Node, ...]],
+    rendered: dict[int, bytes],
+) -> ErrorPages:
+    return ErrorPages(directory, statuses, MappingProxyType(pages), MappingProxyType(rendered))
 
 
 def _read(path: Path) -> str:
