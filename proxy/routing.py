@@ -3,12 +3,16 @@
 The control plane builds a new RoutingTable on every change and swaps one reference; the data plane calls
 lookup() once per request without locks. All sorting and normalisation therefore happens in build(), and
 lookup() is a few dict gets plus, for non-root prefixes, a startswith per binding.
+
+A table of values is a value: it compares equal by its routes and pickles as them (rebuilt on loading),
+so it can be sent to another process. map() gives the same bindings over other routes: how a process
+ties the table's services to what lives only there (proxy/pools.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -114,6 +118,18 @@ class RoutingTable:
                     if owner is not route:
                         raise ValueError(_conflict_message(host, prefix, owner.name))
         return cls(routes, owners)
+
+    def map(self, bind: Callable[[Any], Route]) -> RoutingTable:
+        """The same bindings with each route replaced by `bind(route)`, called once per route."""
+        bound = {id(route): bind(route) for route in self._routes}
+        owners = {binding: bound[id(route)] for binding, route in self._owners.items()}
+        return RoutingTable(tuple(bound.values()), owners)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoutingTable) and self._routes == other._routes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RoutingTable.build, (self._routes,))
 
     def routes(self) -> tuple[Route, ...]:
         """Every route in the table, in build order (for state saving and listing)."""
