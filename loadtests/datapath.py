@@ -33,7 +33,7 @@ from proxy.http.upstream import UpstreamConnection, UpstreamPool
 from proxy.log import JsonLog
 from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
-from proxy.target import Target, TargetState
+from proxy.target import TargetState
 
 REQUEST = b"GET /13 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\n\r\n"
 RESPONSE = (  # what nginx sends for a 13-byte file
@@ -77,12 +77,11 @@ class CountingTransport:
 def one_service(pool: UpstreamPool) -> ServiceDispatcher:
     """pyproxy's own dispatcher with one service deployed with the default options, whose only target
     is `pool`: what `pyproxy deploy web --target ...` makes."""
-    target = Target(f"{pool.host}:{pool.port}")
-    target.pool = pool
-    balancer = LoadBalancer([target])
-    balancer.set_state(target, TargetState.HEALTHY)
+    address = f"{pool.host}:{pool.port}"
     dispatcher = ServiceDispatcher(Http01Tokens())
-    dispatcher.table = RoutingTable.build([Service("bench", ServiceOptions(), balancer)])
+    balancer = LoadBalancer.of([address], state=TargetState.HEALTHY)
+    dispatcher.publish(RoutingTable.build([Service("bench", ServiceOptions(), balancer)]))
+    dispatcher.pools.endpoint(("bench", address)).pool = pool  # the harness's pool, for its fake upstream
     return dispatcher
 
 

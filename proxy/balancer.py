@@ -1,55 +1,58 @@
-"""Round-robin over the healthy targets of one deploy: writers, and the read-only targets (spec 7.1, 7.3)."""
+"""The targets of one deploy: writers and read-only targets (spec 7.1, 7.3), with their health, as a value.
+
+Which healthy target a request goes to is decided per process, by a `pools.RoundRobin` bound to this
+value when a table is installed; nothing here changes per request or per health check.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from proxy.target import Target, TargetState
 
 
+@dataclass(frozen=True)
 class LoadBalancer:
-    """The targets of one deploy; the picks are on the hot path and only index a tuple."""
+    writers: tuple[Target, ...]
+    readers: tuple[Target, ...] = ()
 
-    def __init__(self, writers: Iterable[Target], readers: Iterable[Target] = ()) -> None:
-        self.writers = tuple(writers)
-        self.readers = tuple(readers)
-        self.targets = self.writers + self.readers  # writers first, as `list` shows them
-        self.healthy: tuple[Target, ...] = ()
-        self.healthy_readers: tuple[Target, ...] = ()
-        self._next = 0
-        self._next_reader = 0
+    @classmethod
+    def of(
+        cls, writers: Iterable[str], readers: Iterable[str] = (), state: TargetState = TargetState.ADDING
+    ) -> LoadBalancer:
+        """Targets parsed from their addresses, all in `state`; raises ValueError for a bad address."""
+        return cls(
+            tuple(Target.parse(address, state) for address in writers),
+            tuple(Target.parse(address, state) for address in readers),
+        )
 
-    def pick(self) -> Target | None:
-        """A healthy writer."""
-        healthy = self.healthy
-        if not healthy:
-            return None
-        if len(healthy) == 1:
-            return healthy[0]
-        self._next = (self._next + 1) % len(healthy)
-        return healthy[self._next]
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.writers + self.readers  # writers first, as `list` shows them
 
-    def pick_reader(self) -> Target | None:
-        """A healthy read-only target, else a writer (no reader up must not mean no service)."""
-        readers = self.healthy_readers
-        if not readers:
-            return self.pick()
-        self._next_reader = (self._next_reader + 1) % len(readers)
-        return readers[self._next_reader]
+    @property
+    def healthy(self) -> tuple[Target, ...]:
+        return tuple(t for t in self.writers if t.healthy)
 
-    def set_state(self, target: Target, state: TargetState) -> bool:
-        """Record a health change; True when it changed who gets traffic."""
-        if target.state is state:
-            return False
-        target.state = state
-        self.healthy = tuple(t for t in self.writers if t.healthy)
-        self.healthy_readers = tuple(t for t in self.readers if t.healthy)
-        return True
+    @property
+    def healthy_readers(self) -> tuple[Target, ...]:
+        return tuple(t for t in self.readers if t.healthy)
 
     @property
     def all_healthy(self) -> bool:
         return all(t.healthy for t in self.targets)
 
-    @property
-    def in_flight(self) -> int:
-        return sum(t.pool.in_flight for t in self.targets)
+    def state_of(self, address: str) -> TargetState | None:
+        return next((t.state for t in self.targets if t.address == address), None)
+
+    def with_state(self, address: str, state: TargetState) -> LoadBalancer:
+        """This balancer with the target at `address` in `state`; itself when nothing changes."""
+        if self.state_of(address) in (state, None):
+            return self
+
+        def update(targets: tuple[Target, ...]) -> tuple[Target, ...]:
+            return tuple(dataclasses.replace(t, state=state) if t.address == address else t for t in targets)
+
+        return LoadBalancer(update(self.writers), update(self.readers))

@@ -1,25 +1,27 @@
 """Per-request routing: Host and path to a service, service to a target.
 
-The control plane publishes a new immutable RoutingTable on every change; the data plane reads it once
-per request without a lock. A service with nothing beyond pick-and-proxy (the default options) takes the
-short path in `route`; the rest (maintenance, rollouts, read targets, error pages, buffering, logged
-headers...) is `_route_extended`, so those features cost nothing to the services that do not use them.
+The control plane publishes a new immutable RoutingTable on every change; the data plane binds it to this
+process's pools once (`routes`, proxy/pools.py) and reads that once per request without a lock. A
+service with nothing beyond pick-and-proxy (the default options) takes the short path in `route`; the
+rest (maintenance, rollouts, read targets, error pages, buffering, logged headers...) is
+`_route_extended`, so those features cost nothing to the services that do not use them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from proxy.acme import Http01Tokens
 from proxy.http.request import Request
 from proxy.http.responses import redirect_response, text_response
 from proxy.pause import PAUSED, RUNNING, STOPPED, WaitingRoom
+from proxy.pools import BoundService, Endpoint, PoolKey, PoolRegistry
 from proxy.responsehead import WRITER_COOKIE, HeadRewrite
 from proxy.rollout import COOKIE as ROLLOUT_COOKIE
 from proxy.routing import RoutingTable, strip_port
 from proxy.service import Service
-from proxy.target import Target
 
 if TYPE_CHECKING:
     from proxy.metrics import Metrics
@@ -32,14 +34,20 @@ _COOKIE_VALUE_BYTES = bytes(sorted(set(range(0x20, 0x7F)) - {ord('"'), ord(";"),
 
 
 class ServiceDispatcher:
+    """The data plane of one process: what the control plane publishes to it and asks of it is the table
+    (`publish`), and the requests on targets (`in_flight`, `drain`) and held by services (`held`)."""
+
     def __init__(self, tokens: Http01Tokens) -> None:
-        self.table = RoutingTable.build(())
+        self.table = RoutingTable.build(())  # as published: a value
+        self.pools = PoolRegistry()
+        self.routes = self.pools.bind(self.table)  # the same, bound to this process's pools
         self.tokens = tokens
         self.metrics: Metrics | None = None
         self._rooms: dict[str, WaitingRoom] = {}  # requests held by paused services
 
     def publish(self, table: RoutingTable) -> None:
         """Swap in a new table; requests held for a service no longer paused go on, to its new state."""
+        self.routes = self.pools.bind(table)
         self.table = table
         services = {service.name: service for service in table.routes()}
         for name, room in list(self._rooms.items()):
@@ -53,6 +61,14 @@ class ServiceDispatcher:
                 del self._rooms[name]
                 room.release_all()
 
+    def in_flight(self, keys: Iterable[PoolKey]) -> int:
+        """Requests running on these (service, address) targets."""
+        return self.pools.in_flight(keys)
+
+    async def drain(self, keys: Iterable[PoolKey], timeout: float) -> int:
+        """Wait for the requests on these targets, cut what runs at `timeout`; how many were cut."""
+        return await self.pools.drain(keys, timeout)
+
     def held(self, name: str) -> int:
         """How many requests the service `name` holds (for `list` and the in-flight gauge)."""
         room = self._rooms.get(name)
@@ -60,10 +76,11 @@ class ServiceDispatcher:
 
     def route(self, request: Request) -> int | bytes:
         url = request.url
-        match = self.table.lookup(request.host.decode("latin-1"), url.decode("latin-1"))
+        match = self.routes.lookup(request.host.decode("latin-1"), url.decode("latin-1"))
         if match is None:
             return 404
-        service = match.service
+        bound = match.service
+        service = bound.service
         routed_before = request.service  # a held request, let go: routed again, counted once
         request.service = service.name_bytes
         if match.prefix == "/" or not service.strip_prefix:
@@ -77,11 +94,11 @@ class ServiceDispatcher:
             if answer:
                 return answer
         if service.extended:
-            target = self._route_extended(request, service, match.prefix)
-            if target.__class__ is not Target:
+            target = self._route_extended(request, bound, match.prefix)
+            if target.__class__ is not Endpoint:
                 return target  # answered, or held
         else:
-            target = service.balancer.pick()
+            target = bound.balancer.pick()
             if target is None:
                 return 503
         options = service.options
@@ -106,9 +123,10 @@ class ServiceDispatcher:
             return 404 if key_authorization is None else text_response(key_authorization)
         return _redirect(request, service, secure)
 
-    def _route_extended(self, request: Request, service: Service, prefix: str) -> Target | int | bytes:
+    def _route_extended(self, request: Request, bound: BoundService, prefix: str) -> Endpoint | int | bytes:
         """Everything after the redirects for a service that uses more than the defaults (spec 5, 10c-d):
         the target to send the request to, or what `route` returns instead."""
+        service = bound.service
         request.pages = service.pages
         if service.log_headers is not None:
             request.extra_log = service.log_headers.request_fields(request)
@@ -129,15 +147,15 @@ class ServiceDispatcher:
             request.pool = room
             request.target_timeout = service.options.target_timeout
             return 0
-        balancer = service.balancer
-        cookies = _cookies(request) if service.split is not None or balancer.readers else {}
-        if service.split is not None and service.rollout is not None:
+        balancer = bound.balancer
+        cookies = _cookies(request) if service.split is not None or balancer.has_readers else {}
+        if service.split is not None and bound.rollout is not None:
             chosen = cookies.get(ROLLOUT_COOKIE)
             if chosen is not None and service.split.chooses(chosen):
-                balancer = service.rollout
+                balancer = bound.rollout
         options = service.options
         write = True
-        if balancer.readers:
+        if balancer.has_readers:
             # The kamal-writer cookie sends a read to the writers, but it is still a read: it does not
             # renew the cookie (kamal-proxy), so affinity ends when the client stops writing.
             write = not _is_read(request, options.read_targets_accept_websockets)
@@ -147,13 +165,13 @@ class ServiceDispatcher:
         if target is None:
             return 503
         scoped = options.scope_cookie_paths and prefix != "/" and options.strip_prefix
-        if not (balancer.readers or scoped):
+        if not (balancer.has_readers or scoped):
             request.head_filter = service.log_rewrite  # the same for every request (Kamal's default)
         else:
             affinity = write and options.writer_affinity_timeout > 0
             request.head_filter = HeadRewrite(
                 log_headers=service.log_headers,
-                strip_affinity=bool(balancer.readers),
+                strip_affinity=balancer.has_readers,
                 affinity_ms=round(options.writer_affinity_timeout * 1000) if affinity else 0,
                 prefix=prefix.encode("latin-1") if scoped else b"",
             )
@@ -165,10 +183,10 @@ class ServiceDispatcher:
         client.start_again(request)
 
 
-def _chain_kamal_target(request: Request, forward_headers: bool, target: Target) -> None:
+def _chain_kamal_target(request: Request, forward_headers: bool, target: Endpoint) -> None:
     """The client sent X-Kamal-Target: kept in front of ours behind a trusted proxy, else replaced."""
     if forward_headers:
-        chain = (request.kamal_target, target.address.encode())
+        chain = (request.kamal_target, target.pool.address_bytes)
         request.headers.append(b"X-Kamal-Target: %s, %s\r\n" % chain)
     else:
         request.headers.append(target.header_line)

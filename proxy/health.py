@@ -2,6 +2,8 @@
 
 Each failure is kept as text, so a deploy that times out can say why the
 target never became healthy (refused, timeout, 404, redirect to https...).
+What the checks find is a new `LoadBalancer` value, never a change to one:
+the manager publishes it in a new routing table (health changes are rare).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from proxy.target import Target
+from proxy.balancer import LoadBalancer
+from proxy.target import Target, TargetState
 
 USER_AGENT = "pyproxy"
 
@@ -52,6 +55,40 @@ async def probe(session: aiohttp.ClientSession, target: Target, config: HealthCh
         return f"GET {url} failed: {exc.os_error.strerror or exc}"
     except (aiohttp.ClientError, OSError) as exc:
         return f"GET {url} failed: {exc.__class__.__name__}: {exc}"
+
+
+class HealthWatch:
+    """The checks of one deploy's targets and what they found so far: `balancer` is the latest value
+    (replaced on each health change), `errors` each target's last failure."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        balancer: LoadBalancer,
+        config: HealthCheckConfig,
+        report: Callable[[HealthWatch, Target, str | None], bool],
+    ) -> None:
+        self.balancer = balancer
+        self.errors: dict[str, str] = {}
+        self.all_healthy = asyncio.Event()  # set by the owner once every target has answered 2xx
+        self.checkers = [
+            HealthChecker(session, target, config, lambda target, error: report(self, target, error))
+            for target in balancer.targets
+        ]
+
+    def start(self) -> None:
+        for checker in self.checkers:
+            checker.start()
+
+    def stop(self) -> None:
+        for checker in self.checkers:
+            checker.stop()
+
+    def set_state(self, address: str, state: TargetState) -> LoadBalancer | None:
+        """Record a health change: the balancer value it replaces, or None when nothing changed."""
+        old = self.balancer
+        self.balancer = old.with_state(address, state)
+        return old if self.balancer is not old else None
 
 
 class HealthChecker:

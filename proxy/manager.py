@@ -3,6 +3,11 @@
 A deploy health-checks the new targets, switches traffic in one reference
 swap, then drains the targets it replaced, and only then reports done: when
 `deploy` returns, nothing proxied is still running on the old targets.
+
+Everything it publishes is a value: the routing table (services, targets and
+their health) goes to the data plane whole through `ServiceDispatcher.publish`,
+and a health change publishes a new one. What runs on the targets is only
+asked of the data plane (`in_flight`, `drain`), by (service, address).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +27,11 @@ from proxy.balancer import LoadBalancer
 from proxy.dispatcher import ServiceDispatcher
 from proxy.errorpages import ErrorPages, load_error_pages
 from proxy.flags import format_duration
-from proxy.health import HealthChecker
+from proxy.health import HealthWatch
 from proxy.log import JsonLog
 from proxy.ondemand import OnDemandCertificates
 from proxy.pause import PAUSED, RUNNING, STOPPED, PauseState
+from proxy.pools import PoolKey
 from proxy.rollout import RolloutSplit
 from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
@@ -70,17 +76,19 @@ class ServiceManager:
         log: JsonLog,
     ) -> None:
         self.dispatcher = dispatcher
+        dispatcher.pools.on_error = self._upstream_error
         self.tls = tls
         self.auto = auto
         auto.on_change = self._publish_certificates
         self.store = store
         self.log = log
         self.services: dict[str, Service] = {}
+        self.table = RoutingTable.build(())  # the last one published
+        self._operator_certificates: dict[str, ssl.SSLContext] = {}  # by service: from the operator's files
         # Saved services that could not be restored (a certificate gone...): kept in the state file as
         # they were, so fixing the cause and restarting brings them back, until one of that name is deployed.
         self.unrestored: dict[str, dict[str, Any]] = {}
-        self._checkers: dict[LoadBalancer, list[HealthChecker]] = {}
-        self._healthy_events: dict[LoadBalancer, asyncio.Event] = {}
+        self._watches: list[HealthWatch] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
         self.on_demand = OnDemandCertificates(auto, lambda: self.session, log)
@@ -93,8 +101,8 @@ class ServiceManager:
 
     async def close(self) -> None:
         await self.auto.close()
-        for balancer in list(self._checkers):
-            self._stop_checks(balancer)
+        for watch in list(self._watches):
+            self._stop_watch(watch)
         if self._session is not None:
             await self._session.close()
 
@@ -111,28 +119,29 @@ class ServiceManager:
         self._check_conflicts(name, options)
         certificate = _load_certificate(options)
         error_pages = _load_error_pages(options)
-        balancer = self._new_balancer(request.targets, request.read_targets)
-        self._start_checks(balancer, options)
+        watch = self._start_watch(LoadBalancer.of(request.targets, request.read_targets), options)
         if not request.force:
-            await self._wait_healthy(balancer, request.deploy_timeout, progress)
+            await self._wait_healthy(watch, request.deploy_timeout, progress)
         try:
             self._check_conflicts(name, options)
         except DeployError:
-            self._discard(balancer)
+            self._stop_watch(watch)
             raise
+        balancer = watch.balancer  # with the health found so far
         old = self.services.get(name)
         if old is None:
-            service = Service(name, options, balancer, certificate, error_pages=error_pages)
+            service = Service(name, options, balancer, error_pages=error_pages)
         else:  # a deploy keeps the service's pause state and rollout (spec 6.1)
             service = dataclasses.replace(
                 old,
                 options=options,
                 balancer=balancer,
-                certificate=certificate,
                 error_pages=error_pages,
                 inherited_tls=None,  # worked out again for the new options by _publish
             )
+            self._stop_checks(old.balancer)
         self.services[name] = service
+        self._set_certificate(name, certificate)
         self._publish()
         self.log.info(
             "Deployed",
@@ -145,63 +154,39 @@ class ServiceManager:
         self._request_certificates(self.services[name], progress)
         await self.persist()
         if old is not None:
-            await self._drain(old.balancer, request.drain_timeout, progress)
+            await self._drain(_retired(name, old.balancer, service), request.drain_timeout, progress)
         progress("done")
 
-    async def _wait_healthy(self, balancer: LoadBalancer, timeout: float, progress: Progress) -> None:
-        progress("waiting", targets=[t.address for t in balancer.targets], timeout=format_duration(timeout))
+    async def _wait_healthy(self, watch: HealthWatch, timeout: float, progress: Progress) -> None:
+        targets = [t.address for t in watch.balancer.targets]
+        progress("waiting", targets=targets, timeout=format_duration(timeout))
         try:
-            await asyncio.wait_for(self._healthy_events[balancer].wait(), timeout)
+            await asyncio.wait_for(watch.all_healthy.wait(), timeout)
         except TimeoutError:
-            self._discard(balancer)
-            raise DeployError(self._unhealthy_message(balancer, timeout)) from None
+            self._stop_watch(watch)
+            raise DeployError(_unhealthy_message(watch, timeout)) from None
         progress("healthy")
-
-    def _new_balancer(self, writers: Iterable[str], readers: Iterable[str] = ()) -> LoadBalancer:
-        return LoadBalancer(map(self._new_target, writers), map(self._new_target, readers))
-
-    def _new_target(self, address: str) -> Target:
-        target = Target(address)
-        target.pool.on_error = self._upstream_error
-        return target
 
     def _upstream_error(self, address: str, exc: BaseException) -> None:
         self.log.error("Error while proxying", target=address, error=str(exc) or exc.__class__.__name__)
 
     def _check_conflicts(self, name: str, options: ServiceOptions) -> None:
-        message = self.dispatcher.table.conflicts(name, options.hosts, options.path_prefixes)
+        message = self.table.conflicts(name, options.hosts, options.path_prefixes)
         if message:
             raise DeployError(message)
 
-    def _unhealthy_message(self, balancer: LoadBalancer, timeout: float) -> str:
-        failing = [
-            f"{t.address}: {t.last_error or 'no health check completed yet'}"
-            for t in balancer.targets
-            if not t.healthy
-        ]
-        return (
-            f"target failed to become healthy within configured timeout ({format_duration(timeout)}); "
-            f"last health check: {'; '.join(failing)}"
-        )
-
-    async def _drain(
-        self, balancer: LoadBalancer, timeout: float, progress: Progress, replaced: bool = True
-    ) -> None:
-        """Wait for the requests in flight on `balancer`'s targets, cutting them at `timeout`. A balancer
-        being `replaced` stops its health checks and pooling; one being paused keeps both."""
-        if replaced:
-            self._stop_checks(balancer)
-        progress("draining", requests=balancer.in_flight, timeout=format_duration(timeout))
-        cut = await asyncio.gather(
-            *(t.pool.drain(timeout, keep_pooling=not replaced) for t in balancer.targets)
-        )
-        if sum(cut):
+    async def _drain(self, keys: set[PoolKey], timeout: float, progress: Progress) -> None:
+        """Wait for the requests in flight on these targets, cutting them at `timeout`. Targets no longer
+        published stop pooling; those still published (a paused service's) keep pooling."""
+        progress("draining", requests=self.dispatcher.in_flight(keys), timeout=format_duration(timeout))
+        cut = await self.dispatcher.drain(keys, timeout)
+        if cut:
             self.log.warn(
                 "Requests cut by drain timeout",
-                targets=[t.address for t in balancer.targets],
-                requests=sum(cut),
+                targets=sorted({address for _, address in keys}),
+                requests=cut,
             )
-        progress("drained", cut=sum(cut))
+        progress("drained", cut=cut)
 
     # -- maintenance (spec 8) ------------------------------------------------------
 
@@ -226,10 +211,7 @@ class ServiceManager:
         self.log.info(_PAUSE_EVENTS[state.state], service=name, **message)
         await self.persist()
         if drain_timeout is not None:
-            slots = [slot for slot in (service.balancer, service.rollout) if slot is not None]
-            await asyncio.gather(
-                *(self._drain(slot, drain_timeout, _no_progress, replaced=False) for slot in slots)
-            )
+            await self._drain(_keys(name, service.balancer, service.rollout), drain_timeout, _no_progress)
             self.log.info("Service drained", service=name)
 
     # -- rollout (spec 7.4) ----------------------------------------------------------
@@ -247,18 +229,20 @@ class ServiceManager:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             options = self._service(name).options
-            balancer = self._new_balancer(targets, read_targets)
-            self._start_checks(balancer, options)
-            await self._wait_healthy(balancer, deploy_timeout, progress)
+            watch = self._start_watch(LoadBalancer.of(targets, read_targets), options)
+            await self._wait_healthy(watch, deploy_timeout, progress)
             service = self._service(name)  # as it is now, after the wait
             old = service.rollout
+            if old is not None:
+                self._stop_checks(old)
+            balancer = watch.balancer
             self.services[name] = dataclasses.replace(service, rollout=balancer)
             self._publish()
             self.log.info("Rollout deployed", service=name, targets=[t.address for t in balancer.targets])
             progress("switched")
             await self.persist()
             if old is not None:
-                await self._drain(old, drain_timeout, progress)
+                await self._drain(_retired(name, old, self.services.get(name)), drain_timeout, progress)
             progress("done")
 
     async def rollout_set(self, name: str, percentage: int, allowlist: list[str]) -> None:
@@ -291,14 +275,15 @@ class ServiceManager:
         service = self.services.pop(name, None)
         if service is None:
             raise ServiceNotFound(name)
+        self._set_certificate(name, None)
         self._publish()
-        self._discard(service.balancer)
+        self._stop_checks(service.balancer)
         wanted = {h for s in self.services.values() if s.acme for h in s.hosts}
         for host in service.hosts:
             if host not in wanted:
                 self.auto.forget(host)
         if service.rollout is not None:
-            self._discard(service.rollout)
+            self._stop_checks(service.rollout)
         self.log.info("Removed", service=name)
         await self.persist()
 
@@ -332,7 +317,7 @@ class ServiceManager:
             hosts = sorted(self.on_demand.hosts)
         for host in hosts:
             chain = self.auto.chains.get(host)
-            if service.certificate is not None:
+            if service.name in self._operator_certificates:
                 try:
                     with open(service.options.tls.certificate_path, "rb") as pem:
                         chain = pem.read()
@@ -356,10 +341,10 @@ class ServiceManager:
                 certificate = _load_certificate(options)
                 error_pages = self._restore_error_pages(name, options)
                 writers = entry.get("active_targets") or _legacy(entry, "active_target")
-                balancer = self._new_balancer(writers, entry.get("active_readers") or [])
+                balancer = LoadBalancer.of(writers, entry.get("active_readers") or [], TargetState.HEALTHY)
                 rollout_writers = entry.get("rollout_targets") or _legacy(entry, "rollout_target")
                 rollout = (
-                    self._new_balancer(rollout_writers, entry.get("rollout_readers") or [])
+                    LoadBalancer.of(rollout_writers, entry.get("rollout_readers") or [], TargetState.HEALTHY)
                     if rollout_writers
                     else None
                 )
@@ -368,7 +353,6 @@ class ServiceManager:
                     name,
                     options,
                     balancer,
-                    certificate,
                     error_pages=error_pages,
                     pause=PauseState.from_json(entry.get("pause_controller") or {}),
                     rollout=rollout,
@@ -381,11 +365,10 @@ class ServiceManager:
                 self.unrestored[name] = entry
                 continue
             for slot in filter(None, (balancer, rollout)):
-                for target in slot.targets:
-                    slot.set_state(target, TargetState.HEALTHY)
                 if len(slot.targets) > 1:
-                    self._start_checks(slot, options)
+                    self._start_watch(slot, options)
             self.services[name] = service
+            self._set_certificate(name, certificate)
             self._publish()
             self._request_certificates(service, _no_progress)
             self.log.info(
@@ -407,8 +390,15 @@ class ServiceManager:
 
     def _publish(self) -> None:
         self._inherit_tls()
-        self.dispatcher.publish(RoutingTable.build(self.services.values()))
+        self.table = RoutingTable.build(self.services.values())
+        self.dispatcher.publish(self.table)
         self._publish_certificates()
+
+    def _set_certificate(self, name: str, certificate: ssl.SSLContext | None) -> None:
+        if certificate is None:
+            self._operator_certificates.pop(name, None)
+        else:
+            self._operator_certificates[name] = certificate
 
     def _inherit_tls(self) -> None:
         """Give each sub-path service the TLS settings of the root service of its first host (spec 4.5)."""
@@ -435,7 +425,7 @@ class ServiceManager:
             if not service.tls_enabled:
                 continue
             for host in service.hosts:
-                context = service.certificate or self.auto.contexts.get(host)
+                context = self._operator_certificates.get(service.name) or self.auto.contexts.get(host)
                 if context is not None:
                     yield host, context
 
@@ -447,7 +437,7 @@ class ServiceManager:
 
     def _prepare_on_demand(self, server_name: str) -> Awaitable[None] | None:
         """A handshake for a name without a certificate: order one if an on-demand service serves it."""
-        match = self.dispatcher.table.lookup(server_name, "/")
+        match = self.table.lookup(server_name, "/")
         service = match.service if match is not None else None
         if service is None or not service.options.tls.on_demand_url:
             return None
@@ -469,49 +459,86 @@ class ServiceManager:
         except OSError as exc:
             self.log.error("Could not save state", path=str(self.store.path), error=str(exc))
 
-    def _start_checks(self, balancer: LoadBalancer, options: ServiceOptions) -> None:
-        self._healthy_events[balancer] = asyncio.Event()
-        checkers = [
-            HealthChecker(
-                self.session,
-                target,
-                options.health_check,
-                lambda t, error, b=balancer: self._report(b, t, error),
-            )
-            for target in balancer.targets
-        ]
-        self._checkers[balancer] = checkers
-        for checker in checkers:
-            checker.start()
+    def _start_watch(self, balancer: LoadBalancer, options: ServiceOptions) -> HealthWatch:
+        watch = HealthWatch(self.session, balancer, options.health_check, self._report)
+        self._watches.append(watch)
+        watch.start()
+        return watch
 
-    def _report(self, balancer: LoadBalancer, target: Target, error: str | None) -> bool:
+    def _report(self, watch: HealthWatch, target: Target, error: str | None) -> bool:
         """Apply one health-check result; False stops probing that target."""
+        address = target.address
         if error is None:
-            self.log.debug("Healthcheck succeeded", target=target.address)
-            if balancer.set_state(target, TargetState.HEALTHY):
-                self.log.info("Target health updated", target=target.address, state="healthy")
-            if balancer.all_healthy:
-                self._healthy_events[balancer].set()
+            self.log.debug("Healthcheck succeeded", target=address)
+            if self._set_health(watch, address, TargetState.HEALTHY):
+                self.log.info("Target health updated", target=address, state="healthy")
+            if watch.balancer.all_healthy:
+                watch.all_healthy.set()
             # A single target is never taken out of rotation, so probing it further helps nothing.
-            return len(balancer.targets) > 1
-        target.last_error = error
-        self.log.info("Healthcheck failed", target=target.address, error=error)
-        if target.healthy and balancer.set_state(target, TargetState.UNHEALTHY):
-            self.log.info("Target health updated", target=target.address, state="unhealthy")
+            return len(watch.balancer.targets) > 1
+        watch.errors[address] = error
+        self.log.info("Healthcheck failed", target=address, error=error)
+        healthy = watch.balancer.state_of(address) is TargetState.HEALTHY
+        if healthy and self._set_health(watch, address, TargetState.UNHEALTHY):
+            self.log.info("Target health updated", target=address, state="unhealthy")
+        return True
+
+    def _set_health(self, watch: HealthWatch, address: str, state: TargetState) -> bool:
+        """Record a health change; a balancer already published is replaced by a new table."""
+        old = watch.set_state(address, state)
+        if old is None:
+            return False
+        in_use = False
+        for name, service in list(self.services.items()):
+            slots = {}
+            if service.balancer is old:
+                slots["balancer"] = watch.balancer
+            if service.rollout is old:
+                slots["rollout"] = watch.balancer
+            if slots:
+                self.services[name] = dataclasses.replace(service, **slots)
+                in_use = True
+        if in_use:
+            self._publish()
         return True
 
     def _stop_checks(self, balancer: LoadBalancer) -> None:
-        for checker in self._checkers.pop(balancer, ()):
-            checker.stop()
-        self._healthy_events.pop(balancer, None)
+        """Stop the checks of a published balancer (the identical value: equal ones may be another's)."""
+        for watch in self._watches:
+            if watch.balancer is balancer:
+                self._stop_watch(watch)
+                return
 
-    def _discard(self, balancer: LoadBalancer) -> None:
-        self._stop_checks(balancer)
-        for target in balancer.targets:
-            target.pool.close()
+    def _stop_watch(self, watch: HealthWatch) -> None:
+        watch.stop()
+        self._watches.remove(watch)
 
 
 _PAUSE_EVENTS = {PAUSED: "Service paused", STOPPED: "Service stopped", RUNNING: "Service resumed"}
+
+
+def _keys(name: str, *slots: LoadBalancer | None) -> set[PoolKey]:
+    """The pools of a service's targets in these slots."""
+    return {(name, t.address) for slot in slots if slot is not None for t in slot.targets}
+
+
+def _retired(name: str, old: LoadBalancer, service: Service | None) -> set[PoolKey]:
+    """The targets of `old` that `service` (as published now) no longer sends to."""
+    if service is None:
+        return _keys(name, old)
+    return _keys(name, old) - _keys(name, service.balancer, service.rollout)
+
+
+def _unhealthy_message(watch: HealthWatch, timeout: float) -> str:
+    failing = [
+        f"{t.address}: {watch.errors.get(t.address) or 'no health check completed yet'}"
+        for t in watch.balancer.targets
+        if not t.healthy
+    ]
+    return (
+        f"target failed to become healthy within configured timeout ({format_duration(timeout)}); "
+        f"last health check: {'; '.join(failing)}"
+    )
 
 
 def _legacy(entry: dict[str, Any], key: str) -> list[str]:

@@ -74,7 +74,7 @@ class OnDemandCertificates:
                 # The check goes through the service, which answers 503 while stopped (kamal-proxy).
                 self.log.warn("TLS on-demand check denied", host=host, reason=f"service {state}")
                 return False
-            target = service.balancer.pick()
+            target = next(iter(service.balancer.healthy), None)
             if target is None:
                 self.log.warn("TLS on-demand check denied", host=host, reason="no healthy target")
                 return False

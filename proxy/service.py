@@ -1,12 +1,14 @@
 """A service: a name, where it is served (hosts x path prefixes), and its current targets.
 
 Options are immutable values, saved in the state file with kamal-proxy's field
-names (durations in nanoseconds) so its operators recognise them.
+names (durations in nanoseconds) so its operators recognise them. A Service is
+a value too (it pickles and compares by its fields), so a routing table made of
+them can be sent to another process; the fields derived from those for the
+requests take no part in equality.
 """
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -229,7 +231,6 @@ class Service:
     name: str
     options: ServiceOptions
     balancer: LoadBalancer
-    certificate: ssl.SSLContext | None = None  # loaded from the operator's files, when given
     # A service without "/" among its prefixes follows the TLS settings (enabled, redirect) of the
     # service serving "/" for its first host (spec 4.5); the manager fills this in.
     inherited_tls: tuple[bool, bool] | None = None
@@ -237,20 +238,28 @@ class Service:
     pause: PauseState = field(default_factory=PauseState)
     rollout: LoadBalancer | None = None  # the rollout slot (spec 7.4): used only while `split` is set
     split: RolloutSplit | None = None
-    # Read per request, so computed once here.
-    name_bytes: bytes = field(init=False)
-    tls_enabled: bool = field(init=False)
-    tls_redirect: bool = field(init=False)
-    acme: bool = field(init=False)
-    checks_first: bool = field(init=False)
-    extended: bool = field(init=False)  # something beyond pick-and-proxy to do per request
-    pages: dict[int, bytes] | None = field(init=False)  # the custom pages, rendered without a message
-    stopped_pages: dict[int, bytes] = field(init=False)  # ... and the 503 of a stopped service
-    log_headers: LogHeaders | None = field(init=False)
-    log_rewrite: HeadRewrite | None = field(init=False)  # the response-head rewrite if only logging
-    buffering: BufferPolicy | None = field(init=False)
-    client_ip_header: bytes = field(init=False)
-    health_path: bytes = field(init=False)
+    # Read per request, so computed once here (from the fields above: not arguments, not compared).
+    name_bytes: bytes = field(init=False, compare=False, repr=False)
+    tls_enabled: bool = field(init=False, compare=False, repr=False)
+    tls_redirect: bool = field(init=False, compare=False, repr=False)
+    acme: bool = field(init=False, compare=False, repr=False)
+    checks_first: bool = field(init=False, compare=False, repr=False)
+    extended: bool = field(
+        init=False, compare=False, repr=False
+    )  # something beyond pick-and-proxy to do per request
+    pages: dict[int, bytes] | None = field(
+        init=False, compare=False, repr=False
+    )  # the custom pages, rendered without a message
+    stopped_pages: dict[int, bytes] = field(
+        init=False, compare=False, repr=False
+    )  # ... and the 503 of a stopped service
+    log_headers: LogHeaders | None = field(init=False, compare=False, repr=False)
+    log_rewrite: HeadRewrite | None = field(
+        init=False, compare=False, repr=False
+    )  # the response-head rewrite if only logging
+    buffering: BufferPolicy | None = field(init=False, compare=False, repr=False)
+    client_ip_header: bytes = field(init=False, compare=False, repr=False)
+    health_path: bytes = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         options = self.options

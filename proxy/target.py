@@ -1,11 +1,14 @@
-"""A target: one upstream `host:port`, its connection pool and its health."""
+"""A target: one upstream `host:port` and its health, as the routing table holds it (a value).
+
+Its connections are not here: each process keeps its own pool per target (proxy/pools.py), so a table
+that names targets can be sent to another process and compared after the trip.
+"""
 
 from __future__ import annotations
 
 import enum
 import re
-
-from proxy.http.upstream import UpstreamPool
+from dataclasses import dataclass
 
 _TARGET = re.compile(r"^(\w[-_.\w+]+)(?::(\d+))?$")
 
@@ -25,16 +28,22 @@ def parse_target(address: str) -> tuple[str, int]:
     return found.group(1), port
 
 
+@dataclass(frozen=True)
 class Target:
-    """One upstream server. Health is tracked per deploy: a redeploy makes new Targets."""
+    """One upstream server of one deploy. A health change makes a new Target (and a new table)."""
 
-    def __init__(self, address: str) -> None:
-        self.host, self.port = parse_target(address)
-        self.address = f"{self.host}:{self.port}"
-        self.header_line = b"X-Kamal-Target: %s\r\n" % self.address.encode()  # sent with every request
-        self.pool = UpstreamPool(self.host, self.port)
-        self.state = TargetState.ADDING
-        self.last_error = ""
+    host: str
+    port: int
+    state: TargetState = TargetState.ADDING
+
+    @classmethod
+    def parse(cls, address: str, state: TargetState = TargetState.ADDING) -> Target:
+        return cls(*parse_target(address), state)
+
+    @property
+    def address(self) -> str:
+        """`host:port`, the port always written: what pools, logs and the state file name it by."""
+        return f"{self.host}:{self.port}"
 
     @property
     def healthy(self) -> bool:
