@@ -29,6 +29,10 @@ class _Response:
     def __init__(self, stream: io.BufferedReader) -> None:
         self._stream = stream
         status_line = self._line()
+        if not status_line:
+            raise AdminError(
+                f"pyproxy at {socket_path()} closed the connection without answering (did it stop?)"
+            )
         try:
             version, code, *_ = status_line.split(None, 2)
             if not version.startswith(b"HTTP/"):
@@ -62,13 +66,12 @@ class _Response:
                 self._line()
 
     def lines(self) -> Iterator[bytes]:
-        """The body line by line, each as soon as its newline arrives."""
+        """The body line by line, each as soon as its newline arrives (a last line without one was cut
+        off, and is not given)."""
         pending = b""
         for part in self.parts():
             *complete, pending = (pending + part).split(b"\n")
             yield from complete
-        if pending:
-            yield pending
 
     def json(self) -> Any:
         return json.loads(b"".join(self.parts()))
@@ -86,12 +89,14 @@ def _send(method: str, path: str, payload: Any = None) -> tuple[socket.socket, _
     try:
         connection.connect(str(socket_path()))
         connection.sendall(head.encode() + body)
-        return connection, _Response(connection.makefile("rb"))
     except OSError as exc:
         connection.close()
         raise AdminError(
             f"cannot reach pyproxy at {socket_path()} (is `{program_name()} run` running?): {exc}"
         ) from None
+    try:
+        with _unreadable_is_an_error():
+            return connection, _Response(connection.makefile("rb"))
     except AdminError:
         connection.close()
         raise
@@ -109,9 +114,23 @@ def _raise_for_error(response: _Response) -> None:
 def _request(method: str, path: str, payload: Any = None) -> Any:
     """One request; its JSON answer."""
     connection, response = _send(method, path, payload)
-    with connection:
+    with connection, _unreadable_is_an_error():
         _raise_for_error(response)
         return response.json()
+
+
+@contextlib.contextmanager
+def _unreadable_is_an_error() -> Iterator[None]:
+    """An answer cut short or garbled (pyproxy killed mid-answer, another server on the socket) is one
+    line for the operator, not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise _unreadable(exc) from None
+
+
+def _unreadable(problem: Exception) -> AdminError:
+    return AdminError(f"pyproxy at {socket_path()} sent an answer that could not be read: {problem}")
 
 
 def deploy(
@@ -122,18 +141,34 @@ def deploy(
     connection, response = _send("POST", path, payload)
     finished = False
     with connection:
-        _raise_for_error(response)
-        with contextlib.suppress(OSError):  # a connection cut short ends the stream as its end does
-            for line in response.lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if "error" in event:
-                    raise AdminError(event["error"])
-                on_progress(event)
-                finished = event.get("event") == "done"
+        with _unreadable_is_an_error():
+            _raise_for_error(response)
+        for event in _events(response):
+            if "error" in event:
+                raise AdminError(event["error"])
+            on_progress(event)  # outside the reads: a closed stdout is not a deploy that failed
+            finished = event.get("event") == "done"
     if not finished:
         raise AdminError("the deploy ended without a result (did pyproxy stop?)")
+
+
+def _events(response: _Response) -> Iterator[dict[str, Any]]:
+    """The progress events as they arrive; a stream cut short ends (the caller sees no `done`)."""
+    lines = response.lines()
+    while True:
+        try:
+            line = next(lines)
+        except (StopIteration, OSError):
+            return
+        except ValueError as exc:  # a chunk size that is not one
+            raise _unreadable(exc) from None
+        if not line.strip():
+            continue
+        with _unreadable_is_an_error():
+            event = json.loads(line)
+            if not isinstance(event, dict):
+                raise TypeError(f"not a progress event: {line[:200]!r}")
+        yield event
 
 
 def change(path: str, service: str, **details: Any) -> None:

@@ -48,7 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{program_name()}: unknown command: {args[0]} (try --help)", file=sys.stderr)
         return 2
     handlers = {
-        "run": _run,
         "deploy": _deploy,
         "remove": _remove,
         "list": _list,
@@ -57,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resume": _resume,
         "rollout": _rollout,
     }
-    return handlers[command](args[1:])
+    if command == "run":
+        return _run(args[1:])
+    try:
+        return handlers[command](args[1:])
+    except KeyboardInterrupt:  # Ctrl-C while a deploy waits: the server goes on; no traceback here
+        print(file=sys.stderr)
+        return 130
 
 
 def _parser(command: str, description: str | None = None) -> FlagParser:

@@ -201,3 +201,46 @@ def test_kamal_proxy_is_the_same_program_with_kamal_proxys_defaults(tmp_path):
     done = subprocess.run([kamal_proxy, "list"], capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 1 and str(tmp_path / "k.sock") in done.stderr
     assert "kamal-proxy run" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "answer", "said"),
+    [
+        (["list"], b"", "closed the connection without answering (did it stop?)"),
+        (["list"], b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", "could not be read"),
+        (["list"], b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnot", "could not be read"),
+        (
+            ["deploy", "web", "--target=127.0.0.1:9"],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "could not be read",
+        ),
+        (
+            ["deploy", "web", "--target=127.0.0.1:9"],
+            b'HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n{"event": "healthy"}\n{"eve',
+            "the deploy ended without a result",
+        ),
+    ],
+)
+async def test_an_answer_cut_short_or_garbled_is_one_error_line(tmp_path, command, answer, said):
+    """What a killed pyproxy, or another server on the socket, sends: exit 1 and one line, no traceback."""
+    path = tmp_path / "other.sock"
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer_once, path=str(path))
+    async with server:
+        result = await asyncio.create_subprocess_exec(
+            *PYPROXY,
+            *command,
+            env={**os.environ, "PYPROXY_SOCKET": str(path)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(result.communicate(), 10)
+    assert result.returncode == 1
+    assert stderr.decode().startswith("Error: ") and said in stderr.decode(), stderr.decode()
+    assert stderr.decode().count("\n") == 1, stderr.decode()
