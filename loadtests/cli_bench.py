@@ -86,7 +86,9 @@ def start_pyproxy(procs: Processes, tmp: Path, env: dict[str, str]) -> dict[str,
 def start_kamal_proxy(procs: Processes, tmp: Path) -> dict[str, str]:
     """kamal-proxy's own `run` (it listens on every address: free ports, loopback traffic only)."""
     sock = tmp / "kamal-proxy.sock"
-    env = {**os.environ, "KAMAL_PROXY_SOCKET": str(sock), "XDG_CONFIG_HOME": str(tmp / "kamal-proxy-config")}
+    home = tmp / "kamal-home"  # its state goes to ~/.config/kamal-proxy/ (XDG_CONFIG_HOME is not read)
+    home.mkdir()
+    env = {**os.environ, "KAMAL_PROXY_SOCKET": str(sock), "HOME": str(home)}
     port, log = free_port(), tmp / "kamal-proxy.log"
     argv = [str(KAMAL_PROXY), "run", f"--http-port={port}", f"--https-port={free_port()}"]
     proc = procs.start(argv, log, env=env)
@@ -115,6 +117,8 @@ def top_imports(argv: list[str], env: dict[str, str]) -> list[tuple[int, str]]:
 
 
 def p90(values: list[float]) -> float:
+    if len(values) < 2:  # quantiles needs two; one run (or --max-seconds cut it short) is its own p90
+        return values[0]
     return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 

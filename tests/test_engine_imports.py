@@ -85,6 +85,9 @@ def test_engine_modules_import_each_other_without_a_cycle():
     assert _cycle(_engine_graph()) is None
 
 
+FIRST_PARTY = ("proxy", "thruster", "deployer", "tests")
+
+
 def test_engine_imports_nothing_from_the_control_plane():
     outside = {
         (module, target)
@@ -93,3 +96,11 @@ def test_engine_imports_nothing_from_the_control_plane():
         if not target.startswith("proxy.http")
     }
     assert outside == set()
+    # Nor the rest of this repository: pythrust, the deployer, the tests, or `proxy` itself (its __init__).
+    reached = {
+        (path.name, name)
+        for path in sorted(ENGINE.glob("*.py"))
+        for name in _imported_modules(path)
+        if name.split(".")[0] in FIRST_PARTY and not name.startswith("proxy.http")
+    }
+    assert reached == set()
