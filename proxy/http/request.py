@@ -194,7 +194,11 @@ class Downstream(Protocol):
     def abort(self) -> None:
         """A response broke off midway: cut the connection (or the stream)."""
 
-    # Asked only of an HTTP/1.1 connection: nothing else forwards an upgrade.
+
+class TunnelClient(Downstream, Protocol):
+    """An HTTP/1.1 connection as a target that switched protocols sees it: the only client that forwards
+    an upgrade (`Request.upgrade`)."""
+
     def tunnel_opened(self, request: Request, upstream: Upstream) -> None:
         """The target switched protocols: relay raw bytes both ways with `upstream`."""
 

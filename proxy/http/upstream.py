@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from proxy.http.headers import relay_response_head
 
 if TYPE_CHECKING:
-    from proxy.http.request import BodySender, Downstream, Request
+    from proxy.http.request import BodySender, Downstream, Request, TunnelClient
 
 READ_BUFFER_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 256 * 1024
@@ -228,7 +228,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.attached = False
         self.paused = False
         self.reused = False
-        self.tunnel: Downstream | None = None
+        self.tunnel: TunnelClient | None = None
         self.body_sender: BodySender | None = None  # a buffered request body being sent (buffering.py)
         self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
         self.read_buffer: bytearray | None = None
@@ -429,7 +429,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def _upgraded(self, offset: int) -> None:
         """The target answered 101: from now on both sides are a byte tunnel."""
-        client, request = self.client, self.request
+        client, request = cast("TunnelClient", self.client), self.request  # only HTTP/1.1 sets `upgrade`
         if not request.upgrade or self.parser.get_status_code() != 101:
             self._fail_head(502)
             return
