@@ -126,6 +126,10 @@ class RequestForwarding:
         fields every access-log line of the connection shares."""
         peer = transport.get_extra_info("peername")
         self.client_ip = (peer[0] if peer else "").encode()
+        self._note_connection_lines(port)
+
+    def _note_connection_lines(self, port: int) -> None:
+        """The X-Forwarded-For/-Proto lines and the access-log fields, from the client's address."""
         self.forwarded_plain = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
             self.client_ip,
             self.scheme,
