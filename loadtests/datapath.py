@@ -8,8 +8,14 @@ prints instructions per request (the difference between a short and a long
 run, so start-up cancels out): within about 1 % between runs of the same code,
 whatever else the machine does. Compare it before and after a change.
 
+`--pythrust` puts pythrust's dispatcher and app connection (thruster/) in place
+of pyproxy's, with thruster's default settings, for the same request and
+response: a pass-through that the cache, X-Sendfile and compression leave alone
+(no `public` Cache-Control, a body below compression's minimum, no Accept-Encoding).
+
     .venv/bin/python loadtests/datapath.py               # microseconds per request
     .venv/bin/python loadtests/datapath.py --callgrind   # instructions per request (needs valgrind)
+    .venv/bin/python loadtests/datapath.py --pythrust --callgrind
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from proxy.balancer import LoadBalancer
 from proxy.dispatcher import ServiceDispatcher
 from proxy.http.client import ClientConnection
 from proxy.http.server import HttpServer
-from proxy.http.upstream import UpstreamConnection, UpstreamPool
+from proxy.http.upstream import UpstreamPool
 from proxy.log import JsonLog
 from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
@@ -85,14 +91,27 @@ def one_service(pool: UpstreamPool) -> ServiceDispatcher:
     return dispatcher
 
 
-async def run_requests(count: int, access_log: bool) -> float:
+def pythrust_server(log: JsonLog) -> tuple[HttpServer, UpstreamPool]:
+    """pythrust's front server (as thruster/front.py makes it) with its app's pool."""
+    from thruster.appconnection import AppConnection
+    from thruster.config import ThrusterConfig
+    from thruster.exchange import AppDispatcher
+
+    pool = UpstreamPool("127.0.0.1", 1, connection_class=AppConnection)
+    return HttpServer(AppDispatcher(pool, ThrusterConfig(), log), log, replay_answers=True), pool
+
+
+async def run_requests(count: int, access_log: bool, pythrust: bool) -> float:
     """Proxy `count` requests on one keep-alive connection; seconds per request."""
-    pool = UpstreamPool("127.0.0.1", 1)
     log = JsonLog(fd=os.open(os.devnull, os.O_WRONLY))
-    server = HttpServer(one_service(pool), log)
+    if pythrust:
+        server, pool = pythrust_server(log)
+    else:
+        pool = UpstreamPool("127.0.0.1", 1)
+        server = HttpServer(one_service(pool), log)
     if not access_log:
         server.log_request = lambda client, request: None
-    upstream = UpstreamConnection(pool)
+    upstream = pool.connection_class(pool)
     upstream.connection_made(CountingTransport())
     pool.idle.append(upstream)
     client = ClientConnection(server, b"http", 8080)
@@ -110,12 +129,13 @@ async def run_requests(count: int, access_log: bool) -> float:
     return elapsed / count
 
 
-def instructions_per_request(access_log: bool) -> int:
+def instructions_per_request(access_log: bool, pythrust: bool) -> int:
     """Run this script under callgrind for a short and a long loop; their difference per request."""
     counts = []
     for requests in (2000, 7000):
         argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
         argv += ["--requests", str(requests), *([] if access_log else ["--no-access-log"])]
+        argv += ["--pythrust"] if pythrust else []
         done = subprocess.run(argv, capture_output=True, text=True, check=True)
         counts.append(int(re.search(r"Collected : (\d+)", done.stderr).group(1)))
     return (counts[1] - counts[0]) // 5000
@@ -127,19 +147,20 @@ def main() -> int:
     )
     parser.add_argument("--requests", type=int, default=200_000, help="requests in the timed loop")
     parser.add_argument("--no-access-log", action="store_true", help="measure without the access-log line")
+    parser.add_argument("--pythrust", action="store_true", help="pythrust's pass-through instead of pyproxy")
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead of timing")
     args = parser.parse_args()
     if args.callgrind:
         if shutil.which("valgrind") is None:
             print("datapath.py: valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
             return 2
-        print(f"{instructions_per_request(not args.no_access_log):,} instructions per request")
+        print(f"{instructions_per_request(not args.no_access_log, args.pythrust):,} instructions per request")
         return 0
     try:
         from uvloop import run  # the loop pyproxy runs on
     except ImportError:
         run = asyncio.run
-    seconds = run(run_requests(args.requests, not args.no_access_log))
+    seconds = run(run_requests(args.requests, not args.no_access_log, args.pythrust))
     print(f"{seconds * 1e6:.2f} us per request (data path only, no syscalls)")
     return 0
 
