@@ -9,6 +9,12 @@ after the first request pythrust answers from its cache and the app is not asked
 wrk sends the same request bytes again and again, which pythrust answers from the answer it kept for
 them (proxy/http/replay.py), as browsers repeat theirs for an asset. The last rows show the other
 case: each request with a cookie of its own, so every one is parsed and looked up.
+
+The pass-through rows measure what pythrust adds to a request it only relays: pythrust in front of an
+app (nginx from nginx-upstream.conf on the load CPU) whose 13 B and 16 KiB answers have no
+Cache-Control, so the cache does not keep them, and no X-Sendfile, to a client (wrk) that sends no
+Accept-Encoding, so nothing is compressed; beside pyproxy deployed to that same app. Both on the
+proxy CPU, per CPU-second of the proxy's own process.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from bench import (
     render,
     run_wrk,
     start_nginx,
+    start_pyproxy,
     table,
     wait_ready,
 )
@@ -55,6 +62,10 @@ GOALS = {10240: 1.0, 1048576: 0.7}  # the issue's targets, per core against ngin
 DISTINCT = "each request new"  # the rows where every request carries a cookie of its own
 # (label, file size, whether each request is new)
 SCENARIOS = [(format_size(size), size, False) for size in GOALS] + [(f"10 KiB, {DISTINCT}", 10240, True)]
+PASS_THROUGH_SIZES = (13, 16384)
+PASS_THROUGH_TARGETS = ("pyproxy", "pythrust")
+PASS_THROUGH_GOAL = 0.8  # the issue's target: pythrust per core against pyproxy
+PASS_THROUGH_ROWS = [(f"pass-through {format_size(size)}", size, False) for size in PASS_THROUGH_SIZES]
 NEW_COOKIE_LUA = """
 counter = 0
 request = function()
@@ -71,15 +82,18 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def start_pythrust(
-    procs: Processes, tmp: Path, name: str, command: list[str]
+    procs: Processes, tmp: Path, name: str, command: list[str], app_port: int | None = None
 ) -> tuple[int, Callable[[], float]]:
-    """pythrust on the proxy CPU (its access log to /dev/null); returns its port and its CPU clock."""
+    """pythrust on the proxy CPU (its access log to /dev/null), and given `app_port` its app up too;
+    returns its port and its CPU clock."""
     port = free_port()
     env = {**os.environ, "HTTP_PORT": str(port), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     log = tmp / f"{name}.log"
     argv = ["taskset", "-c", PROXY_CPU, sys.executable, "-m", "thruster", *command]
     proc = procs.start(argv, log, env, stdout=Path(os.devnull))
     wait_ready(port, proc, name, log)
+    if app_port is not None:
+        wait_ready(app_port, proc, f"{name}'s app", log)
     return port, partial(process_cpu_seconds, proc.pid)
 
 
@@ -103,6 +117,56 @@ def sendfile_app_command(tmp: Path, name: str = "app") -> list[str]:
     conf.write_text(render("nginx-sendfile-app.conf", dir=tmp, temp=temp, port=app_port))
     os.environ["TARGET_PORT"] = str(app_port)
     return ["taskset", "-c", LOAD_CPU, "nginx", "-p", str(tmp), "-e", str(tmp / "app.log"), "-c", str(conf)]
+
+
+def pass_through_app_command(tmp: Path) -> tuple[list[str], int]:
+    """The app of the pass-through rows and its port: nginx serving the bodies with no Cache-Control
+    (nothing pythrust may store) and no X-Sendfile, pinned to the load CPU."""
+    app_dir = tmp / "pass-through"
+    temp = app_dir / "temp"
+    www = app_dir / "www"
+    www.mkdir(parents=True)
+    temp.mkdir()
+    for size in PASS_THROUGH_SIZES:
+        (www / str(size)).write_bytes(body_for(size))
+    for path in (tmp, app_dir, www, *www.iterdir()):  # nginx's worker reads them as another user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    conf = app_dir / "app.conf"
+    conf.write_text(render("nginx-upstream.conf", dir=app_dir, temp=temp, port=port))
+    argv = ["taskset", "-c", LOAD_CPU, "nginx", "-p", str(app_dir), "-e", str(app_dir / "app.log")]
+    return [*argv, "-c", str(conf)], port
+
+
+def start_pass_through(procs: Processes, tmp: Path) -> dict[str, tuple[int, Callable[[], float]]]:
+    """pythrust in front of the pass-through app, and pyproxy deployed to the same app."""
+    command, app_port = pass_through_app_command(tmp)
+    os.environ["TARGET_PORT"] = str(app_port)
+    pythrust = start_pythrust(procs, tmp, "pythrust-pass-through", command, app_port)
+    _, pyproxy, _, _ = start_pyproxy(procs, tmp, app_port, None)
+    return {"pyproxy": (pyproxy.port, partial(group_cpu_seconds, pyproxy.pgid)), "pythrust": pythrust}
+
+
+def measure_rounds(
+    rows: list[tuple[str, int, bool]],
+    endpoints: dict[str, tuple[int, Callable[[], float]]],
+    args: argparse.Namespace,
+    scripts: tuple[Path, Path],
+    runs: dict[tuple[str, str], list[tuple[float, float]]],
+) -> None:
+    """Every row, `args.rounds` times, the endpoints interleaved within each round."""
+    lua, new_cookie = scripts
+    for label, size, distinct in rows:
+        for rnd in range(1, args.rounds + 1):
+            for target, (port, cpu_clock) in endpoints.items():
+                rps, per_core = measure(port, cpu_clock, size, args, lua, new_cookie if distinct else None)
+                runs.setdefault((label, target), []).append((rps, per_core))
+                print(
+                    f"  {label:<7} round {rnd}  {target:<20} {fmt_rps(rps):>9} req/s  "
+                    f"{fmt_rps(per_core):>9} req/CPU-s",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def measure(
@@ -131,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
+    ap.add_argument(
+        "--only",
+        choices=("files", "pass-through"),
+        help="only the file rows, or only the pass-through rows",
+    )
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)
     problem = preflight()
@@ -143,41 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     new_cookie = tmp / "new-cookie.lua"
     new_cookie.write_text(NEW_COOKIE_LUA)
     procs = Processes()
-    runs: dict[tuple[str, str], list[tuple[float, float]]] = {
-        (label, t): [] for label, _, _ in SCENARIOS for t in TARGETS
-    }
+    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        www = tmp / "www"
-        www.mkdir()
-        for size in GOALS:
-            (www / str(size)).write_bytes(body_for(size))
-        for path in (tmp, www, *www.iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        nginx, nginx_port = start_nginx(procs, tmp, "static", "nginx-upstream.conf", PROXY_CPU)
-        endpoints = {
-            "nginx": (nginx_port, partial(group_cpu_seconds, nginx.pid)),  # master and worker
-            "pythrust X-Sendfile": start_pythrust(procs, tmp, "pythrust-sendfile", sendfile_app_command(tmp)),
-            "pythrust serve": start_pythrust(procs, tmp, "pythrust-serve", ["serve", str(www)]),
-        }
-        if THRUST.exists():
-            endpoints["thrust X-Sendfile"] = start_thrust(procs, tmp, sendfile_app_command(tmp, "thrust-app"))
-        else:
-            print(f"thrust_bench.py: no thrust at {THRUST}: no thrust rows", file=sys.stderr)
-        for name, (port, _) in endpoints.items():
-            for size in GOALS:
-                check_body(port, size, name)
-        for label, size, distinct in SCENARIOS:
-            for rnd in range(1, args.rounds + 1):
-                for target, (port, cpu_clock) in endpoints.items():
-                    script = new_cookie if distinct else None
-                    rps, per_core = measure(port, cpu_clock, size, args, lua, script)
-                    runs[label, target].append((rps, per_core))
-                    print(
-                        f"  {label:<7} round {rnd}  {target:<20} {fmt_rps(rps):>9} req/s  "
-                        f"{fmt_rps(per_core):>9} req/CPU-s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        if args.only != "pass-through":
+            measure_rounds(SCENARIOS, start_file_servers(procs, tmp), args, (lua, new_cookie), runs)
+        if args.only != "files":
+            endpoints = start_pass_through(procs, tmp)
+            for name, (port, _) in endpoints.items():
+                for size in PASS_THROUGH_SIZES:
+                    check_body(port, size, name)
+            measure_rounds(PASS_THROUGH_ROWS, endpoints, args, (lua, new_cookie), runs)
     except BenchError as exc:
         print(f"thrust_bench.py: {exc}", file=sys.stderr)
         return 1
@@ -187,8 +231,66 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report(runs, args.markdown))
+    if args.only != "pass-through":
+        print(report(runs, args.markdown))
+    if args.only != "files":
+        print(pass_through_report(runs, args.markdown))
     return 0
+
+
+def start_file_servers(procs: Processes, tmp: Path) -> dict[str, tuple[int, Callable[[], float]]]:
+    """nginx serving the files, pythrust X-Sendfile and serve (and thrust, when present) in front of them."""
+    www = tmp / "www"
+    www.mkdir()
+    for size in GOALS:
+        (www / str(size)).write_bytes(body_for(size))
+    for path in (tmp, www, *www.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    nginx, nginx_port = start_nginx(procs, tmp, "static", "nginx-upstream.conf", PROXY_CPU)
+    endpoints = {
+        "nginx": (nginx_port, partial(group_cpu_seconds, nginx.pid)),  # master and worker
+        "pythrust X-Sendfile": start_pythrust(procs, tmp, "pythrust-sendfile", sendfile_app_command(tmp)),
+        "pythrust serve": start_pythrust(procs, tmp, "pythrust-serve", ["serve", str(www)]),
+    }
+    if THRUST.exists():
+        endpoints["thrust X-Sendfile"] = start_thrust(procs, tmp, sendfile_app_command(tmp, "thrust-app"))
+    else:
+        print(f"thrust_bench.py: no thrust at {THRUST}: no thrust rows", file=sys.stderr)
+    for name, (port, _) in endpoints.items():
+        for size in GOALS:
+            check_body(port, size, name)
+    return endpoints
+
+
+def pass_through_report(runs: dict[tuple[str, str], list[tuple[float, float]]], markdown: bool) -> str:
+    """One row per size: pyproxy and pythrust req/s and per CPU-second, pythrust's ratio per core."""
+    rows = []
+    for label, _, _ in PASS_THROUGH_ROWS:
+        (py_rps, py_core), (thrust_rps, thrust_core) = (
+            (statistics.median(v) for v in zip(*runs[label, target], strict=True))
+            for target in PASS_THROUGH_TARGETS
+        )
+        rows.append(
+            [
+                label,
+                fmt_rps(py_rps),
+                fmt_rps(py_core),
+                fmt_rps(thrust_rps),
+                fmt_rps(thrust_core),
+                fmt_ratio(thrust_core / py_core),
+                f">= {PASS_THROUGH_GOAL:.1f}x",
+            ]
+        )
+    headers = [
+        "scenario",
+        "pyproxy req/s",
+        "pyproxy req/CPU-s",
+        "pythrust req/s",
+        "pythrust req/CPU-s",
+        "pythrust/pyproxy per core",
+        "goal",
+    ]
+    return table(headers, rows, markdown)
 
 
 def report(runs: dict[tuple[str, str], list[tuple[float, float]]], markdown: bool) -> str:
