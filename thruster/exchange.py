@@ -13,6 +13,7 @@ response travels on.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 from proxy.http.request import Request
@@ -28,7 +29,7 @@ from thruster.compression import (
 )
 from thruster.config import ThrusterConfig
 from thruster.filememory import FileMemory
-from thruster.headers import ResponseHead, request_headers
+from thruster.headers import RequestHeaders, ResponseHead
 from thruster.hits import CacheHits, stored_response
 from thruster.rendered import PLAIN_REQUEST, RenderedResponses
 from thruster.rework import Rework
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from proxy.log import JsonLog
 
 _SENDFILE_REQUEST_HEADERS = (b"x-sendfile-type:", b"x-accel-mapping:")
+# The request headers routing reads, and the response headers that make pythrust more than add its
+# X-Cache and Vary lines (when the client takes no encoding): one search of a lower-cased head each
+# tells that a request or a response has none of them, as most have not.
+_ROUTED_BY = re.compile(rb"\r\n(?:range|x-sendfile-type|x-accel-mapping):")
+_ACTED_ON = re.compile(rb"\r\n(?:cache-control|vary|x-cache|x-sendfile|x-accel-redirect):")
 
 
 class AppDispatcher:
@@ -66,6 +72,11 @@ class AppDispatcher:
         else:
             self.sendfile_request_lines = b"X-Sendfile-Type: X-Sendfile\r\n"
         self.compress = config.gzip_compression_enabled
+        # The end of a relayed head that pythrust changes in nothing else (Exchange.response); with
+        # compression on, every response varies on Accept-Encoding, compressed or not.
+        vary = b"Vary: Accept-Encoding\r\n" if self.compress else b""
+        self.bypass_tail = b"X-Cache: bypass\r\n" + vary + b"\r\n"
+        self.miss_tail = b"X-Cache: miss\r\n" + vary + b"\r\n"
         self.compress_guard = config.gzip_compression_disable_on_auth
         self.jitter = config.gzip_compression_jitter
         self.hits = CacheHits(self)
@@ -77,23 +88,15 @@ class AppDispatcher:
         request.path = request.url
         request.forward_headers = self.forward_headers
         request.target_timeout = self.target_timeout
-        headers = request_headers(request.headers)
-        # The headers the engine keeps apart count for Vary like any other.
-        for name, value in (
-            (b"host", request.host),
-            (b"user-agent", request.user_agent or None),
-            (b"x-forwarded-for", request.xff),
-            (b"x-forwarded-proto", request.xfp),
-            (b"x-forwarded-host", request.xfh),
-            (b"x-request-id", request.request_id),
-        ):
-            if value is not None:
-                headers[name] = value
-        if b"x-sendfile-type" in headers or b"x-accel-mapping" in headers:
-            # Only pythrust says whether and how the app may answer with a file, never the client.
-            request.headers = [
-                line for line in request.headers if not line.lower().startswith(_SENDFILE_REQUEST_HEADERS)
-            ]
+        headers = RequestHeaders(request)
+        ranged = False
+        if _ROUTED_BY.search(headers.lowered) is not None:
+            ranged = b"range" in headers
+            if b"x-sendfile-type" in headers or b"x-accel-mapping" in headers:
+                # Only pythrust says whether and how the app may answer with a file, never the client.
+                request.headers = [
+                    line for line in request.headers if not line.lower().startswith(_SENDFILE_REQUEST_HEADERS)
+                ]
         if self.sendfile_request_lines:
             request.headers.append(self.sendfile_request_lines)
         exchange = Exchange(self, headers)
@@ -104,7 +107,7 @@ class AppDispatcher:
             if hit is not None:
                 exchange.hit = hit
                 request.pool = self.hits
-            if b"range" not in headers:
+            if not ranged:
                 exchange.cache_key = key  # a partial response is never stored (but a whole one serves it)
         return 0
 
@@ -121,15 +124,15 @@ class AppDispatcher:
             return True, self.accel.path_for(redirect)
         return False, None
 
-    def renderable(self, request: Request, headers: dict[bytes, bytes]) -> bool:
+    def renderable(self, request: Request, headers: RequestHeaders) -> bool:
         """Whether a ready response (thruster/rendered.py) may answer: a GET without validators or
         Range, whose compression depends on nothing but Accept-Encoding."""
-        if request.is_head or not PLAIN_REQUEST.isdisjoint(headers):
+        if request.is_head or any(name in headers for name in PLAIN_REQUEST):
             return False
         credentials = b"cookie" in headers or b"authorization" in headers or b"x-csrf-token" in headers
         return not (self.compress_guard and credentials)
 
-    def encoding_for(self, request: Request, headers: dict[bytes, bytes]) -> bytes | None:
+    def encoding_for(self, request: Request, headers: RequestHeaders) -> bytes | None:
         """The encoding this client may get a response in, before looking at the response."""
         if not self.compress or request.is_head or request.http10:
             return None
@@ -137,7 +140,8 @@ class AppDispatcher:
             headers.get(b"cookie"), headers.get(b"authorization"), headers.get(b"x-csrf-token")
         ):
             return None
-        return choose_encoding(headers.get(b"accept-encoding"))
+        accepted = headers.get(b"accept-encoding")
+        return choose_encoding(accepted) if accepted else None
 
     def should_compress(self, head: ResponseHead) -> bool:
         """Whether a response (of a client that accepts compression) is worth and safe to compress."""
@@ -158,7 +162,7 @@ class Exchange:
 
     __slots__ = ("app", "cache_key", "headers", "hit")
 
-    def __init__(self, app: AppDispatcher, headers: dict[bytes, bytes]) -> None:
+    def __init__(self, app: AppDispatcher, headers: RequestHeaders) -> None:
         self.app = app
         self.headers = headers
         self.cache_key: bytes | None = None  # None: the cache is bypassed
@@ -168,22 +172,29 @@ class Exchange:
         """The head to relay and no work (the body is relayed raw), or no head and the work that
         takes the response over: X-Sendfile, or a `Rework` that compresses and/or captures it."""
         app = self.app
+        encoding = app.encoding_for(request, self.headers)
+        if encoding is None and _ACTED_ON.search(raw_head.lower()) is None:
+            # What the general case below comes to for a response that the cache does not store, that
+            # names no file, has no Vary to merge, to a client taking no encoding: most of them.
+            return raw_head[:-2] + (app.bypass_tail if self.cache_key is None else app.miss_tail), None
         head = ResponseHead(raw_head)
+        vary = head.get(b"vary")
+        cache_control = head.get(b"cache-control")
         ttl = 0.0
-        if self.cache_key is None:
-            head.set(b"X-Cache", b"bypass")
-        else:
-            head.set(b"X-Cache", b"miss")
-            ttl = freshness(head.status, head.get(b"cache-control"), head.get(b"vary"))
-        # Before the cache takes Set-Cookie off: the guard must see the app's response.
-        compressible = app.compress and app.should_compress(head)
-        encoding = app.encoding_for(request, self.headers) if compressible else None
+        if self.cache_key is not None and cache_control is not None:
+            ttl = freshness(head.status, cache_control, vary)
+        # Whether the response is worth compressing matters to a client that takes an encoding, and to
+        # the cache (for the clients of later hits). Decided before the cache takes Set-Cookie off: the
+        # guard must see the app's response.
+        compressible = (encoding is not None or ttl > 0) and app.compress and app.should_compress(head)
+        if not compressible:
+            encoding = None
+        named, path = app.file_named(head)
+        head.set(b"X-Cache", b"bypass" if self.cache_key is None else b"miss")
         if ttl:
             head.remove(b"set-cookie")  # a shared cached response must not carry one user's cookie
-        vary = head.get(b"vary")
         if app.compress:
-            head.add_vary(b"Accept-Encoding")
-        named, path = app.file_named(head)
+            head.add_vary(b"Accept-Encoding", vary)
         if named:
             if ttl and path is not None:
                 self._store(stored_response(head, None, ttl, self.headers.get, vary, sendfile=path))
@@ -216,7 +227,7 @@ class _Capture:
     ) -> None:
         self.exchange = exchange
         # A copy: the head goes on to be changed for this client (compression, framing).
-        self.head = ResponseHead(head.to_bytes())
+        self.head = head.copy()
         self.ttl = ttl
         self.vary = vary
         self.compressible = compressible

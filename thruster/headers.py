@@ -3,9 +3,28 @@
 The proxy engine keeps request headers as the raw lines it forwards and
 relays response heads as raw bytes; pythrust needs a few of them by name
 (Accept-Encoding, Range, validators, Cache-Control...), and to change a few.
+Neither side is split into lines: a name is found by one C-level search of a
+lower-cased copy of the block (`\\r\\n` anchors a header name), as the
+engine's own relay_response_head does, and only a name that is there costs
+a slice.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.http.request import Request
+
+# Headers the engine keeps apart from the forwarded lines (proxy/http/headers.py), as Request attributes.
+_KEPT_APART = {
+    b"host": "host",
+    b"user-agent": "user_agent",
+    b"x-forwarded-for": "xff",
+    b"x-forwarded-proto": "xfp",
+    b"x-forwarded-host": "xfh",
+    b"x-request-id": "request_id",
+}
 
 
 def request_headers(lines: list[bytes]) -> dict[bytes, bytes]:
@@ -23,40 +42,119 @@ def request_headers(lines: list[bytes]) -> dict[bytes, bytes]:
     return headers
 
 
+def _value(block: bytes, lowered: bytes, name: bytes) -> bytes | None:
+    """The value of `name` (lower-case) in `block` (`\\r\\nName: value` lines, ending in CRLF), repeated
+    ones joined with ", "."""
+    key = b"\r\n" + name + b":"
+    start = lowered.find(key)
+    if start < 0:
+        return None
+    values = []
+    while start >= 0:
+        start += len(key)
+        end = lowered.find(b"\r\n", start)
+        values.append(block[start:end].strip())
+        start = lowered.find(key, end)
+    return values[0] if len(values) == 1 else b", ".join(values)
+
+
+class RequestHeaders:
+    """A request's headers by lower-case name, as the client sent them (the engine's kept-apart ones
+    too, so they count for Vary like any other), read when asked for.
+
+    Made when the request is routed: the lines added for the app after that (X-Sendfile-Type) are not
+    the client's.
+    """
+
+    __slots__ = ("block", "lowered", "request")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.block = b"\r\n" + b"".join(request.headers)  # [0], the request line, is still empty
+        self.lowered = self.block.lower()
+
+    def get(self, name: bytes) -> bytes | None:
+        attribute = _KEPT_APART.get(name)
+        if attribute is not None:
+            return getattr(self.request, attribute) or None
+        return _value(self.block, self.lowered, name)
+
+    def __contains__(self, name: bytes) -> bool:
+        if name in _KEPT_APART:
+            return self.get(name) is not None
+        return self.lowered.find(b"\r\n" + name + b":") >= 0
+
+
 class ResponseHead:
     """A response head as a status line and header lines, to read and change by name."""
 
-    __slots__ = ("lines", "status", "status_line")
+    __slots__ = ("block", "lowered", "status", "status_line")
 
     def __init__(self, raw: bytes) -> None:
         """`raw` ends with the blank line (as the engine writes heads to clients)."""
-        lines = raw.rstrip(b"\r\n").split(b"\r\n")
-        self.status_line = lines[0]
-        self.status = int(lines[0][9:12])
-        self.lines = lines[1:]
+        end = raw.find(b"\r\n")
+        self.status_line = raw[:end]
+        self.status = int(raw[9:12])
+        self._set_block(raw[end:-2])
+
+    def _set_block(self, block: bytes) -> None:
+        self.block = block  # `\r\nName: value` per header line, then CRLF ("\r\n" alone: none)
+        self.lowered = block.lower()
 
     def get(self, name: bytes) -> bytes | None:
         """The value of `name` (lower-case), repeated ones joined with ", "."""
-        found = [value for line_name, value in self._pairs() if line_name == name]
-        return b", ".join(found) if found else None
+        return _value(self.block, self.lowered, name)
 
     def has(self, name: bytes) -> bool:
-        return any(line_name == name for line_name, _ in self._pairs())
+        return self.lowered.find(b"\r\n" + name + b":") >= 0
 
     def remove(self, *names: bytes) -> None:
         """Drop every line of the given lower-case names."""
-        self.lines = [line for line in self.lines if line.partition(b":")[0].strip().lower() not in names]
+        block, lowered = self.block, self.lowered
+        for name in names:
+            key = b"\r\n" + name + b":"
+            start = lowered.find(key)
+            while start >= 0:
+                end = lowered.find(b"\r\n", start + len(key))
+                block, lowered = block[:start] + block[end:], lowered[:start] + lowered[end:]
+                start = lowered.find(key, start)
+        self.block, self.lowered = block, lowered
 
     def set(self, name: bytes, value: bytes) -> None:
         """Replace `name` (given in its canonical case) with one line."""
         self.remove(name.lower())
-        self.lines.append(name + b": " + value)
+        self.append(name, value)
 
-    def add_vary(self, token: bytes) -> None:
-        """Merge `token` into Vary (thruster replaced the app's Vary instead: a fault fixed here)."""
-        current = self.get(b"vary")
+    def append(self, name: bytes, value: bytes) -> None:
+        """Add a line (the head holds no `name` yet, or may hold it twice)."""
+        line = name + b": " + value + b"\r\n"
+        self.block += line
+        self.lowered += line.lower()
+
+    def copy(self) -> ResponseHead:
+        """Another head with the same status and lines, to change apart from this one."""
+        other = ResponseHead.__new__(ResponseHead)
+        other.status_line, other.status, other.block, other.lowered = (
+            self.status_line,
+            self.status,
+            self.block,
+            self.lowered,
+        )
+        return other
+
+    def clear(self) -> None:
+        """Drop every header line, keeping the status."""
+        self._set_block(b"\r\n")
+
+    def lines(self) -> list[bytes]:
+        """The header lines, without their CRLF."""
+        return self.block[2:-2].split(b"\r\n") if len(self.block) > 2 else []
+
+    def add_vary(self, token: bytes, current: bytes | None) -> None:
+        """Merge `token` into Vary, whose `current` value the caller has read (thruster replaced the
+        app's Vary instead: a fault fixed here)."""
         if current is None:
-            self.lines.append(b"Vary: " + token)
+            self.append(b"Vary", token)
         elif token.lower() not in [item.strip().lower() for item in current.split(b",")]:
             self.set(b"Vary", current + b", " + token)
 
@@ -66,11 +164,4 @@ class ResponseHead:
 
     def to_bytes(self, tail: bytes = b"\r\n") -> bytes:
         """The head, ending with `tail`: the blank line, or the connection headers and the blank line."""
-        return b"\r\n".join((self.status_line, *self.lines)) + b"\r\n" + tail
-
-    def _pairs(self) -> list[tuple[bytes, bytes]]:
-        pairs = []
-        for line in self.lines:
-            name, _, value = line.partition(b":")
-            pairs.append((name.strip().lower(), value.strip()))
-        return pairs
+        return self.status_line + self.block + tail

@@ -16,7 +16,7 @@ from proxy.http import replay
 from proxy.http.upstream import connection_tail
 from thruster.cache import CachedResponse, not_modified, vary_names
 from thruster.compression import MIN_SIZE, Compressor, padding_for
-from thruster.headers import ResponseHead
+from thruster.headers import RequestHeaders, ResponseHead
 from thruster.sendfile import REASONS, send_file
 from thruster.static import parse_http_date, plan_file
 
@@ -141,7 +141,7 @@ class CacheHits:
         return variant
 
 
-def _without_dates(headers: dict[bytes, bytes]) -> Callable[[bytes], bytes | None]:
+def _without_dates(headers: RequestHeaders) -> Callable[[bytes], bytes | None]:
     """Request headers for a response without Last-Modified: date conditions cannot hold, and an
     If-Range date cannot match (so the whole response is sent, as RFC 9110 13.1.5 asks)."""
 
@@ -170,16 +170,15 @@ def stored_response(
 
     `body` is None for a response without one (to HEAD, or X-Sendfile): its head keeps the app's
     Content-Length, which says what the body would be."""
-    dropped = _DROPPED if body is not None else _DROPPED[:-1]
-    lines = [line for line in head.lines if line.partition(b":")[0].strip().lower() not in dropped]
+    stored = head.copy()
+    stored.remove(*(_DROPPED if body is not None else _DROPPED[:-1]))
     if body is not None:
-        lines.append(b"Content-Length: %d" % len(body))
+        stored.append(b"Content-Length", b"%d" % len(body))
     body = body or b""
-    lines.append(b"X-Cache: hit")
-    raw = b"\r\n".join((head.status_line, *lines)) + b"\r\n"
+    stored.append(b"X-Cache", b"hit")
     return CachedResponse(
         status=head.status,
-        head=raw,
+        head=stored.to_bytes(b""),
         body=body,
         etag=head.get(b"etag"),
         expires=time.monotonic() + ttl,

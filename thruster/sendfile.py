@@ -172,7 +172,7 @@ def _answer_plain(
     client: ClientConnection, request: Request, head: ResponseHead, status: int, body: bytes
 ) -> None:
     """A short text answer in place of the file."""
-    head.lines = []
+    head.clear()
     head.set(b"Content-Type", b"text/plain; charset=utf-8")
     head.set(b"Content-Length", b"%d" % len(body))
     head.set_status(status, REASONS[status])
