@@ -61,7 +61,9 @@ PROTOCOLS = ("HTTP/1.1", "HTTPS/1.1", "HTTP/2 TLS")
 BODY_SIZE = 13  # the upstream serves /13: 13 bytes
 BATCH = 100  # connections opened at once
 WARMUP = BATCH  # connections opened, used and closed before the "before" reading
-SETTLE_SECONDS = 1.0  # after the last answer, before the "after" reading
+# After the last answer, before the "after" reading: past the 1 s for which a pyproxy connection between
+# requests keeps its parser (proxy/http/client.py REST_SECONDS), so --breakdown sees idle connections.
+SETTLE_SECONDS = 2.0
 PER_RUN_SECONDS = 120.0  # the most one proxy and protocol may take to open its connections
 IDLE_TIMEOUT = "10m"  # the proxies must not close the connections while they are being counted
 DEFAULT_CONNECTIONS = 10_000
