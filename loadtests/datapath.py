@@ -87,7 +87,8 @@ def one_service(pool: UpstreamPool) -> ServiceDispatcher:
     dispatcher = ServiceDispatcher(Http01Tokens())
     balancer = LoadBalancer.of([address], state=TargetState.HEALTHY)
     dispatcher.publish(RoutingTable.build([Service("bench", ServiceOptions(), balancer)]))
-    dispatcher.pools.endpoint(("bench", address)).pool = pool  # the harness's pool, for its fake upstream
+    key = ("bench", balancer.generation, address)
+    dispatcher.pools.endpoint(key).pool = pool  # the harness's pool, for its fake upstream
     return dispatcher
 
 

@@ -7,16 +7,24 @@ value when a table is installed; nothing here changes per request or per health 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.target import Target, TargetState
 
+_generations = itertools.count(1)
+
 
 @dataclass(frozen=True)
 class LoadBalancer:
+    """`generation` tells one deploy's balancer from another's with the same addresses (a redeploy to
+    the same target): each gets pools of its own, so a deploy still drains what ran on the one before.
+    A health change keeps it."""
+
     writers: tuple[Target, ...]
     readers: tuple[Target, ...] = ()
+    generation: int = dataclasses.field(default_factory=lambda: next(_generations))
 
     @classmethod
     def of(
@@ -55,4 +63,4 @@ class LoadBalancer:
         def update(targets: tuple[Target, ...]) -> tuple[Target, ...]:
             return tuple(dataclasses.replace(t, state=state) if t.address == address else t for t in targets)
 
-        return LoadBalancer(update(self.writers), update(self.readers))
+        return dataclasses.replace(self, writers=update(self.writers), readers=update(self.readers))

@@ -183,7 +183,7 @@ class ServiceManager:
         if cut:
             self.log.warn(
                 "Requests cut by drain timeout",
-                targets=sorted({address for _, address in keys}),
+                targets=sorted({address for _, _, address in keys}),
                 requests=cut,
             )
         progress("drained", cut=cut)
@@ -519,7 +519,7 @@ _PAUSE_EVENTS = {PAUSED: "Service paused", STOPPED: "Service stopped", RUNNING: 
 
 def _keys(name: str, *slots: LoadBalancer | None) -> set[PoolKey]:
     """The pools of a service's targets in these slots."""
-    return {(name, t.address) for slot in slots if slot is not None for t in slot.targets}
+    return {(name, slot.generation, t.address) for slot in slots if slot is not None for t in slot.targets}
 
 
 def _retired(name: str, old: LoadBalancer, service: Service | None) -> set[PoolKey]:

@@ -1,12 +1,16 @@
 """The per-process side of the routing table: connection pools and round-robin turns, bound at install.
 
 The routing table is a value (it pickles; a control process can send it to workers). What only exists in
-one process is kept here, keyed by values the table names: one `UpstreamPool` per (service, target
-address), and the turn of each round-robin. `PoolRegistry.bind` ties a table's services to them once per
-table swap, so a request reaches its pool through attribute reads, never a dict lookup.
+one process is kept here, keyed by values the table names: one `UpstreamPool` per (service, deploy, target
+address), a deploy being its balancer's `generation`, and the turn of each round-robin. `PoolRegistry.bind`
+ties a table's services to them once per table swap, so a request reaches its pool through attribute
+reads, never a dict lookup.
 
 A pool is keyed by its service as well as its address: pausing or redeploying one service drains, and at
 the drain timeout cuts, only that service's requests, even when another service sends to the same server.
+And by its deploy: a redeploy to the same address still drains what ran before it (and the old keep-alive
+connections go, should the name now point at a new container), and a drain never cuts what a `remove`
+left running.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from proxy.routing import RoutingTable
 from proxy.service import Service
 from proxy.target import Target
 
-PoolKey = tuple[str, str]  # (service name, target address)
+PoolKey = tuple[str, int, str]  # (service name, balancer generation, target address)
 ErrorSink = Callable[[str, BaseException], None]
 
 
@@ -49,6 +53,11 @@ class RoundRobin:
         self.has_readers = has_readers  # read-only targets are configured (healthy or not)
         self._next = 0
         self._next_reader = 0
+
+    def continue_from(self, earlier: RoundRobin) -> None:
+        """Go on where `earlier` (the same balancer in the table before) was, so that a swap for a
+        health change or another service does not send the next request to the same target again."""
+        self._next, self._next_reader = earlier._next, earlier._next_reader
 
     def pick(self) -> Endpoint | None:
         """A healthy writer."""
@@ -93,21 +102,23 @@ class BoundService:
 
 
 class PoolRegistry:
-    """This process's pools, by (service, address). A pool whose target leaves the table stops pooling
+    """This process's pools, by (service, deploy, address). A pool whose target leaves the table stops pooling
     (its requests run on) and is kept as retired until a drain waits for it or nothing runs on it."""
 
     def __init__(self) -> None:
         self.on_error: ErrorSink = _ignore_error
         self._live: dict[PoolKey, Endpoint] = {}
         self._retired: dict[PoolKey, list[Endpoint]] = {}
+        self._turns: dict[tuple[str, int], RoundRobin] = {}  # by (service, generation)
 
     def bind(self, table: RoutingTable) -> RoutingTable:
         """`table` with each service bound to this process's endpoints; opens pools for new targets and
         retires those of targets gone."""
         previous, live = self._live, {}
+        previous_turns, turns = self._turns, {}
 
-        def endpoint(name: str, target: Target) -> Endpoint:
-            key = (name, target.address)
+        def endpoint(name: str, generation: int, target: Target) -> Endpoint:
+            key = (name, generation, target.address)
             found = live.get(key) or previous.pop(key, None)
             if found is None:
                 pool = UpstreamPool(target.host, target.port)
@@ -117,20 +128,23 @@ class PoolRegistry:
             return found
 
         def round_robin(name: str, balancer: LoadBalancer) -> RoundRobin:
-            return RoundRobin(
-                tuple(endpoint(name, t) for t in balancer.healthy),
-                tuple(endpoint(name, t) for t in balancer.healthy_readers),
+            generation = balancer.generation
+            for target in balancer.targets:  # unhealthy ones too: their pools stay open
+                endpoint(name, generation, target)
+            turn = RoundRobin(
+                tuple(endpoint(name, generation, t) for t in balancer.healthy),
+                tuple(endpoint(name, generation, t) for t in balancer.healthy_readers),
                 bool(balancer.readers),
             )
+            earlier = previous_turns.get((name, generation))
+            if earlier is not None:  # the same deploy (a health change, another service's swap)
+                turn.continue_from(earlier)
+            turns[(name, generation)] = turn
+            return turn
 
         def bind_service(service: Service) -> BoundService:
             name = service.name
-            for target in service.balancer.targets:  # unhealthy ones too: their pools stay open
-                endpoint(name, target)
             rollout = service.rollout
-            if rollout is not None:
-                for target in rollout.targets:
-                    endpoint(name, target)
             return BoundService(
                 service,
                 round_robin(name, service.balancer),
@@ -141,7 +155,7 @@ class PoolRegistry:
         for key, gone in previous.items():
             gone.pool.close()
             self._retired.setdefault(key, []).append(gone)
-        self._live = live
+        self._live, self._turns = live, turns
         self._forget_finished()
         return bound
 

@@ -42,13 +42,22 @@ class Proxy:
     def table(self) -> RoutingTable:
         return self.manager.dispatcher.table
 
-    async def deploy(self, name: str, targets: list[str], **options: object) -> None:
+    async def deploy(
+        self, name: str, targets: list[str], drain_timeout: float = 30.0, **options: object
+    ) -> None:
         hosts = options.pop("hosts", [])
         prefixes = options.pop("path_prefixes", [])
         read_targets = tuple(options.pop("read_targets", ()))
         service_options = ServiceOptions.create(hosts, prefixes, health_check=FAST_CHECKS, **options)
-        request = DeployRequest(name, tuple(targets), service_options, read_targets=read_targets)
+        request = DeployRequest(
+            name, tuple(targets), service_options, drain_timeout=drain_timeout, read_targets=read_targets
+        )
         await self.manager.deploy(request, lambda event, **details: None)
+
+    def in_flight(self, name: str, address: str) -> int:
+        """Requests running on `address` for the service's deploy as it is now."""
+        generation = self.manager.services[name].balancer.generation
+        return self.manager.dispatcher.in_flight([(name, generation, address)])
 
 
 @pytest.fixture
@@ -137,11 +146,54 @@ async def test_pausing_a_service_leaves_another_service_on_the_same_target_alone
     async with aiohttp.ClientSession() as session:
         slow = asyncio.create_task(session.get(f"{proxy.url}/slow?s=1", headers={"Host": "b.test"}))
         await asyncio.wait_for(blue.started.wait(), 5)
-        assert proxy.manager.dispatcher.in_flight([("b", blue.address)]) == 1
-        assert proxy.manager.dispatcher.in_flight([("a", blue.address)]) == 0
+        assert proxy.in_flight("b", blue.address) == 1
+        assert proxy.in_flight("a", blue.address) == 0
 
         await proxy.manager.pause("a", 0.1, 30.0)
 
         response = await slow
         assert response.status == 200
         assert await response.text() == "slow from blue"
+
+
+async def test_a_redeploy_to_the_same_target_still_drains_what_ran_on_it(proxy: Proxy, upstreams):
+    """Each deploy gets pools of its own, so a deploy returns only once the request started before it is
+    done, even when the address did not change (a name that now points at a new container)."""
+    blue, _ = upstreams
+    await proxy.deploy("web", [blue.address])
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(session.get(f"{proxy.url}/slow?s=1"))
+        await asyncio.wait_for(blue.started.wait(), 5)
+        await proxy.deploy("web", [blue.address])
+        assert slow.done(), "the deploy returned with the request still running"
+        response = await slow
+        assert response.status == 200 and await response.text() == "slow from blue"
+
+
+async def test_a_later_drain_leaves_alone_what_a_remove_left_running(proxy: Proxy, upstreams):
+    """`remove` does not drain (kamal-proxy's rule); a later deploy's drain of the same address must not cut
+    the request the removed service still runs."""
+    blue, green = upstreams
+    await proxy.deploy("web", [blue.address])
+    async with aiohttp.ClientSession() as session:
+        slow = asyncio.create_task(session.get(f"{proxy.url}/slow?s=1"))
+        await asyncio.wait_for(blue.started.wait(), 5)
+        await proxy.manager.remove("web")
+        await proxy.deploy("web", [blue.address])
+        await proxy.deploy("web", [green.address], drain_timeout=0.1)
+        response = await slow
+        assert response.status == 200, "cut by a drain that was not its own"
+
+
+async def test_round_robin_goes_on_across_a_table_swap(proxy: Proxy, upstreams):
+    """A swap for another service (or a health change) does not restart the turns: the two targets still
+    alternate."""
+    blue, green = upstreams
+    await proxy.deploy("web", [blue.address, green.address], hosts=["web.test"])
+    served = []
+    async with aiohttp.ClientSession() as session:
+        for turn in range(4):
+            await proxy.deploy(f"other-{turn}", [blue.address], hosts=[f"other-{turn}.test"])
+            async with session.get(proxy.url, headers={"Host": "web.test"}) as response:
+                served.append((await response.json())["upstream"])
+    assert served[0] != served[1] and served[1] != served[2] and served[2] != served[3], served
