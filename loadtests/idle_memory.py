@@ -6,6 +6,8 @@ HTTP/2 over TLS), a fresh proxy process is started in front of an nginx upstream
 of connections (so one-off costs are not charged to the connections), and then N client connections each
 make ONE request, read the answer and stay open. The proxy's memory (RSS, and PSS where smaps_rollup
 exists, summed over its process group) after, minus before, over N is the figure per idle connection.
+The answer is 13 bytes, or `--response-size` bytes (e.g. 1M): what a connection keeps after a large response
+(a TLS library's buffers keep their largest size). HTTP/2 clients open their windows as browsers do.
 
 `--breakdown` instead runs pyproxy's server in this process under tracemalloc, opens connections against
 it from a thread, and prints what one idle HTTP/1.1 connection holds, by allocation site and by object.
@@ -36,6 +38,7 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 try:
     import uvloop
@@ -58,7 +61,10 @@ from bench import (
 
 KAMAL_PROXY = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "kamal-proxy"
 PROTOCOLS = ("HTTP/1.1", "HTTPS/1.1", "HTTP/2 TLS")
-BODY_SIZE = 13  # the upstream serves /13: 13 bytes
+BODY_SIZE = 13  # the upstream serves /13: 13 bytes (and /<n>: n bytes for --response-size n)
+# The windows Chrome opens (per stream, and for the connection): a server may send a large response at once.
+H2_STREAM_WINDOW = 6 * 1024 * 1024
+H2_CONNECTION_WINDOW = 15 * 1024 * 1024
 BATCH = 100  # connections opened at once
 WARMUP = BATCH  # connections opened, used and closed before the "before" reading
 # After the last answer, before the "after" reading: past the 1 s for which a pyproxy connection between
@@ -140,8 +146,8 @@ def raise_fd_limit(needed: int) -> None:
 # -- clients ----------------------------------------------------------------------------------------
 
 
-def request_bytes() -> bytes:
-    return f"GET /{BODY_SIZE} HTTP/1.1\r\nHost: {TLS_NAME}\r\nUser-Agent: idle_memory\r\n\r\n".encode()
+def request_bytes(size: int = BODY_SIZE) -> bytes:
+    return f"GET /{size} HTTP/1.1\r\nHost: {TLS_NAME}\r\nUser-Agent: idle_memory\r\n\r\n".encode()
 
 
 async def read_http1_answer(reader: asyncio.StreamReader) -> None:
@@ -157,24 +163,26 @@ async def read_http1_answer(reader: asyncio.StreamReader) -> None:
     await reader.readexactly(length)
 
 
-async def http1_client(port: int, tls: ssl.SSLContext | None) -> Connection:
-    """A connection that made one GET and read the answer."""
+async def http1_client(port: int, tls: ssl.SSLContext | None, size: int) -> Connection:
+    """A connection that made one GET (of `size` bytes) and read the answer."""
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=tls, server_hostname=TLS_NAME if tls else None
     )
-    writer.write(request_bytes())
+    writer.write(request_bytes(size))
     await read_http1_answer(reader)
     return reader, writer
 
 
-async def http2_client(port: int, tls: ssl.SSLContext) -> Connection:
-    """An HTTP/2 connection (ALPN h2) that made one GET on stream 1 and read the answer."""
+async def http2_client(port: int, tls: ssl.SSLContext, size: int) -> Connection:
+    """An HTTP/2 connection (ALPN h2) that made one GET (of `size` bytes) on stream 1 and read the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname=TLS_NAME)
     if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
         raise ValueError("the server did not choose h2")
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
-    headers = [(":method", "GET"), (":scheme", "https"), (":authority", TLS_NAME), (":path", f"/{BODY_SIZE}")]
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: H2_STREAM_WINDOW})
+    conn.increment_flow_control_window(H2_CONNECTION_WINDOW - conn.inbound_flow_control_window)
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", TLS_NAME), (":path", f"/{size}")]
     conn.send_headers(1, headers, end_stream=True)
     writer.write(conn.data_to_send())
     status = ""
@@ -202,16 +210,17 @@ def client_tls(files: TlsFiles, protocol: str) -> ssl.SSLContext:
 
 
 async def open_idle(
-    proxy: Proxy, protocol: str, tls: TlsFiles, count: int, deadline: float
+    proxy: Proxy, protocol: str, tls: TlsFiles, count: int, response_size: int, deadline: float
 ) -> tuple[list[Connection], int]:
-    """Open `count` connections in batches, each after one request; return them and the failures."""
+    """Open `count` connections in batches, each after one request for `response_size` bytes; return them
+    and the failures."""
     context = None if protocol == "HTTP/1.1" else client_tls(tls, protocol)
     port = proxy.port if context is None else proxy.tls_port
 
     def one() -> Coroutine[None, None, Connection]:
         if protocol == "HTTP/2 TLS":
-            return http2_client(port, context)
-        return http1_client(port, context)
+            return http2_client(port, context, response_size)
+        return http1_client(port, context, response_size)
 
     writers: list[Connection] = []
     failed = 0
@@ -313,14 +322,14 @@ class Proxies:
         return Proxy(proc.pid, port, tls_port)
 
 
-async def measure(proxy: Proxy, protocol: str, tls: TlsFiles, count: int) -> Result:
+async def measure(proxy: Proxy, protocol: str, tls: TlsFiles, count: int, size: int) -> Result:
     """Warm up, read the memory, open the idle connections, read it again, close them."""
     deadline = time.monotonic() + PER_RUN_SECONDS
-    warm, _ = await open_idle(proxy, protocol, tls, WARMUP, deadline)
+    warm, _ = await open_idle(proxy, protocol, tls, WARMUP, size, deadline)
     close_all(warm)
     await asyncio.sleep(SETTLE_SECONDS)
     before = group_memory(proxy.pgid)
-    connections, failed = await open_idle(proxy, protocol, tls, count, deadline)
+    connections, failed = await open_idle(proxy, protocol, tls, count, size, deadline)
     await asyncio.sleep(SETTLE_SECONDS)
     after = group_memory(proxy.pgid)
     result = Result(
@@ -340,7 +349,7 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
     results = []
     try:
         tls = make_tls_files(tmp)
-        _, upstream_port = start_upstream(procs, tmp, cpus)
+        _, upstream_port = start_upstream(procs, tmp, cpus, args.response_size)
         proxies = Proxies(tmp, upstream_port, tls, cpus)
         starters: dict[str, Callable[[Processes, str], Proxy]] = {
             "pyproxy": proxies.pyproxy,
@@ -357,7 +366,9 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
                 run = Processes()
                 try:
                     started = time.monotonic()
-                    result = await measure(start(run, protocol), protocol, tls, args.connections)
+                    result = await measure(
+                        start(run, protocol), protocol, tls, args.connections, args.response_size
+                    )
                 finally:
                     run.stop_all()
                 result = dataclasses.replace(result, proxy=name)
@@ -375,13 +386,15 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def start_upstream(procs: Processes, tmp: Path, cpus: str) -> tuple[object, int]:
-    """nginx-upstream.conf serving /13 (13 bytes) and /up, for the proxies and their health checks."""
+def start_upstream(procs: Processes, tmp: Path, cpus: str, size: int = BODY_SIZE) -> tuple[object, int]:
+    """nginx-upstream.conf serving /13 (13 bytes), /<size> (`size` bytes) and /up, for the proxies and their
+    health checks."""
     www = tmp / "www"
     www.mkdir(mode=0o755)
-    body = www / str(BODY_SIZE)
-    body.write_bytes(b"Hello, world\n")
-    body.chmod(0o644)
+    for length, content in {size: b"x" * size, BODY_SIZE: b"Hello, world\n"}.items():
+        body = www / str(length)
+        body.write_bytes(content)
+        body.chmod(0o644)
     return start_nginx(procs, tmp, "upstream", "nginx-upstream.conf", cpus)
 
 
@@ -579,6 +592,19 @@ def report(results: list[Result], markdown: bool) -> str:
     return table(headers, rows, markdown)
 
 
+def parse_size(text: str) -> int:
+    """A byte count, with an optional K or M suffix (binary)."""
+    units = {"K": 1024, "M": 1024 * 1024}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        size = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError("the response size must be positive")
+    return size
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -591,6 +617,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--protocols", default=",".join(PROTOCOLS), help=f"comma-separated (default {','.join(PROTOCOLS)})"
+    )
+    ap.add_argument(
+        "--response-size",
+        type=parse_size,
+        default=BODY_SIZE,
+        help=f"bytes of the one answer each connection gets, e.g. 1M (default {BODY_SIZE})",
     )
     ap.add_argument("--breakdown", action="store_true", help="pyproxy in this process, under tracemalloc")
     ap.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
