@@ -32,6 +32,7 @@ from proxy.http.replay import MAX_REQUEST
 from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.tlslistener import ACME_TLS_ALPN
+from proxy.http.tlswrites import WRITE_HIGH_WATER as TLS_WRITE_HIGH_WATER
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -153,7 +154,9 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                 transport.close()  # a CA validating TLS-ALPN-01: the handshake was the whole exchange
                 return
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        transport.set_write_buffer_limits(
+            high=TLS_WRITE_HIGH_WATER if self.scheme == b"https" else WRITE_HIGH_WATER
+        )
         self._identify_client(transport, self.port)
         self.parser = httptools.HttpRequestParser(self)
         self.server.connections.add(self)

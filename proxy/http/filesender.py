@@ -7,7 +7,9 @@ the same back-pressure as a proxied body and never read faster than the
 client takes it. On a plain TCP connection the bytes go by os.sendfile
 (uvloop has no loop.sendfile), kernel to kernel, whenever the transport has
 nothing buffered; otherwise (TLS, HTTP/2, a full socket) by reads of at most
-CHUNK bytes, so memory stays bounded whatever the file's size.
+CHUNK bytes, so memory stays bounded whatever the file's size. To a TLS client a
+read goes a record at a time while the client takes it (tlswrites.py); what a
+pause leaves of it is read again when the client drains.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import os
 from collections import deque
 from typing import TYPE_CHECKING
+
+from proxy.http.tlswrites import write_records, writes_tls
 
 if TYPE_CHECKING:
     from proxy.http.request import Downstream, Request
@@ -38,6 +42,7 @@ class FileSender:
         "request",
         "sending",
         "socket_fd",
+        "tls",
         "transport",
     )
 
@@ -52,6 +57,7 @@ class FileSender:
         self.closed = False
         self.transport = client.transport
         self.socket_fd = _sendfile_socket(self.transport)
+        self.tls = writes_tls(self.transport)
         self.loop = asyncio.get_running_loop()
         self.sending = request
         request.upstream = self
@@ -89,8 +95,11 @@ class FileSender:
                 if not data:
                     self._abort()  # the file shrank under us: the promised length cannot be kept
                     return
-                transport.write(data)
-                sent = len(data)
+                if self.tls:
+                    sent = write_records(transport, data, self.client)
+                else:
+                    transport.write(data)
+                    sent = len(data)
             request.response_bytes += sent
             if sent == length:
                 pieces.popleft()

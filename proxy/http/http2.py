@@ -42,6 +42,8 @@ from proxy.http.buffering import (
 )
 from proxy.http.forwarding import Reject, RequestForwarding
 from proxy.http.request import Request
+from proxy.http.tlswrites import WRITE_HIGH_WATER as TLS_WRITE_HIGH_WATER
+from proxy.http.tlswrites import write_records
 from proxy.http.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -156,6 +158,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "server",
         "streams",
         "transport",
+        "unsent",
         "write_deadline",
         "write_mark",
         "write_paused",
@@ -171,6 +174,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.write_paused = False
+        self.unsent: memoryview | None = None  # what a pause left of the frames last taken from h2
         self.write_deadline = 0.0
         self.write_mark = 0
         self.written = 0
@@ -205,7 +209,9 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        transport.set_write_buffer_limits(
+            high=TLS_WRITE_HIGH_WATER if self.scheme == b"https" else WRITE_HIGH_WATER
+        )
         self._identify_client(transport, self.port)
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
@@ -264,7 +270,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
                 data = data[:-4] + ErrorCodes.FRAME_SIZE_ERROR.to_bytes(4, "big")
         else:
             data += GoAwayFrame(0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize()
-        self.transport.write(data)
+        self._write_all(data)
         self.transport.close()
         self._drop_streams()
 
@@ -291,18 +297,47 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        unsent = self.unsent
+        if unsent is not None:
+            self.unsent = None
+            self._write(unsent)
+            if self.write_paused:
+                return
         if not self.closed:
             self.transport.resume_reading()
         for stream in list(self.streams.values()):
             stream.send_pending()
+        self.flush()
 
     def flush(self) -> None:
-        """Write the frames h2 has queued."""
+        """Write the frames h2 has queued; while the client's socket is full, h2 keeps them."""
         self.flush_scheduled = False
+        if self.write_paused:
+            return
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
+            self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        """To a TLS client a record at a time, keeping what a pause leaves (tlswrites.py)."""
+        if self.scheme != b"https":
             self.written += len(data)
             self.transport.write(data)
+            return
+        sent = write_records(self.transport, data, self)
+        self.written += sent
+        if sent < len(data):
+            self.unsent = memoryview(data)[sent:]
+
+    def _write_all(self, data: bytes) -> None:
+        """Write `data` after what waits, at once: the connection is about to close."""
+        unsent = self.unsent
+        if unsent is not None:
+            self.unsent = None
+            self.written += len(unsent)
+            self.transport.write(unsent)
+        self.written += len(data)
+        self.transport.write(data)
 
     def flush_soon(self) -> None:
         """Write queued frames once this turn of the event loop is over: the responses of many
@@ -467,7 +502,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.flush()
         # Written directly so that h2 still lets the streams in flight finish.
         goaway = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=0)
-        self.transport.write(goaway.serialize())
+        self._write_all(goaway.serialize())
         if not self.streams:
             self.close()
 
@@ -484,7 +519,9 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closed = True
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
-        self.flush()
+        self.flush_scheduled = False
+        if not self.transport.is_closing():
+            self._write_all(self.conn.data_to_send())
         self.transport.close()
         self._drop_streams()
 

@@ -4,7 +4,9 @@ Response bytes are read into a reused buffer and written to the client
 transport unchanged once the head has been rewritten: chunked framing and
 trailers pass through as they are, and the parser only watches the stream to
 find where the response ends. This avoids a bytes object and a copy per read,
-which is what makes large responses as cheap as nginx's.
+which is what makes large responses as cheap as nginx's. To a TLS client a read
+is written a record at a time while the client takes it (tlswrites.py); what a
+pause leaves of it is written when the client drains, before the next read.
 
 Heads are parsed strictly. A target whose head lines end in a bare LF (busybox
 httpd's CGI) fails that parse; its head is then parsed again by a lenient
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.http.headers import relay_response_head
+from proxy.http.tlswrites import write_records, writes_tls
 
 if TYPE_CHECKING:
     from proxy.http.request import BodySender, Downstream, Request, TunnelClient
@@ -201,6 +204,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "head_buffer",
         "head_end",
         "head_start",
+        "held_loss",
         "in_head",
         "keep_alive",
         "lax_parser",
@@ -214,8 +218,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "response_done",
         "reused",
         "scan_buffer",
+        "tls_client",
         "transport",
         "tunnel",
+        "unsent",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -233,6 +239,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
         self.read_buffer: bytearray | None = None
         self.read_view: memoryview | None = None
+        self.tls_client = False  # the client's transport is TLS: body bytes go to it a record at a time
+        self.unsent: memoryview | None = None  # what a client pause left of the last read
+        self.held_loss: tuple[Exception | None] | None = None  # this connection ended while `unsent` waited
         self._reset()
 
     def _reset(self) -> None:
@@ -277,6 +286,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.client = client
         self.reused = reused
         self.attached = True
+        self.tls_client = request.scheme == b"https" and writes_tls(client.transport)
         request.upstream = self
         body = request.body
         if body:
@@ -302,6 +312,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def resume(self) -> None:
+        if self.unsent is not None and not self._send_unsent():
+            return
         if self.paused and not self.closed:
             self.paused = False
             self.transport.resume_reading()
@@ -337,7 +349,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         tunnel = self.tunnel
         if tunnel is not None:
             out = tunnel.transport
-            out.write(data)
+            if self.tls_client:
+                self._write_records(tunnel, data)
+            else:
+                out.write(data)
         else:
             client = self.client
             if client is None:
@@ -357,13 +372,44 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 if self.overrun:
                     self._fail_midway()
                     return
-                out.write(data)
+                if self.tls_client:
+                    self._write_records(client, data)
+                else:
+                    out.write(data)
                 self.request.response_bytes += nbytes
-            if self.response_done:
+            if self.response_done and self.unsent is None:
                 self._finish()
         if out.get_write_buffer_size():
             # The transport still holds a view of our buffer: leave it that one.
             self.read_buffer = None
+
+    def _write_records(self, peer: Downstream | TunnelClient, data: memoryview) -> None:
+        """Write body bytes to a TLS client a record at a time; keep what a pause leaves, stop reading."""
+        sent = write_records(peer.transport, data, peer)
+        if sent < len(data):
+            self.unsent = data[sent:]
+            self.pause()
+
+    def _send_unsent(self) -> bool:
+        """The client drained: write what its pause left, then end what waited for it; whether all went."""
+        peer = self.tunnel or self.client
+        if peer is None:
+            self.unsent = None
+            return True
+        data = self.unsent
+        sent = write_records(peer.transport, data, peer)
+        if sent < len(data):
+            self.unsent = data[sent:]
+            return False
+        self.unsent = None
+        held_loss, self.held_loss = self.held_loss, None
+        if self.response_done and self.client is not None:
+            self._finish()
+        elif held_loss is not None:
+            self._lost(held_loss[0])
+        else:
+            return True
+        return False
 
     def _head_data(self, data: memoryview) -> None:
         buffered = self.head_buffer
@@ -421,6 +467,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         out = self.client.transport
         if rest <= 0 or request.is_head:
             out.write(head)
+        elif self.tls_client:
+            out.write(head)
+            self._write_records(self.client, self.scan_buffer[self.head_end :])
         elif rest <= 65536:
             out.write(head + self.scan_buffer[self.head_end :])
         else:
@@ -529,6 +578,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def _fail_midway(self) -> None:
         client = self.client
         self.client = self.request = None
+        self.unsent = None
         self.response_done = False
         self.transport.abort()
         client.abort()
@@ -537,6 +587,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Give up on this exchange (target timeout, drain deadline)."""
         client, request = self.client, self.request
         self.client = self.request = None
+        self.unsent = self.held_loss = None
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
@@ -550,6 +601,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def client_gone(self) -> None:
         """The client disconnected mid-exchange: this connection's state is unknown."""
         self.client = self.request = None
+        self.unsent = self.held_loss = None
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
@@ -560,6 +612,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.pool.forget(self)
         if self.body_sender is not None:
             self.body_sender.stop()
+        if self.unsent is not None:
+            self.held_loss = (exc,)  # the client has yet to get the end of what was read: after it
+            return
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        """What this connection's end means for the client it was relaying to."""
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
