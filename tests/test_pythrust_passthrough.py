@@ -18,6 +18,10 @@ ANSWERS = {
         b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: public, max-age=60\r\nVARY: Cookie\r\nX-CACHE: app\r\n"
         b"SET-COOKIE: session=secret\r\nContent-Length: 5\r\n\r\nhello"
     ),
+    b"/per-request-id": (
+        b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nVary: X-Request-ID\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    ),
 }
 
 
@@ -69,3 +73,14 @@ async def test_header_names_in_capitals_are_read_as_any_other(start_pythrust, tm
     assert [value for name, value in first.headers if name.lower() == "vary"] == ["Cookie, Accept-Encoding"]
     assert not first.has("Set-Cookie"), "a stored response carries no one's cookie"
     assert (second.header("X-Cache"), second.body) == ("hit", b"hello")
+
+
+async def test_vary_on_x_request_id_compares_what_the_client_sent(start_pythrust, tmp_path):
+    """The engine makes up a request id when the client sent none; that made-up one is not the client's
+    header, so clients without one share the cached answer."""
+    thrust = await start_raw_app(start_pythrust, tmp_path)
+    seen = [(await fetch(thrust, "/per-request-id")).header("X-Cache") for _ in range(3)]
+    assert seen == ["miss", "hit", "hit"]
+    assert (await fetch(thrust, "/per-request-id", headers={"X-Request-ID": "abc"})).header(
+        "X-Cache"
+    ) == "miss"

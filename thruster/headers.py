@@ -66,14 +66,19 @@ class RequestHeaders:
     the client's.
     """
 
-    __slots__ = ("block", "lowered", "request")
+    __slots__ = ("block", "lowered", "request", "request_id")
 
     def __init__(self, request: Request) -> None:
         self.request = request
+        # The engine makes up an X-Request-ID after routing when the client sent none: the client's is
+        # the one a cached answer's `Vary: X-Request-ID` must compare.
+        self.request_id = request.request_id
         self.block = b"\r\n" + b"".join(request.headers)  # [0], the request line, is still empty
         self.lowered = self.block.lower()
 
     def get(self, name: bytes) -> bytes | None:
+        if name == b"x-request-id":
+            return self.request_id or None
         attribute = _KEPT_APART.get(name)
         if attribute is not None:
             return getattr(self.request, attribute) or None
