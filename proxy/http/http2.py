@@ -312,7 +312,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
     def flush(self) -> None:
         """Write the frames h2 has queued; while the client's socket is full, h2 keeps them."""
         self.flush_scheduled = False
-        if self.write_paused:
+        if self.write_paused and self.scheme == b"https":  # h2c: the transport buffers, as before
             return
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
@@ -457,8 +457,10 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             self._send_all_pending()
 
     def _client_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # h2 sends nothing more after a GOAWAY from the client: streams in flight end with the connection.
+        # h2 sends nothing more after a GOAWAY from the client: streams in flight end with the connection,
+        # after what was already framed for it (never a frame cut in half).
         self.closed = True
+        self._write_all(self.conn.data_to_send())
         self.transport.close()
         self._drop_streams()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.http.headers import relay_response_head
-from proxy.http.tlswrites import write_records, writes_tls
+from proxy.http.tlswrites import RECORD, write_records, writes_tls
 
 if TYPE_CHECKING:
     from proxy.http.request import BodySender, Downstream, Request, TunnelClient
@@ -467,6 +467,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         out = self.client.transport
         if rest <= 0 or request.is_head:
             out.write(head)
+        elif self.tls_client and rest <= RECORD:  # the usual answer: head and body in one write
+            out.write(head + self.scan_buffer[self.head_end :])
         elif self.tls_client:
             out.write(head)
             self._write_records(self.client, self.scan_buffer[self.head_end :])
