@@ -172,7 +172,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         if self.upgraded:
             self._buffer_for_tunnel(data)
             return
-        if self.parser is None:
+        woke = self.parser is None
+        if woke:
             self._wake()
         replays = self.replays
         if replays is not None and self.reading is None and not self.queue and len(data) <= MAX_REQUEST:
@@ -197,7 +198,9 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             return
         finally:
             self.fresh_read = None
-        if self.in_head:
+        if woke and not self.in_head and not self.queue:
+            self._rest()  # woken for bytes that began nothing (a stray CRLF): rest again
+        elif self.in_head:
             if self.head_read > self.server.max_head_bytes:
                 # A head still unfinished after this much: do not keep buffering it.
                 self._reject(431)
@@ -693,7 +696,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     def deadline_expired(self) -> None:
         """Called by the server's sweeper once `deadline` has passed."""
-        self.deadline = 0.0
+        due, self.deadline = self.deadline, 0.0
         kind = self.deadline_kind
         if kind == WRITE:
             if self.transport.get_write_buffer_size() < self.write_backlog:
@@ -702,7 +705,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                 self.closed = True
                 self.transport.abort()  # also after close(): what is left will never be taken
         elif kind == RESTING:
-            self._set_deadline(IDLE, self.server.idle_timeout - REST_SECONDS)
+            # From when the rest was due, not from this sweep: the idle timeout is not late by a sweep.
+            self.deadline_kind, self.deadline = IDLE, due + self.server.idle_timeout - REST_SECONDS
             if not self.queue and not self.in_head:  # (a request that waits for the client to read)
                 self._rest()
         elif kind in (IDLE, LINGER):
