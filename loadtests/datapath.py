@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
-from proxy.acme import Http01Tokens
 from proxy.balancer import LoadBalancer
+from proxy.challenges import Http01Tokens
 from proxy.dispatcher import ServiceDispatcher
 from proxy.http.client import ClientConnection
 from proxy.http.server import HttpServer

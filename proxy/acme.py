@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from proxy.challenges import Http01Tokens, TlsAlpnChallenges
 from proxy.letsencrypt import LETS_ENCRYPT
-from proxy.tlsalpn import TlsAlpnChallenges
 
 ACCOUNT_KEY_FILE = "acme_account+key"
 HTTP_01 = "http-01"
@@ -47,24 +47,6 @@ _HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 class AcmeError(Exception):
     """An issuance failed; the message is one line an operator can act on."""
-
-
-class Http01Tokens:
-    """HTTP-01 key authorizations the proxy serves at /.well-known/acme-challenge/<token> while an order
-    is pending. The issuer's worker thread writes them; single dict operations are atomic, so no lock."""
-
-    def __init__(self) -> None:
-        self._authorizations: dict[str, bytes] = {}
-
-    def get(self, token: str) -> bytes | None:
-        """The key authorization for a token, or None (answer 404): a dict lookup, cheap on the hot path."""
-        return self._authorizations.get(token)
-
-    def put(self, token: str, key_authorization: bytes) -> None:
-        self._authorizations[token] = key_authorization
-
-    def remove(self, token: str) -> None:
-        self._authorizations.pop(token, None)
 
 
 @dataclass(frozen=True)

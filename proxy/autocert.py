@@ -10,15 +10,14 @@ ready. Failed orders are retried with growing delays, never hammering the CA.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from proxy.acme import AcmeError, AcmeIssuer, AcmeSettings, CertificateCache, Http01Tokens, needs_renewal
+from proxy.acme import AcmeError, AcmeIssuer, AcmeSettings, CertificateCache, needs_renewal
+from proxy.challenges import Http01Tokens, TlsAlpnChallenges
 from proxy.log import JsonLog
 from proxy.service import TlsOptions
-from proxy.tls import new_server_context
-from proxy.tlsalpn import TlsAlpnChallenges
+from proxy.tls import CertificateFiles
 
 RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 RENEWAL_CHECK_INTERVAL = 12 * 3600.0
@@ -33,7 +32,7 @@ class AutoCertificates:
         self.retry_delays = retry_delays
         self.tokens = Http01Tokens()
         self.alpn_challenges = TlsAlpnChallenges()
-        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.files: dict[str, CertificateFiles] = {}  # what each host is served with
         self.chains: dict[str, bytes] = {}
         self._issuers: dict[AcmeSettings, AcmeIssuer] = {}
         self._orders: dict[str, asyncio.Task[None]] = {}
@@ -108,9 +107,7 @@ class AutoCertificates:
         return issuer
 
     def _install(self, host: str, cache: CertificateCache, chain_pem: bytes) -> None:
-        context = new_server_context()
-        context.load_cert_chain(cache.dir / host)  # the cache file holds the key, then the chain
-        self.contexts[host] = context
+        self.files[host] = CertificateFiles.at(str(cache.dir / host))  # the key, then the chain
         self.chains[host] = chain_pem
         self.on_change()
 

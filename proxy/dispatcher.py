@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from proxy.acme import Http01Tokens
+from proxy.challenges import Http01Tokens
 from proxy.http.request import Request
 from proxy.http.responses import redirect_response, text_response
 from proxy.pause import PAUSED, RUNNING, STOPPED, WaitingRoom

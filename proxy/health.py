@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 
 from proxy.balancer import LoadBalancer
+from proxy.service import HealthCheckConfig
 from proxy.target import Target, TargetState
 
 USER_AGENT = "pyproxy"
-
-
-@dataclass(frozen=True)
-class HealthCheckConfig:
-    path: str = "/up"
-    interval: float = 1.0
-    timeout: float = 5.0
-    port: int = 0
-    host: str = ""
 
 
 def probe_url(target: Target, config: HealthCheckConfig) -> str:

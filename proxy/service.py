@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from proxy.balancer import LoadBalancer
 from proxy.errorpages import ErrorPages, stop_page
-from proxy.health import HealthCheckConfig
 from proxy.http.request import BufferPolicy
 from proxy.logheaders import LogHeaders
 from proxy.pause import RUNNING, STOPPED, PauseState
@@ -24,6 +23,17 @@ from proxy.rollout import RolloutSplit
 from proxy.routing import normalize_hosts, normalize_prefixes, validate_host
 
 _NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """How a service's targets are checked (proxy/health.py runs the checks, in the control process)."""
+
+    path: str = "/up"
+    interval: float = 1.0
+    timeout: float = 5.0
+    port: int = 0
+    host: str = ""
 
 
 @dataclass(frozen=True)

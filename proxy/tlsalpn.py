@@ -26,23 +26,6 @@ from proxy.http.tlslistener import ACME_TLS_ALPN
 _ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 
 
-class TlsAlpnChallenges:
-    """The challenge contexts of orders in progress, by host. The issuer's worker thread writes them;
-    single dict operations are atomic, so no lock."""
-
-    def __init__(self) -> None:
-        self._contexts: dict[str, ssl.SSLContext] = {}
-
-    def get(self, host: str) -> ssl.SSLContext | None:
-        return self._contexts.get(host)
-
-    def put(self, host: str, key_authorization: bytes) -> None:
-        self._contexts[host] = challenge_context(host, key_authorization)
-
-    def remove(self, host: str) -> None:
-        self._contexts.pop(host, None)
-
-
 def challenge_context(host: str, key_authorization: bytes) -> ssl.SSLContext:
     """A TLS context serving the RFC 8737 validation certificate for `host`, with ALPN acme-tls/1 only."""
     key = ec.generate_private_key(ec.SECP256R1())

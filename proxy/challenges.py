@@ -1,0 +1,61 @@
+"""The ACME challenges the proxy answers while an order is being validated: HTTP-01 tokens on the HTTP
+port, TLS-ALPN-01 certificates on the HTTPS port (proxy/tlsalpn.py makes those).
+
+Light to import: a worker process starts without the ACME client or cryptography, and loads the latter
+only when a TLS-ALPN-01 challenge first arrives. `on_change` tells the worker fleet (proxy/fleet.py) of
+every change, before the CA is told to validate, so whichever worker the CA reaches answers.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+
+class Http01Tokens:
+    """HTTP-01 key authorizations the proxy serves at /.well-known/acme-challenge/<token> while an order
+    is pending. The issuer's worker thread writes them; single dict operations are atomic, so no lock."""
+
+    def __init__(self) -> None:
+        self._authorizations: dict[str, bytes] = {}
+        # Told of every change before the CA is (workers answer too: proxy/fleet.py), in the writer's thread.
+        self.on_change: Callable[[str, bytes | None], None] = unmirrored
+
+    def get(self, token: str) -> bytes | None:
+        """The key authorization for a token, or None (answer 404): a dict lookup, cheap on the hot path."""
+        return self._authorizations.get(token)
+
+    def put(self, token: str, key_authorization: bytes) -> None:
+        self._authorizations[token] = key_authorization
+        self.on_change(token, key_authorization)
+
+    def remove(self, token: str) -> None:
+        self._authorizations.pop(token, None)
+        self.on_change(token, None)
+
+
+class TlsAlpnChallenges:
+    """The challenge contexts of orders in progress, by host. The issuer's worker thread writes them;
+    single dict operations are atomic, so no lock."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        # Told of every change before the CA is (workers answer too: proxy/fleet.py), in the writer's thread.
+        self.on_change: Callable[[str, bytes | None], None] = unmirrored
+
+    def get(self, host: str) -> ssl.SSLContext | None:
+        return self._contexts.get(host)
+
+    def put(self, host: str, key_authorization: bytes) -> None:
+        from proxy.tlsalpn import challenge_context  # cryptography: loaded when a CA first calls
+
+        self._contexts[host] = challenge_context(host, key_authorization)
+        self.on_change(host, key_authorization)
+
+    def remove(self, host: str) -> None:
+        self._contexts.pop(host, None)
+        self.on_change(host, None)
+
+
+def unmirrored(key: str, value: bytes | None) -> None:
+    """`on_change` of challenges only this process answers."""
