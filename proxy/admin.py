@@ -330,4 +330,4 @@ class AdminApi:
         return web.json_response({"service": name})
 
     async def services(self, request: web.Request) -> web.Response:
-        return web.json_response(self.manager.describe())
+        return web.json_response(await self.manager.describe())

@@ -5,16 +5,16 @@ swap, then drains the targets it replaced, and only then reports done: when
 `deploy` returns, nothing proxied is still running on the old targets.
 
 Everything it publishes is a value: the routing table (services, targets and
-their health) goes to the data plane whole through `ServiceDispatcher.publish`,
-and a health change publishes a new one. What runs on the targets is only
-asked of the data plane (`in_flight`, `drain`), by (service, address).
+their health) goes to the data plane whole through `DataPlane.publish`, and a
+health change publishes a new one; so do the certificates served. What runs on
+the targets is only asked of the data plane (`in_flight`, `drain`), by (service,
+deploy, address): the data plane may be this process or N workers (proxy/dataplane.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,7 @@ import aiohttp
 from proxy.acme import expires_at, issuer_name
 from proxy.autocert import AutoCertificates
 from proxy.balancer import LoadBalancer
-from proxy.dispatcher import ServiceDispatcher
+from proxy.dataplane import DataPlane, Drained
 from proxy.errorpages import ErrorPages, load_error_pages
 from proxy.flags import format_duration
 from proxy.health import HealthWatch
@@ -37,7 +37,7 @@ from proxy.routing import RoutingTable
 from proxy.service import Service, ServiceOptions
 from proxy.state import StateStore
 from proxy.target import Target, TargetState
-from proxy.tls import CertificateMap, TlsTerminator, load_certificate
+from proxy.tls import CertificateFiles, ServedCertificates, load_certificate
 
 Progress = Callable[..., None]
 
@@ -69,22 +69,20 @@ class DeployRequest:
 class ServiceManager:
     def __init__(
         self,
-        dispatcher: ServiceDispatcher,
-        tls: TlsTerminator,
+        data_plane: DataPlane,
         auto: AutoCertificates,
         store: StateStore,
         log: JsonLog,
     ) -> None:
-        self.dispatcher = dispatcher
-        dispatcher.pools.on_error = self._upstream_error
-        self.tls = tls
+        self.data_plane = data_plane
+        data_plane.ask_certificate = self._prepare_on_demand
         self.auto = auto
         auto.on_change = self._publish_certificates
         self.store = store
         self.log = log
         self.services: dict[str, Service] = {}
         self.table = RoutingTable.build(())  # the last one published
-        self._operator_certificates: dict[str, ssl.SSLContext] = {}  # by service: from the operator's files
+        self._operator_certificates: dict[str, CertificateFiles] = {}  # by service: the operator's files
         # Saved services that could not be restored (a certificate gone...): kept in the state file as
         # they were, so fixing the cause and restarting brings them back, until one of that name is deployed.
         self.unrestored: dict[str, dict[str, Any]] = {}
@@ -92,6 +90,7 @@ class ServiceManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
         self.on_demand = OnDemandCertificates(auto, lambda: self.session, log)
+        self._served = ServedCertificates()  # the certificates last published
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -143,6 +142,7 @@ class ServiceManager:
         self.services[name] = service
         self._set_certificate(name, certificate)
         self._publish()
+        await self.data_plane.applied()
         self.log.info(
             "Deployed",
             service=name,
@@ -167,9 +167,6 @@ class ServiceManager:
             raise DeployError(_unhealthy_message(watch, timeout)) from None
         progress("healthy")
 
-    def _upstream_error(self, address: str, exc: BaseException) -> None:
-        self.log.error("Error while proxying", target=address, error=str(exc) or exc.__class__.__name__)
-
     def _check_conflicts(self, name: str, options: ServiceOptions) -> None:
         message = self.table.conflicts(name, options.hosts, options.path_prefixes)
         if message:
@@ -178,15 +175,19 @@ class ServiceManager:
     async def _drain(self, keys: set[PoolKey], timeout: float, progress: Progress) -> None:
         """Wait for the requests in flight on these targets, cutting them at `timeout`. Targets no longer
         published stop pooling; those still published (a paused service's) keep pooling."""
-        progress("draining", requests=self.dispatcher.in_flight(keys), timeout=format_duration(timeout))
-        cut = await self.dispatcher.drain(keys, timeout)
-        if cut:
+        requests = await self.data_plane.in_flight(keys)
+        progress("draining", requests=requests, timeout=format_duration(timeout))
+        drained: Drained = await self.data_plane.drain(keys, timeout)
+        if drained.cut:
             self.log.warn(
                 "Requests cut by drain timeout",
                 targets=sorted({address for _, _, address in keys}),
-                requests=cut,
+                requests=drained.cut,
             )
-        progress("drained", cut=cut)
+        if drained.unconfirmed:
+            progress("drained", cut=drained.cut, unconfirmed=list(drained.unconfirmed))
+        else:
+            progress("drained", cut=drained.cut)
 
     # -- maintenance (spec 8) ------------------------------------------------------
 
@@ -207,6 +208,7 @@ class ServiceManager:
         service = self._service(name)
         self.services[name] = dataclasses.replace(service, pause=state)
         self._publish()
+        await self.data_plane.applied()
         message = {"message": state.stop_message} if state.stop_message else {}
         self.log.info(_PAUSE_EVENTS[state.state], service=name, **message)
         await self.persist()
@@ -238,6 +240,7 @@ class ServiceManager:
             balancer = watch.balancer
             self.services[name] = dataclasses.replace(service, rollout=balancer)
             self._publish()
+            await self.data_plane.applied()
             self.log.info("Rollout deployed", service=name, targets=[t.address for t in balancer.targets])
             progress("switched")
             await self.persist()
@@ -252,6 +255,7 @@ class ServiceManager:
         split = RolloutSplit(percentage, frozenset(value.encode() for value in allowlist))
         self.services[name] = dataclasses.replace(service, split=split)
         self._publish()
+        await self.data_plane.applied()
         self.log.info("Rollout set", service=name, percentage=percentage, allowlist=allowlist)
         await self.persist()
 
@@ -259,6 +263,7 @@ class ServiceManager:
         """Send every request to the active targets again; the rollout targets stay, for a later `set`."""
         self.services[name] = dataclasses.replace(self._service(name), split=None)
         self._publish()
+        await self.data_plane.applied()
         self.log.info("Rollout stopped", service=name)
         await self.persist()
 
@@ -277,6 +282,7 @@ class ServiceManager:
             raise ServiceNotFound(name)
         self._set_certificate(name, None)
         self._publish()
+        await self.data_plane.applied()
         self._stop_checks(service.balancer)
         wanted = {h for s in self.services.values() if s.acme for h in s.hosts}
         for host in service.hosts:
@@ -287,7 +293,9 @@ class ServiceManager:
         self.log.info("Removed", service=name)
         await self.persist()
 
-    def describe(self) -> list[dict[str, Any]]:
+    async def describe(self) -> list[dict[str, Any]]:
+        services = sorted(self.services.values(), key=lambda s: s.name)
+        held = [await self.data_plane.held(s.name) for s in services]
         return [
             {
                 "service": s.name,
@@ -295,7 +303,7 @@ class ServiceManager:
                 "paths": list(s.options.path_prefixes),
                 "tls": s.tls_enabled,
                 "state": s.pause.state,
-                "held": self.dispatcher.held(s.name),
+                "held": held_now,
                 "certificates": self._certificate_details(s),
                 "targets": [{"address": t.address, "state": t.state.value} for t in s.balancer.targets],
                 "rollout": {
@@ -306,7 +314,7 @@ class ServiceManager:
                 if s.rollout is not None
                 else None,
             }
-            for s in sorted(self.services.values(), key=lambda s: s.name)
+            for s, held_now in zip(services, held, strict=True)
         ]
 
     def _certificate_details(self, service: Service) -> list[dict[str, str]]:
@@ -391,10 +399,10 @@ class ServiceManager:
     def _publish(self) -> None:
         self._inherit_tls()
         self.table = RoutingTable.build(self.services.values())
-        self.dispatcher.publish(self.table)
+        self.data_plane.publish(self.table)
         self._publish_certificates()
 
-    def _set_certificate(self, name: str, certificate: ssl.SSLContext | None) -> None:
+    def _set_certificate(self, name: str, certificate: CertificateFiles | None) -> None:
         if certificate is None:
             self._operator_certificates.pop(name, None)
         else:
@@ -413,27 +421,30 @@ class ServiceManager:
                 self.services[name] = dataclasses.replace(service, inherited_tls=inherited)
 
     def _publish_certificates(self) -> None:
-        if any(s.options.tls.on_demand_url for s in self.services.values()):
-            self.tls.on_demand = self._prepare_on_demand
-        elif self.tls.on_demand is not None:
-            self.tls.on_demand = None
+        on_demand = any(s.options.tls.on_demand_url for s in self.services.values())
+        if not on_demand:
             self.on_demand.forget_all()
-        self.tls.certificates = CertificateMap.build(self._certificates(), self._on_demand_certificates())
+        served = ServedCertificates(
+            tuple(self._certificates()), tuple(self._on_demand_certificates()), ask_unknown=on_demand
+        )
+        if served != self._served:  # a health change republishes the table, not the certificates
+            self._served = served
+            self.data_plane.publish_certificates(served)
 
-    def _certificates(self) -> Iterator[tuple[str, ssl.SSLContext]]:
+    def _certificates(self) -> Iterator[tuple[str, CertificateFiles]]:
         for service in self.services.values():
             if not service.tls_enabled:
                 continue
             for host in service.hosts:
-                context = self._operator_certificates.get(service.name) or self.auto.contexts.get(host)
-                if context is not None:
-                    yield host, context
+                files = self._operator_certificates.get(service.name) or self.auto.files.get(host)
+                if files is not None:
+                    yield host, files
 
-    def _on_demand_certificates(self) -> Iterator[tuple[str, ssl.SSLContext]]:
+    def _on_demand_certificates(self) -> Iterator[tuple[str, CertificateFiles]]:
         for host in self.on_demand.hosts:
-            context = self.auto.contexts.get(host)
-            if context is not None:
-                yield host, context
+            files = self.auto.files.get(host)
+            if files is not None:
+                yield host, files
 
     def _prepare_on_demand(self, server_name: str) -> Awaitable[None] | None:
         """A handshake for a name without a certificate: order one if an on-demand service serves it."""
@@ -557,7 +568,7 @@ def _load_error_pages(options: ServiceOptions) -> ErrorPages | None:
         raise DeployError(str(exc)) from None
 
 
-def _load_certificate(options: ServiceOptions) -> ssl.SSLContext | None:
+def _load_certificate(options: ServiceOptions) -> CertificateFiles | None:
     """The operator's certificate for a TLS service, checked now so a bad pair fails the deploy."""
     tls = options.tls
     if not tls.enabled or not tls.custom:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from proxy.autocert import AutoCertificates
-from proxy.dispatcher import ServiceDispatcher
+from proxy.dataplane import LocalDataPlane
 from proxy.health import HealthCheckConfig
 from proxy.http.request import BufferPolicy
 from proxy.http.server import HttpServer
@@ -28,7 +28,6 @@ from proxy.routing import RoutingTable
 from proxy.service import ServiceOptions
 from proxy.state import StateStore
 from proxy.target import TargetState
-from proxy.tls import TlsTerminator
 
 FAST_CHECKS = HealthCheckConfig(interval=0.05, timeout=1.0)
 
@@ -36,11 +35,12 @@ FAST_CHECKS = HealthCheckConfig(interval=0.05, timeout=1.0)
 @dataclass
 class Proxy:
     manager: ServiceManager
+    plane: LocalDataPlane
     url: str
 
     @property
     def table(self) -> RoutingTable:
-        return self.manager.dispatcher.table
+        return self.plane.dispatcher.table
 
     async def deploy(
         self, name: str, targets: list[str], drain_timeout: float = 30.0, **options: object
@@ -57,20 +57,18 @@ class Proxy:
     def in_flight(self, name: str, address: str) -> int:
         """Requests running on `address` for the service's deploy as it is now."""
         generation = self.manager.services[name].balancer.generation
-        return self.manager.dispatcher.in_flight([(name, generation, address)])
+        return self.plane.dispatcher.in_flight([(name, generation, address)])
 
 
 @pytest.fixture
 async def proxy(tmp_path: Path) -> AsyncIterator[Proxy]:
     log = JsonLog(fd=os.open(os.devnull, os.O_WRONLY))
     auto = AutoCertificates(log)
-    dispatcher = ServiceDispatcher(auto.tokens)
-    manager = ServiceManager(
-        dispatcher, TlsTerminator(auto.alpn_challenges), auto, StateStore(tmp_path / "state.json"), log
-    )
-    http = HttpServer(dispatcher, log)
+    plane = LocalDataPlane(auto.tokens, auto.alpn_challenges, log)
+    manager = ServiceManager(plane, auto, StateStore(tmp_path / "state.json"), log)
+    http = HttpServer(plane.dispatcher, log)
     server = await http.listen("127.0.0.1", 0)
-    yield Proxy(manager, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    yield Proxy(manager, plane, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     await http.shutdown(1.0)
     await manager.close()
 

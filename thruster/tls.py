@@ -17,7 +17,7 @@ from proxy.http.responses import redirect_response, text_response
 from proxy.log import JsonLog
 from proxy.routing import strip_port
 from proxy.service import TlsOptions
-from proxy.tls import CertificateMap, TlsTerminator
+from proxy.tls import ServedCertificates, TlsTerminator
 from thruster.config import ThrusterConfig
 
 _CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
@@ -48,10 +48,10 @@ class DomainCertificates:
         await self.auto.close()
 
     def _publish(self) -> None:
-        contexts = self.auto.contexts
-        self.terminator.certificates = CertificateMap.build(
-            (domain, contexts[domain]) for domain in self.domains if domain in contexts
-        )
+        files = self.auto.files
+        listed = tuple((domain, files[domain]) for domain in self.domains if domain in files)
+        for domain in self.terminator.install(ServedCertificates(listed)):
+            self.auto.log.error("Certificate could not be loaded", host=domain)
 
 
 class RedirectDispatcher:
