@@ -1,21 +1,32 @@
-"""`pyproxy run`: restore state, open the listeners and the admin socket, serve until signalled."""
+"""`pyproxy run`: restore state, open the listeners and the admin socket, serve until signalled.
+
+With `--workers 1` this one process is control plane and data plane. With more, it is the control
+plane (admin socket and API, state file, health checks, deploys and drains, ACME, metrics endpoint)
+and binds the listening sockets, which N worker processes accept on (proxy/fleet.py, proxy/worker.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass, field
+
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.admin import AdminApi
 from proxy.autocert import AutoCertificates
-from proxy.dispatcher import ServiceDispatcher
-from proxy.http.server import HttpLimits, HttpServer
+from proxy.dataplane import DataPlane, LocalDataPlane
+from proxy.fleet import WorkerFleet
+from proxy.http.server import HttpLimits, HttpServer, listening_socket
 from proxy.log import JsonLog
 from proxy.manager import ServiceManager
-from proxy.metrics import Metrics
+from proxy.metrics import InFlight, Metrics, MetricsEndpoint, process_registry
 from proxy.paths import socket_path, state_path
 from proxy.state import StateStore
-from proxy.tls import TlsTerminator
+from proxy.worker import HTTP01, TLS_ALPN01, WorkerSettings
 
 SHUTDOWN_GRACE = 10.0
 
@@ -28,6 +39,7 @@ class RunSettings:
     bind: str = ""
     debug: bool = False
     h2c: bool = False
+    workers: int = 1
     limits: HttpLimits = field(default_factory=HttpLimits)
 
 
@@ -41,13 +53,74 @@ def run(settings: RunSettings) -> int:
 
 
 async def _serve(settings: RunSettings) -> int:
-    log = JsonLog(debug=settings.debug)
+    log = JsonLog(debug=settings.debug, shared=settings.workers > 1)
     bind = settings.bind or None
     store = StateStore(state_path())
     auto = AutoCertificates(log)
-    tls = TlsTerminator(auto.alpn_challenges)
-    dispatcher = ServiceDispatcher(auto.tokens)
-    manager = ServiceManager(dispatcher, tls, auto, store, log)
+    # A file-size limit reached while buffering a body must fail that request (EFBIG), not kill the proxy.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        sockets = (listening_socket(bind, settings.http_port), listening_socket(bind, settings.https_port))
+    except OSError as exc:
+        log.error("Could not start", error=str(exc))
+        return 1
+    async with contextlib.AsyncExitStack() as cleanup:
+        if settings.workers > 1:
+            metrics_dir = tempfile.mkdtemp(prefix="pyproxy-metrics-") if settings.metrics_port else None
+            if metrics_dir is not None:
+                cleanup.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            fleet = WorkerFleet(settings.workers, _worker_settings(settings), sockets, log, metrics_dir)
+            auto.tokens.on_change = fleet.challenge_mirror(HTTP01)
+            auto.alpn_challenges.on_change = fleet.challenge_mirror(TLS_ALPN01)
+            plane: DataPlane = fleet
+        else:
+            local = plane = LocalDataPlane(auto.tokens, auto.alpn_challenges, log)
+        manager = ServiceManager(plane, auto, store, log)
+        cleanup.push_async_callback(manager.close)
+        await _restore(manager, store, log)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        admin = AdminApi(manager)
+        try:
+            if settings.workers > 1:
+                endpoint = _fleet_metrics(fleet, bind, settings.metrics_port, metrics_dir)
+                await fleet.start()
+                stop_data_plane = fleet.shutdown
+            else:
+                endpoint, metrics = _local_metrics(bind, settings.metrics_port)
+                local.dispatcher.metrics = metrics
+                http = HttpServer(local.dispatcher, log, settings.limits, metrics=metrics)
+                await http.serve(sockets[0], report_port=settings.http_port, h2c=settings.h2c)
+                await http.serve(sockets[1], local.tls, report_port=settings.https_port)
+                stop_data_plane = http.shutdown
+            if endpoint is not None:
+                cleanup.callback(endpoint.stop)
+            await admin.start(socket_path())
+        except OSError as exc:
+            log.error("Could not start", error=str(exc))
+            return 1
+        log.info(
+            "Server started",
+            http_port=sockets[0].getsockname()[1],
+            https_port=sockets[1].getsockname()[1],
+            metrics_port=settings.metrics_port,
+            socket=str(socket_path()),
+            workers=settings.workers,
+        )
+
+        await stopping.wait()
+
+        log.info("Shutting down", grace=f"{SHUTDOWN_GRACE:g}s")
+        await admin.stop()
+        await stop_data_plane(SHUTDOWN_GRACE)
+    log.info("Stopped")
+    return 0
+
+
+async def _restore(manager: ServiceManager, store: StateStore, log: JsonLog) -> None:
+    """The services saved by the last run, before any listener serves."""
     saved = store.load()
     if not saved.found:
         log.info("No previous state to restore", path=str(store.path))  # kamal-proxy's words; Kamal checks
@@ -63,40 +136,36 @@ async def _serve(settings: RunSettings) -> int:
     if saved.moved_to is not None:
         await manager.persist()  # a fresh state file at once: the next restart must find what was saved
 
-    # A file-size limit reached while buffering a body must fail that request (EFBIG), not kill the proxy.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
 
-    metrics = Metrics.start(bind, settings.metrics_port) if settings.metrics_port else None
-    dispatcher.metrics = metrics
-    http = HttpServer(dispatcher, log, settings.limits, metrics=metrics)
-    admin = AdminApi(manager)
-    try:
-        server = await http.listen(bind, settings.http_port, report_port=settings.http_port, h2c=settings.h2c)
-        secure = await http.listen(bind, settings.https_port, tls, report_port=settings.https_port)
-        await admin.start(socket_path())
-    except OSError as exc:
-        log.error("Could not start", error=str(exc))
-        await manager.close()
-        return 1
-    log.info(
-        "Server started",
-        http_port=server.sockets[0].getsockname()[1],
-        https_port=secure.sockets[0].getsockname()[1],
-        metrics_port=settings.metrics_port,
-        socket=str(socket_path()),
+def _worker_settings(settings: RunSettings) -> WorkerSettings:
+    return WorkerSettings(
+        number=0,
+        debug=settings.debug,
+        h2c=settings.h2c,
+        limits=settings.limits,
+        http_port=settings.http_port,
+        https_port=settings.https_port,
+        metrics=bool(settings.metrics_port),
     )
 
-    await stopping.wait()
 
-    log.info("Shutting down", grace=f"{SHUTDOWN_GRACE:g}s")
-    await admin.stop()
-    await http.shutdown(SHUTDOWN_GRACE)
-    await manager.close()
-    if metrics is not None:
-        metrics.stop()
-    log.info("Stopped")
-    return 0
+def _local_metrics(bind: str | None, port: int) -> tuple[MetricsEndpoint | None, Metrics | None]:
+    """The metrics of a single process: counted here, served from here (none when `port` is 0)."""
+    if not port:
+        return None, None
+    registry = process_registry()
+    metrics = Metrics(registry)
+    return MetricsEndpoint(registry, bind, port), metrics
+
+
+def _fleet_metrics(
+    fleet: WorkerFleet, bind: str | None, port: int, metrics_dir: str | None
+) -> MetricsEndpoint | None:
+    """One endpoint for every worker: their counters summed from the multiprocess files, their in-flight
+    gauges asked of them at scrape time."""
+    if not port or metrics_dir is None:
+        return None
+    registry = process_registry()
+    MultiProcessCollector(registry, path=metrics_dir)
+    registry.register(InFlight(fleet.requests_in_flight_now))
+    return MetricsEndpoint(registry, bind, port)

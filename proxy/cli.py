@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import admin_client
-from proxy.flags import FlagParser
+from proxy.cpus import usable_cpus
+from proxy.flags import FlagParser, parse_int
 from proxy.letsencrypt import LETS_ENCRYPT_STAGING
 from proxy.paths import data_dir, program_name
 
@@ -101,9 +102,15 @@ def _run(argv: list[str]) -> int:
         env="IDLE_TIMEOUT",
         help="Time an idle keep-alive client connection is kept open",
     )
+    parser.add_str(
+        "--workers",
+        env="WORKERS",
+        help="Processes serving traffic (default: the CPUs this process may use)",
+    )
     ns = parser.parse_args(argv)
     if ns.header_timeout <= 0 or ns.idle_timeout <= 0:
         parser.error("--header-timeout and --idle-timeout must be positive")
+    workers = _workers(parser, ns.workers)
     from proxy.app import RunSettings, run  # here: the admin commands never load the server
     from proxy.http.server import HttpLimits
 
@@ -114,9 +121,23 @@ def _run(argv: list[str]) -> int:
         bind=ns.bind,
         debug=ns.debug,
         h2c=ns.h2c,
+        workers=workers,
         limits=HttpLimits(header_timeout=ns.header_timeout, idle_timeout=ns.idle_timeout),
     )
     return run(settings)
+
+
+def _workers(parser: FlagParser, given: str) -> int:
+    """`--workers` (or WORKERS): a positive number; unset or empty, the CPUs this process may use."""
+    if not given:
+        return usable_cpus()
+    try:
+        count = parse_int(given)
+    except ValueError:
+        parser.error(f'invalid number of workers "{given}" for --workers: expected a positive integer')
+    if count < 1:
+        parser.error(f"--workers must be at least 1, got {count}")
+    return count
 
 
 def _deploy_parser() -> FlagParser:
@@ -291,6 +312,9 @@ def _print_progress(event: dict[str, Any]) -> None:
     elif kind == "drained":
         cut = event.get("cut", 0)
         text = f"Drained; {cut} request(s) cut at the drain timeout" if cut else "Drained"
+        unconfirmed = event.get("unconfirmed")
+        if unconfirmed:
+            text += f"; {', '.join(unconfirmed)} did not confirm (replaced)"
     elif kind == "certificate":
         text = f"Certificate for {event['host']}: {event['state']}"
     elif kind == "done":

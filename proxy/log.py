@@ -2,7 +2,9 @@
 
 Control-plane events are written at once. Access-log lines are hot: they are
 appended to a buffer that `flush` writes out, at least every sweep of the
-server (a tenth of a second) and whenever it grows large.
+server (a tenth of a second) and whenever it grows large. Where several
+processes write to one stdout (`--workers`), each write holds whole lines and
+at most PIPE_BUF bytes, which a pipe never splits or interleaves.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ _FLUSH_AT = 64 * 1024
 class JsonLog:
     """Writes log lines to a file descriptor (stdout unless told otherwise)."""
 
-    def __init__(self, fd: int | None = None, debug: bool = False) -> None:
+    def __init__(self, fd: int | None = None, debug: bool = False, shared: bool = False) -> None:
+        """`shared`: other processes write to the same file (workers): lines must not interleave."""
         self.fd = sys.stdout.fileno() if fd is None else fd
         self.debug_enabled = debug
+        self.shared = shared
         self.buffer: list[bytes] = []
         self.buffered = 0
         self._millis = -1
@@ -72,7 +76,19 @@ class JsonLog:
         data = b"".join(self.buffer)
         self.buffer.clear()
         self.buffered = 0
-        view = memoryview(data)
+        if not self.shared:
+            self._write(memoryview(data))
+            return
+        start, size = 0, len(data)
+        while start < size:
+            end = start + select.PIPE_BUF
+            if end < size:  # cut after the last whole line that fits; a longer line goes alone
+                cut = data.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= start else (data.find(b"\n", end) + 1 or size)
+            self._write(memoryview(data)[start:end])
+            start = end
+
+    def _write(self, view: memoryview) -> None:
         while view:
             try:
                 written = os.write(self.fd, view)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -36,31 +36,24 @@ _METHODS = frozenset(
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        # kamal-proxy serves Go's default registry, whose process metrics dashboards also chart.
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+    """The data plane's counts. With a registry they are collected from it; in a worker (no registry)
+    prometheus_client keeps them in files of the fleet's directory (its multiprocess mode, chosen by
+    PROMETHEUS_MULTIPROC_DIR in the worker's environment), which the control process sums."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         labels = ["service", "method", "status"]
         self.requests = Counter(
-            "kamal_proxy_http_requests_total", "HTTP requests processed", labels, registry=self.registry
+            "kamal_proxy_http_requests_total", "HTTP requests processed", labels, registry=registry
         )
         self.duration = Histogram(
             "kamal_proxy_http_request_duration_seconds",
             "Time taken to process HTTP requests",
             labels,
-            registry=self.registry,
+            registry=registry,
         )
         self.in_flight: defaultdict[bytes, int] = defaultdict(int)
-        self.registry.register(_InFlight(self.in_flight))
-        self._server = None
-
-    @classmethod
-    def start(cls, bind: str | None, port: int) -> Metrics:
-        """Serve the metrics on bind:port (any path) from a background thread."""
-        metrics = cls()
-        metrics._server, _ = start_http_server(port, addr=bind or "0.0.0.0", registry=metrics.registry)
-        return metrics
+        if registry is not None:
+            registry.register(InFlight(lambda: self.in_flight))
 
     def started(self, request: Request, service: Service) -> None:
         """A request was routed to `service` (and `request.path` is the path it is sent with)."""
@@ -82,21 +75,36 @@ class Metrics:
         self.requests.labels(*labels).inc()
         self.duration.labels(*labels).observe(time.time() - request.started_at)
 
+
+class MetricsEndpoint:
+    """Serves a registry on bind:port (any path) from a background thread."""
+
+    def __init__(self, registry: CollectorRegistry, bind: str | None, port: int) -> None:
+        self._server, _ = start_http_server(port, addr=bind or "0.0.0.0", registry=registry)
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
+        self._server.shutdown()
 
 
-class _InFlight(Collector):
-    """`kamal_proxy_http_in_flight_requests`, read from the counts at scrape time."""
+def process_registry() -> CollectorRegistry:
+    """A registry with this process's own metrics: kamal-proxy serves Go's default registry, whose
+    process metrics dashboards also chart."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
-    def __init__(self, counts: defaultdict[bytes, int]) -> None:
+
+class InFlight(Collector):
+    """`kamal_proxy_http_in_flight_requests`, read from the counts (by service) at scrape time."""
+
+    def __init__(self, counts: Callable[[], Mapping[bytes, int]]) -> None:
         self.counts = counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "kamal_proxy_http_in_flight_requests", "Number of in-flight HTTP requests", labels=["service"]
         )
-        for service, count in list(self.counts.items()):
+        for service, count in list(self.counts().items()):
             family.add_metric([service.decode()], count)
         yield family

@@ -125,7 +125,10 @@ class RequestForwarding:
         """Note who the client is, once per connection: its address for X-Forwarded-For, and the
         fields every access-log line of the connection shares."""
         peer = transport.get_extra_info("peername")
-        self.client_ip = (peer[0] if peer else "").encode()
+        ip = peer[0] if peer else ""
+        # A dual-stack listener names IPv4 clients as IPv4-mapped IPv6 addresses; Go (kamal-proxy) and
+        # every app behind it expect the IPv4 address itself.
+        self.client_ip = (ip[7:] if ip.startswith("::ffff:") and "." in ip else ip).encode()
         self._note_connection_lines(port)
 
     def _note_connection_lines(self, port: int) -> None:

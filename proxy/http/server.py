@@ -125,14 +125,24 @@ class HttpServer:
         report_port: int | None = None,
         h2c: bool = False,
     ) -> asyncio.Server | TlsListener:
-        """Start accepting on host:port (all addresses when host is None), over TLS when given a gate.
+        """Start accepting on host:port (all addresses when host is None); see `serve`."""
+        return await self.serve(listening_socket(host, port), tls, report_port, h2c)
 
-        `report_port` is the port named in access logs (the configured one when `port` is 0). With
+    async def serve(
+        self,
+        sock: socket.socket,
+        tls: HandshakeGate | None = None,
+        report_port: int | None = None,
+        h2c: bool = False,
+    ) -> asyncio.Server | TlsListener:
+        """Start accepting on a listening socket (one this process bound, or one inherited from the control
+        process, which every worker accepts on), over TLS when given a gate.
+
+        `report_port` is the port named in access logs (the configured one when the socket's is 0). With
         `h2c`, a plain listener also takes HTTP/2 with prior knowledge.
         """
+        logged_port = report_port or sock.getsockname()[1]
         if tls is not None:
-            sock = _listening_socket(host, port)
-            logged_port = report_port or sock.getsockname()[1]
             # A TLS handshake is the first part of receiving a request: same time limit as the head.
             server = TlsListener(
                 sock, tls, lambda: ClientConnection(self, b"https", logged_port), self.header_timeout
@@ -140,18 +150,10 @@ class HttpServer:
         else:
             # Chosen once, not per connection: h2c's chooser steps aside after the first bytes.
             if h2c:
-                protocol = functools.partial(CleartextProtocolChooser, self)
+                protocol = functools.partial(CleartextProtocolChooser, self, logged_port)
             else:
-                protocol = functools.partial(ClientConnection, self, b"http")
-            server = await self.loop.create_server(
-                lambda: protocol(logged_port),
-                host,
-                port,
-                backlog=BACKLOG,
-                reuse_address=True,
-                family=socket.AF_UNSPEC,
-            )
-            logged_port = report_port or server.sockets[0].getsockname()[1]
+                protocol = functools.partial(ClientConnection, self, b"http", logged_port)
+            server = await self.loop.create_server(protocol, sock=sock, backlog=BACKLOG)
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -193,7 +195,7 @@ class HttpServer:
             self._all_closed.set_result(None)
 
 
-def _listening_socket(host: str | None, port: int) -> socket.socket:
+def listening_socket(host: str | None, port: int) -> socket.socket:
     """A listening TCP socket on host:port; with no host, on every address (IPv6 and IPv4 when possible)."""
     if host is None:
         if socket.has_dualstack_ipv6():
