@@ -106,6 +106,10 @@ class ProxyProcess:
         result = await self.cli("deploy", service, *flags, "--health-check-interval=100ms", *args)
         return result
 
+    def worker_pids(self) -> dict[int, int]:
+        """The live worker processes by number (from their "Worker started" lines; the latest wins)."""
+        return {line["worker"]: line["pid"] for line in self.logs("Worker started")}
+
     def logs(self, msg: str) -> list[dict[str, Any]]:
         return [line for line in self.lines if line.get("msg") == msg]
 
@@ -136,20 +140,26 @@ def proxy_env(workdir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def proxy(tmp_path: Path) -> AsyncIterator[ProxyProcess]:
-    running = ProxyProcess(tmp_path, proxy_env(tmp_path), [])
+def workers() -> int:
+    """The `--workers` of `proxy` and `make_proxy`: 1 unless a test parametrizes it to run under more."""
+    return 1
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path, workers: int) -> AsyncIterator[ProxyProcess]:
+    running = ProxyProcess(tmp_path, proxy_env(tmp_path), [f"--workers={workers}"])
     await running.start()
     yield running
     assert await running.stop() == 0, "pyproxy run must exit 0 on SIGTERM"
 
 
 @pytest.fixture
-async def make_proxy(tmp_path: Path):
+async def make_proxy(tmp_path: Path, workers: int):
     """For tests that need run flags of their own, or a second process on the same state."""
     started: list[ProxyProcess] = []
 
     async def make(*extra_args: str) -> ProxyProcess:
-        running = ProxyProcess(tmp_path, proxy_env(tmp_path), list(extra_args))
+        running = ProxyProcess(tmp_path, proxy_env(tmp_path), [f"--workers={workers}", *extra_args])
         await running.start()
         started.append(running)
         return running

@@ -7,6 +7,7 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
 from tests.conftest import ProxyProcess, Upstream
 
@@ -17,6 +18,7 @@ async def upstream_of(session: aiohttp.ClientSession, url: str, headers: dict | 
         return (await response.json())["upstream"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_twenty_deploys_under_load_lose_no_request(proxy: ProxyProcess, upstreams: list[Upstream]):
     blue, green = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0
@@ -53,6 +55,7 @@ async def test_twenty_deploys_under_load_lose_no_request(proxy: ProxyProcess, up
         assert served <= {name}, f"after deploy {k} returned, requests went to {served}"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_deploy_waits_for_an_in_flight_request_to_finish(proxy, upstreams):
     blue, green = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0
@@ -69,6 +72,7 @@ async def test_deploy_waits_for_an_in_flight_request_to_finish(proxy, upstreams)
         assert await upstream_of(session, proxy.url) == "green"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_drain_timeout_cuts_long_requests(proxy, upstreams):
     blue, green = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0

@@ -8,6 +8,7 @@ import json
 import signal
 
 import aiohttp
+import pytest
 
 from tests.conftest import ProxyProcess, Upstream
 from tests.h2client import H2Client
@@ -28,6 +29,7 @@ async def wait_held(proxy: ProxyProcess, count: int) -> None:
     raise AssertionError(f"never saw {count} held requests: {listed.stdout}")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_pause_holds_requests_and_resume_lets_them_all_through(proxy, upstreams):
     blue, _ = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0
@@ -53,6 +55,7 @@ async def test_a_request_held_longer_than_max_pause_gets_504(proxy, upstreams):
     assert blue.requests == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_pause_waits_for_the_requests_in_flight(proxy, upstreams):
     blue, _ = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0
@@ -65,6 +68,7 @@ async def test_pause_waits_for_the_requests_in_flight(proxy, upstreams):
         assert (await slow)[0] == 200
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_stop_answers_503_with_the_service_page_and_the_message(proxy, upstreams, tmp_path):
     blue, _ = upstreams
     pages = tmp_path / "pages"
@@ -98,6 +102,7 @@ async def test_stop_without_pages_shows_the_message_on_the_built_in_page(proxy, 
     assert "Upgrading the database" in body
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_stop_releases_held_requests_into_503(proxy, upstreams):
     blue, _ = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0
@@ -111,6 +116,7 @@ async def test_stop_releases_held_requests_into_503(proxy, upstreams):
     assert blue.requests == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_list_shows_the_state_and_a_deploy_keeps_it(proxy, upstreams):
     blue, green = upstreams
     assert (await proxy.deploy("web", blue.address)).status == 0

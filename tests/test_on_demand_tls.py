@@ -70,10 +70,11 @@ async def handshake_fails(proxy: ProxyProcess, host: str, roots: str) -> bool:
     return False
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_allowed_host_gets_a_certificate_in_its_first_handshake_and_denied_does_not(
-    tmp_path, pebble, acme_proxies, upstreams, check_endpoint
+    tmp_path, pebble, acme_proxies, upstreams, check_endpoint, workers
 ):
-    proxy = await start_proxy(tmp_path, pebble, acme_proxies)
+    proxy = await start_proxy(tmp_path, pebble, acme_proxies, workers)
     args = on_demand_args(tmp_path, pebble, check_endpoint.url)
     result = await proxy.deploy("saas", upstreams[0].address, args=args)
     assert result.status == 0, result.stderr
@@ -93,7 +94,7 @@ async def test_allowed_host_gets_a_certificate_in_its_first_handshake_and_denied
     # Issued hosts do not depend on the check endpoint: restart with it gone, still served from the cache.
     await check_endpoint.stop()
     await proxy.stop()
-    restarted = await start_proxy(tmp_path, pebble, acme_proxies)
+    restarted = await start_proxy(tmp_path, pebble, acme_proxies, workers)
     await restarted.wait_for_log("Restored", service="saas")
     issuer = await peer_issuer(restarted.https_port, "allowed.test", roots)
     assert issuer.startswith("Pebble Intermediate CA")

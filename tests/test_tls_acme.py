@@ -7,6 +7,7 @@ import datetime
 import ssl
 from pathlib import Path
 
+import pytest
 import trustme
 
 from proxy.acme import AcmeSettings, CertificateCache
@@ -14,9 +15,11 @@ from tests.conftest import ProxyProcess, proxy_env, raw_request
 from tests.pebble import Pebble, free_port, start_pebble
 
 
-async def start_proxy(tmp_path: Path, pebble: Pebble, started: list[ProxyProcess]) -> ProxyProcess:
+async def start_proxy(
+    tmp_path: Path, pebble: Pebble, started: list[ProxyProcess], workers: int = 1
+) -> ProxyProcess:
     env = {**proxy_env(tmp_path), "REQUESTS_CA_BUNDLE": pebble.ca_bundle}
-    running = ProxyProcess(tmp_path, env, [f"--http-port={pebble.http_port}"])
+    running = ProxyProcess(tmp_path, env, [f"--http-port={pebble.http_port}", f"--workers={workers}"])
     await running.start()
     started.append(running)
     return running
@@ -49,10 +52,11 @@ async def peer_issuer(port: int, host: str, cadata: str) -> str:
     return names.get("commonName") or names["organizationName"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_certificate_is_issued_served_and_reused_after_restart(
-    tmp_path, pebble, acme_proxies, upstreams
+    tmp_path, pebble, acme_proxies, upstreams, workers
 ):
-    proxy = await start_proxy(tmp_path, pebble, acme_proxies)
+    proxy = await start_proxy(tmp_path, pebble, acme_proxies, workers)
     result = await proxy.deploy("app", upstreams[0].address, args=acme_args(tmp_path, pebble, "app.test"))
     assert result.status == 0, result.stderr
     assert "Certificate for app.test: ordering" in result.stdout
@@ -68,7 +72,7 @@ async def test_certificate_is_issued_served_and_reused_after_restart(
     assert b"Location: https://app.test/page" in page
 
     await proxy.stop()
-    restarted = await start_proxy(tmp_path, pebble, acme_proxies)
+    restarted = await start_proxy(tmp_path, pebble, acme_proxies, workers)
     await restarted.wait_for_log("Restored", service="app")
     assert (await peer_issuer(restarted.https_port, "app.test", roots)).startswith("Pebble Intermediate CA")
     assert not restarted.logs("Ordering certificate"), "the cached certificate is served without a new order"
@@ -104,12 +108,13 @@ async def test_expiring_certificate_keeps_serving_until_its_renewal_arrives(
     assert issuers[-1].startswith("Pebble Intermediate CA"), "then the renewed one, with no failed request"
 
 
-async def test_tls_alpn_01_is_used_when_port_80_does_not_reach_the_proxy(tmp_path, upstreams):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_tls_alpn_01_is_used_when_port_80_does_not_reach_the_proxy(tmp_path, upstreams, workers):
     https_port = free_port()
     # pebble validates HTTP-01 on a port nobody listens on, TLS-ALPN-01 on the proxy's HTTPS port.
     with start_pebble(tmp_path / "pebble", http_port=free_port(), tls_port=https_port) as pebble:
         env = {**proxy_env(tmp_path), "REQUESTS_CA_BUNDLE": pebble.ca_bundle}
-        proxy = ProxyProcess(tmp_path, env, [f"--https-port={https_port}"])
+        proxy = ProxyProcess(tmp_path, env, [f"--https-port={https_port}", f"--workers={workers}"])
         await proxy.start()
         try:
             args = acme_args(tmp_path, pebble, "app.test")
