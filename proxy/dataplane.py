@@ -60,7 +60,7 @@ class LocalDataPlane:
         self.dispatcher = ServiceDispatcher(tokens)
         self.dispatcher.pools.on_error = self._upstream_error
         self.tls = TlsTerminator(alpn_challenges, self._ask_certificate)
-        self.ask_certificate: CertificateRequest = _no_certificate
+        self.ask_certificate: CertificateRequest = no_certificate
 
     def publish(self, table: RoutingTable) -> None:
         self.dispatcher.publish(table)
@@ -88,5 +88,5 @@ class LocalDataPlane:
         self.log.error("Error while proxying", target=address, error=str(exc) or exc.__class__.__name__)
 
 
-def _no_certificate(server_name: str) -> None:
+def no_certificate(server_name: str) -> None:
     """`ask_certificate` until the control plane sets it: nothing to wait for."""

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy.channel import Channel
-from proxy.dataplane import CertificateRequest, Drained
+from proxy.dataplane import CertificateRequest, Drained, no_certificate
 from proxy.log import JsonLog
 from proxy.pools import PoolKey
 from proxy.routing import RoutingTable
@@ -42,10 +42,6 @@ ANSWER_TIMEOUT = 0.5  # for a question (in flight, held): a healthy worker answe
 CHALLENGE_TIMEOUT = 5.0  # for every worker to take an ACME challenge
 CRASH_WINDOW = 1.0  # a worker that dies this soon after it started is restarted after this long
 EXIT_GRACE = 2.0  # beyond the shutdown grace, before a worker that has not exited is killed
-
-
-def _no_certificate(server_name: str) -> None:
-    """`ask_certificate` until the control plane sets it."""
 
 
 class Worker:
@@ -85,7 +81,7 @@ class WorkerFleet:
         self.sockets = sockets
         self.log = log
         self.metrics_dir = metrics_dir
-        self.ask_certificate: CertificateRequest = _no_certificate
+        self.ask_certificate: CertificateRequest = no_certificate
         self.workers: dict[int, Worker] = {}  # by number, 1..N: the live ones
         self._table = RoutingTable.build(())
         self._served = ServedCertificates()
