@@ -11,8 +11,8 @@ Each worker has its own socket pair to the control process (proxy/channel.py). D
 table, the certificates served (files: each worker loads its own contexts), ACME challenges (each change
 acknowledged by every worker before the CA is told to validate). Up come answers: requests in flight per
 (service, deploy, address), drains, held requests, in-flight counts for metrics, and on-demand
-certificate requests. A worker that dies is replaced at once (a crash loop, after a pause); one that
-does not confirm a drain in time is named to the deploy and replaced.
+certificate requests. A worker that dies is replaced at once (a replacement that dies as it starts, a
+crash loop, after a pause); one that does not confirm a drain in time is named to the deploy and replaced.
 """
 
 from __future__ import annotations
@@ -40,15 +40,19 @@ START_TIMEOUT = 30.0  # for a worker to report ready
 CONFIRM_GRACE = 0.5  # beyond a drain's timeout, how long a worker has to report it
 ANSWER_TIMEOUT = 0.5  # for a question (in flight, held): a healthy worker answers in a millisecond
 CHALLENGE_TIMEOUT = 5.0  # for every worker to take an ACME challenge
-CRASH_WINDOW = 1.0  # a worker that dies this soon after it started is restarted after this long
+CRASH_WINDOW = 1.0  # a replacement that dies this soon after it started is replaced after this long
 EXIT_GRACE = 2.0  # beyond the shutdown grace, before a worker that has not exited is killed
 
 
 class Worker:
     """One worker process as the control process sees it."""
 
-    def __init__(self, number: int, process: asyncio.subprocess.Process, channel: Channel) -> None:
+    def __init__(
+        self, number: int, process: asyncio.subprocess.Process, channel: Channel, replaces: bool
+    ) -> None:
+        """`replaces`: it was started in place of a worker that died (not by `start`)."""
         self.number = number
+        self.replaces = replaces
         self.process = process
         self.channel = channel
         self.started_at = time.monotonic()
@@ -93,7 +97,7 @@ class WorkerFleet:
 
     async def start(self) -> None:
         """Start every worker and wait until each accepts; OSError if one cannot start."""
-        workers = [await self._spawn(number) for number in range(1, self.count + 1)]
+        workers = [await self._spawn(number, replaces=False) for number in range(1, self.count + 1)]
         try:
             await asyncio.wait_for(asyncio.gather(*(w.ready for w in workers)), START_TIMEOUT)
         except (TimeoutError, OSError) as exc:
@@ -208,7 +212,7 @@ class WorkerFleet:
                 answer.cancel()
         return answers
 
-    async def _spawn(self, number: int) -> Worker:
+    async def _spawn(self, number: int, replaces: bool) -> Worker:
         parent, child = socket.socketpair()
         fds = (child.fileno(), *(s.fileno() for s in self.sockets))
         env = dict(os.environ)
@@ -224,7 +228,7 @@ class WorkerFleet:
             stdin=asyncio.subprocess.DEVNULL,
         )
         child.close()
-        worker = Worker(number, process, await Channel.open(parent))
+        worker = Worker(number, process, await Channel.open(parent), replaces)
         self.workers[number] = worker
         settings = replace(self.settings, number=number)
         worker.channel.send("start", settings, self._table, self._served, dict(self._challenges))
@@ -245,23 +249,23 @@ class WorkerFleet:
             elif kind == "ask_certificate":
                 self._keep(self._ready_certificate(worker, *args))
         worker.channel.close()
+        if self.workers.get(worker.number) is worker:  # from now on nobody asks it: it cannot answer
+            del self.workers[worker.number]
         for answer in worker.calls.values():  # its requests are gone with it: nothing to wait for
             if not answer.done():
                 answer.set_result(None)
         if not worker.ready.done():
             worker.ready.set_exception(OSError(f"{worker.name} exited before it was ready"))
         status = await worker.process.wait()
-        if self.workers.get(worker.number) is worker:
-            del self.workers[worker.number]
         if self._stopping:
             return
         cause = f"signal {-status}" if status < 0 else f"status {status}"
         self.log.error("Worker exited: starting another", worker=worker.name, cause=cause)
-        if time.monotonic() - worker.started_at < CRASH_WINDOW:
-            await asyncio.sleep(CRASH_WINDOW)
+        if worker.replaces and time.monotonic() - worker.started_at < CRASH_WINDOW:
+            await asyncio.sleep(CRASH_WINDOW)  # replacements die as they start: a crash loop, slowed down
         if not self._stopping:
             try:
-                await self._spawn(worker.number)
+                await self._spawn(worker.number, replaces=True)
             except OSError as exc:
                 self.log.error("Could not start a worker", worker=worker.number, error=str(exc))
 

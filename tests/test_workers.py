@@ -253,3 +253,69 @@ def test_a_cgroup_cpu_quota_caps_the_default(tmp_path, workers):
     assert cgroup_cpu_limit(root, own) is None
     (root / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     assert cgroup_cpu_limit(root, own) == 3.0
+
+
+async def test_a_worker_killed_under_load_loses_only_its_connections_and_a_deploy_completes(
+    proxy: ProxyProcess, upstreams: list[Upstream]
+):
+    blue, green = upstreams
+    assert (await proxy.deploy("web", blue.address)).status == 0
+    survivor, victim = proxy.worker_pids()[1], proxy.worker_pids()[2]
+    killed = asyncio.Event()
+    done = asyncio.Event()
+
+    async def client(keep_alive: bool) -> list[tuple[bool, bool]]:
+        """(after the kill, succeeded) for each request, until told to stop (bounded: 3000)."""
+        outcomes = []
+        connector = aiohttp.TCPConnector(force_close=not keep_alive)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(3000):
+                if done.is_set():
+                    break
+                after = killed.is_set()
+                try:
+                    outcomes.append((after, await status_of(session, f"{proxy.url}/load") == 200))
+                except aiohttp.ClientError:
+                    outcomes.append((after, False))
+        return outcomes
+
+    load = [asyncio.create_task(client(keep_alive)) for keep_alive in (True, True, True, False, False)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while len(blue.requests) < 200:  # bounded by the load's own count
+            await asyncio.sleep(0.01)
+        async with stopped(proxy, victim):  # a request to drain, on the worker that lives
+            slow = asyncio.create_task(session.get(f"{proxy.url}/slow?s=1.5"))
+            await asyncio.wait_for(blue.started.wait(), 5)
+        deploying = asyncio.create_task(proxy.deploy("web", green.address))
+        for _ in range(500):  # bounded: 5 s; once the load reaches green, the deploy is draining blue
+            if green.requests:
+                break
+            await asyncio.sleep(0.01)
+        assert green.requests and not deploying.done()
+        os.kill(victim, signal.SIGKILL)
+        killed.set()
+        started = time.monotonic()
+        fresh = await replacement(proxy, 2, victim)
+        async with stopped(proxy, survivor):
+            assert await status_of(session, f"{proxy.url}/who") == 200, "the new worker serves"
+            served_after = time.monotonic() - started
+        result = await deploying
+        assert slow.done(), "the deploy returned before the drained request ended"
+        assert (await slow).status == 200
+        done.set()
+        outcomes = await asyncio.gather(*load)
+    assert result.status == 0, result.stderr
+    assert "Drained\n" in result.stdout  # the slow request and any load request on blue: none cut
+    for requests in outcomes:  # a client has one connection at a time: it can lose one request
+        failures = [after for after, ok in requests if not ok]
+        assert failures in ([], [True]), requests
+        assert requests[-1][1], "every request after the lost one succeeds"
+    assert sum(len(requests) for requests in outcomes) > 400
+    assert served_after < 1.0, f"the new worker served {served_after:.2f} s after the kill"  # 0.2-0.3 s here
+    for pid in (survivor, fresh):
+        async with (
+            stopped(proxy, pid),
+            aiohttp.ClientSession() as session,
+            session.get(proxy.url) as response,
+        ):
+            assert (await response.json())["upstream"] == "green"
