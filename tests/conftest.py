@@ -241,7 +241,7 @@ class Upstream:
     async def slow(self, request: web.Request) -> web.Response:
         self.started.set()
         await asyncio.sleep(float(request.query.get("s", "2")))
-        return web.Response(text=f"slow from {self.name}")
+        return web.Response(text=f"slow from {self.name}".ljust(int(request.query.get("bytes", "0")), "."))
 
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()

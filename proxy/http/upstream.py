@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import re
 from typing import TYPE_CHECKING, cast
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from proxy.http.request import BodySender, Downstream, Request, TunnelClient
 
 READ_BUFFER_SIZE = 256 * 1024
+SPARE_READ_BUFFERS = 8  # kept by the process for the next connection that reads; the rest are unmapped
 WRITE_HIGH_WATER = 256 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
 # Enough for the bursts of HTTP/2 clients (each connection may have 100 streams in flight): with
@@ -187,6 +189,19 @@ def connection_tail(request: Request, client: Downstream) -> bytes:
     return b"\r\n"
 
 
+_spare_read_buffers: list[tuple[mmap.mmap, memoryview]] = []
+
+
+def _take_read_buffer() -> tuple[mmap.mmap, memoryview]:
+    """A spare, or anonymous memory of READ_BUFFER_SIZE: only the pages a response fills become resident,
+    and one let go is unmapped at once (a bytearray is zeroed, all of it resident, and malloc keeps it).
+    Kept with its view: making one per exchange would cost more than the rest of this."""
+    if _spare_read_buffers:
+        return _spare_read_buffers.pop()
+    buffer = mmap.mmap(-1, READ_BUFFER_SIZE)
+    return buffer, memoryview(buffer)
+
+
 def _ignore_error(address: str, exc: BaseException) -> None:
     """Default for `UpstreamPool.on_error` until the owner installs a logger."""
 
@@ -237,7 +252,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.tunnel: TunnelClient | None = None
         self.body_sender: BodySender | None = None  # a buffered request body being sent (buffering.py)
         self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
-        self.read_buffer: bytearray | None = None
+        self.read_buffer: mmap.mmap | None = None  # only while an exchange runs: see _take_read_buffer
         self.read_view: memoryview | None = None
         self.tls_client = False  # the client's transport is TLS: body bytes go to it a record at a time
         self.unsent: memoryview | None = None  # what a client pause left of the last read
@@ -339,9 +354,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- reading the response ---------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.read_buffer is None:
-            self.read_buffer = bytearray(READ_BUFFER_SIZE)
-            self.read_view = memoryview(self.read_buffer)
+        if self.read_view is None:
+            self.read_buffer, self.read_view = _take_read_buffer()
         return self.read_view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -378,10 +392,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     out.write(data)
                 self.request.response_bytes += nbytes
             if self.response_done and self.unsent is None:
-                self._finish()
+                self._finish()  # which lets go of the read buffer
+                return
         if out.get_write_buffer_size():
             # The transport still holds a view of our buffer: leave it that one.
-            self.read_buffer = None
+            self.read_buffer = self.read_view = None
 
     def _write_records(self, peer: Downstream | TunnelClient, data: memoryview) -> None:
         """Write body bytes to a TLS client a record at a time; keep what a pause leaves, stop reading."""
@@ -556,6 +571,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.client = self.request = None
         self.attached = False
         self._reset()
+        # Between exchanges a connection holds no read buffer (a pool of idle connections would keep
+        # 256 KiB each): it is a spare again, unless the client's transport may still hold a view of it.
+        view = self.read_view
+        if view is not None:
+            if not client.transport.get_write_buffer_size() and len(_spare_read_buffers) < SPARE_READ_BUFFERS:
+                _spare_read_buffers.append((self.read_buffer, view))
+            self.read_buffer = self.read_view = None
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
