@@ -1,5 +1,6 @@
 """`pythrust CMD...`: bind, start the app with PORT, proxy to it, and exit when it does
-(and `pythrust serve DIR`, with no app).
+(and `pythrust serve DIR`, with no app). With WORKERS=N, N-1 more processes accept on the same socket
+(thruster/workers.py).
 
 The HTTP engine is the proxy's own (proxy/http): the same parsing, limits,
 keep-alive pool and error handling, with one target, 127.0.0.1:TARGET_PORT.
@@ -19,8 +20,9 @@ from thruster.appconnection import AppConnection
 from thruster.child import RELAYED_SIGNALS, ChildProcess
 from thruster.config import ThrusterConfig
 from thruster.exchange import AppDispatcher
-from thruster.front import FrontServers
+from thruster.front import SHUTDOWN_GRACE, FrontServers
 from thruster.serve import NOT_FOUND_PAGE, StaticFiles
+from thruster.workers import ExtraWorkers
 
 
 def read_page(path: str, log: JsonLog) -> bytes | None:
@@ -33,18 +35,30 @@ def read_page(path: str, log: JsonLog) -> bytes | None:
         return None
 
 
-async def serve(argv: list[str], config: ThrusterConfig) -> int:
-    """Run the app behind the proxy engine until it exits; returns pythrust's exit status."""
-    log = JsonLog(debug=config.debug)
-    loop = asyncio.get_running_loop()
+def app_front(config: ThrusterConfig, log: JsonLog) -> tuple[FrontServers, UpstreamPool]:
+    """The listeners of app mode and their pool to the app (in pythrust and in each worker)."""
     pool = UpstreamPool("127.0.0.1", config.target_port, connection_class=AppConnection)
     pool.on_error = lambda address, exc: log.info("Unable to proxy request", target=address, error=str(exc))
     page = read_page(config.bad_gateway_page, log)
     front = FrontServers(
         AppDispatcher(pool, config, log), config, log, {502: page} if page is not None else None
     )
+    return front, pool
+
+
+def directory_front(root: str, config: ThrusterConfig, log: JsonLog) -> FrontServers:
+    """The listeners of `pythrust serve DIR`."""
+    return FrontServers(StaticFiles(root, config, log), config, log, {404: NOT_FOUND_PAGE})
+
+
+async def serve(argv: list[str], config: ThrusterConfig) -> int:
+    """Run the app behind the proxy engine until it exits; returns pythrust's exit status."""
+    log = JsonLog(debug=config.debug, shared=config.workers > 1)
+    loop = asyncio.get_running_loop()
+    front, pool = app_front(config, log)
     if not await front.start():
         return 1
+    workers = await _start_workers(front, ["app"], config, log)
     # Handlers first: a signal that comes while the app is being started is held for it, not lost
     # (nor does it kill pythrust and leave the app running alone).
     relay = SignalRelay(log)
@@ -59,7 +73,7 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
         relay.attach(child)
         status = await child.wait()
         log.info("Server stopping", status=status)
-    await front.stop()
+    await asyncio.gather(front.stop(), workers.stop(SHUTDOWN_GRACE))
     pool.close()
     log.info("Server stopped")
     return status
@@ -67,19 +81,28 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
 
 async def serve_directory(root: str, config: ThrusterConfig) -> int:
     """`pythrust serve DIR`: serve the files under `root` until SIGTERM or SIGINT."""
-    log = JsonLog(debug=config.debug)
-    front = FrontServers(StaticFiles(root, config, log), config, log, {404: NOT_FOUND_PAGE})
+    log = JsonLog(debug=config.debug, shared=config.workers > 1)
+    front = directory_front(root, config, log)
     if not await front.start():
         return 1
+    workers = await _start_workers(front, ["serve", root], config, log)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("Server stopping")
-    await front.stop()
+    await asyncio.gather(front.stop(), workers.stop(SHUTDOWN_GRACE))
     log.info("Server stopped")
     return 0
+
+
+async def _start_workers(
+    front: FrontServers, mode: list[str], config: ThrusterConfig, log: JsonLog
+) -> ExtraWorkers:
+    workers = ExtraWorkers(config.workers - 1, front.listening_fd(), mode, log)
+    await workers.start()
+    return workers
 
 
 class SignalRelay:

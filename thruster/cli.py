@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from thruster.app import serve, serve_directory
-from thruster.config import load
+from thruster.config import ConfigError, load
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args:
         print("ERROR: missing upstream command")  # thruster's message, on stdout, exit 1
         return 1
-    config = load()
+    try:
+        config = load()
+    except ConfigError as exc:
+        print(f"pythrust: {exc}", file=sys.stderr)
+        return 2
     if args[0] == "serve":
         if len(args) != 2 or not os.path.isdir(args[1]):
             print("pythrust serve: expected one argument, the directory to serve", file=sys.stderr)

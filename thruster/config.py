@@ -46,6 +46,7 @@ class ThrusterConfig:
     serve_dotfiles: bool = False  # ours: `pythrust serve` serves .well-known, .env... only when asked
     log_requests: bool = True
     debug: bool = False
+    workers: int = 1  # ours: processes accepting on the ports (the app in the container wants the cores)
 
 
 def lookup(env: Mapping[str, str], name: str) -> str | None:
@@ -56,8 +57,13 @@ def lookup(env: Mapping[str, str], name: str) -> str | None:
     return env.get(name)
 
 
+class ConfigError(ValueError):
+    """A value of one of pythrust's own variables that cannot be used (thruster's own fall back)."""
+
+
 def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
-    """The configuration from `env` (the process environment by default)."""
+    """The configuration from `env` (the process environment by default); ConfigError for a bad value of
+    a variable that is ours."""
     env = os.environ if env is None else env
     defaults = ThrusterConfig()
 
@@ -107,7 +113,19 @@ def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
         serve_dotfiles=boolean("SERVE_DOTFILES", defaults.serve_dotfiles),
         log_requests=boolean("LOG_REQUESTS", defaults.log_requests),
         debug=boolean("DEBUG", defaults.debug),
+        workers=_workers(lookup(env, "WORKERS"), domains),
     )
+
+
+def _workers(value: str | None, domains: tuple[str, ...]) -> int:
+    if value is None:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"WORKERS must be a whole number of at least 1, not {value!r}")
+    if int(value) > 1 and domains:
+        # Each worker would order the same certificates: one process must own ACME (not built yet).
+        raise ConfigError("WORKERS above 1 does not work with TLS_DOMAIN yet: run one worker")
+    return int(value)
 
 
 def _items(value: str, separator: str) -> tuple[str, ...]:

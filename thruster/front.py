@@ -4,6 +4,7 @@ port for ACME challenges and redirects. Shared by app mode and `pythrust serve`.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from proxy.http.request import Dispatcher
 from proxy.http.server import HttpLimits, HttpServer
@@ -70,6 +71,14 @@ class FrontServers:
             self.certificates.start()
         self.log.info("Server started", **addresses, tls_domain=",".join(config.tls_domains))
         return True
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Accept on a listening socket inherited from pythrust (a worker: thruster/workers.py)."""
+        await self.main.serve(sock, None, self.config.http_port, h2c=self.config.h2c_enabled)
+
+    def listening_fd(self) -> int:
+        """The plain listener's socket, for workers to inherit (no TLS_DOMAIN with workers: config.py)."""
+        return self.main.servers[0].sockets[0].fileno()
 
     async def stop(self) -> None:
         """Let requests in progress finish (within SHUTDOWN_GRACE), then close everything."""
