@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -277,6 +278,14 @@ async def upstreams() -> AsyncIterator[list[Upstream]]:
     yield servers
     for server in servers:
         await server.stop()
+
+
+def strict_session(force_close: bool = False, limit: int = 100) -> aiohttp.ClientSession:
+    """A client session that never resends a request a closed connection broke. aiohttp resends a GET once,
+    silently, as browsers may: a test of lost requests would not see them."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=force_close, limit=limit))
+    session._retry_connection = False  # private; ClientSession has __slots__: a rename fails loudly here
+    return session
 
 
 async def raw_request(port: int, data: bytes, read_timeout: float = 5) -> bytes:

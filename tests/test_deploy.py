@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import ProxyProcess, Upstream
+from tests.conftest import ProxyProcess, Upstream, strict_session
 
 
 async def upstream_of(session: aiohttp.ClientSession, url: str, headers: dict | None = None) -> str:
@@ -26,8 +26,7 @@ async def test_twenty_deploys_under_load_lose_no_request(proxy: ProxyProcess, up
     stop = asyncio.Event()
 
     async def client(force_close: bool) -> None:
-        connector = aiohttp.TCPConnector(force_close=force_close, limit=1)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with strict_session(force_close=force_close, limit=1) as session:
             for _ in range(100_000):  # bounded; ends when the deploys are done
                 if stop.is_set():
                     return
