@@ -220,6 +220,7 @@ class WorkerFleet:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the working directory first on sys.path: a module of that name there is not ours
             "-m",
             "proxy.worker",
             *map(str, fds),

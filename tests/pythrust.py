@@ -56,7 +56,7 @@ class Pythrust:
 async def start_pythrust(tmp_path: Path) -> AsyncIterator:
     started: list[tuple[Pythrust, asyncio.Task[None]]] = []
 
-    async def start(*command: str, **env: str) -> Pythrust:
+    async def start(*command: str, cwd: Path | None = None, **env: str) -> Pythrust:
         http_port, target_port = free_port(), free_port()
         environment = {
             **os.environ,
@@ -68,8 +68,8 @@ async def start_pythrust(tmp_path: Path) -> AsyncIterator:
         }
         argv = command or (sys.executable, str(APP))
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "thruster", *argv,
-            env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable, "-P", "-m", "thruster", *argv,  # -P: as the `pythrust` script, not the cwd first
+            env=environment, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group, with the app in it: one kill ends both
         )  # fmt: skip
         running = Pythrust(process, http_port, target_port)

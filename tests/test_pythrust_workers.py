@@ -7,6 +7,7 @@ that is how these tests tell that both serve, and that a replacement does.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import raw_request
-from tests.pythrust import ROOT, Pythrust
+from tests.pythrust import APP, ROOT, Pythrust
 
 WORKER_STARTED = r'"Worker started".*"pid": ?(\d+)'
 
@@ -116,12 +117,32 @@ async def test_the_workers_stop_when_pythrust_is_killed(start_pythrust, tmp_path
 
 
 async def test_access_log_lines_of_both_processes_stay_whole(start_pythrust):
+    """Long lines, so that what each process writes at once is more than a pipe keeps whole by itself."""
     thrust = await start_app(start_pythrust)
-    for batch in range(20):  # 10 at a time: the app (http.server) has a listen backlog of 5
-        await asyncio.gather(*(get(thrust.http_port, f"/{batch}-{n}") for n in range(10)))
-    await thrust.wait_for_line(r'"Request".*"path": ?"/19-9"')
-    requests = [line for line in thrust.lines if '"Request"' in line]
-    assert all(line.startswith("{") and line.endswith("}") for line in requests), requests
+    padding = "x" * 1000
+    paths = {f"/{batch}-{n}-{padding}" for batch in range(30) for n in range(10)}
+    for batch in range(30):  # 10 at a time: the app (http.server) has a listen backlog of 5
+        await asyncio.gather(*(get(thrust.http_port, f"/{batch}-{n}-{padding}") for n in range(10)))
+    pending = set(paths)
+    for _ in range(300):  # bounded; each round waits for a new line
+        pending -= {json.loads(line).get("path") for line in thrust.lines if line.startswith("{")}
+        if not pending:
+            break
+        thrust.new_line.clear()
+        await asyncio.wait_for(thrust.new_line.wait(), 5)
+    requests = [json.loads(line) for line in thrust.lines if '"Request"' in line]  # each line whole JSON
+    assert sorted(r["path"] for r in requests) == sorted(paths)
+
+
+async def test_workers_start_in_an_app_directory_that_shadows_pythrust_modules(start_pythrust, tmp_path):
+    for package in ("proxy", "thruster"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("raise SystemExit('the app, not pythrust')\n")
+    thrust = await start_pythrust(sys.executable, str(APP), cwd=tmp_path, WORKERS="2")
+    await thrust.wait_for_line(WORKER_STARTED)
+    await thrust.wait_for_line("app listening")
+    with stopped(thrust.process.pid):
+        assert (await get(thrust.http_port)).endswith(f"hello on {thrust.target_port}".encode())
 
 
 @pytest.mark.parametrize(

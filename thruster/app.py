@@ -58,12 +58,12 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
     front, pool = app_front(config, log)
     if not await front.start():
         return 1
-    workers = await _start_workers(front, ["app"], config, log)
-    # Handlers first: a signal that comes while the app is being started is held for it, not lost
-    # (nor does it kill pythrust and leave the app running alone).
+    # Handlers first: a signal that comes while the workers and the app are being started is held for
+    # the app, not lost (nor does it kill pythrust and leave the app running alone).
     relay = SignalRelay(log)
     for signum in RELAYED_SIGNALS:
         loop.add_signal_handler(signum, relay.received, signum)
+    workers = await _start_workers(front, ["app"], config, log)
     try:
         child = await ChildProcess.start(argv, config.target_port)
     except OSError as exc:
@@ -85,11 +85,11 @@ async def serve_directory(root: str, config: ThrusterConfig) -> int:
     front = directory_front(root, config, log)
     if not await front.start():
         return 1
-    workers = await _start_workers(front, ["serve", root], config, log)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    workers = await _start_workers(front, ["serve", root], config, log)
     await stopping.wait()
     log.info("Server stopping")
     await asyncio.gather(front.stop(), workers.stop(SHUTDOWN_GRACE))

@@ -120,11 +120,14 @@ def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
 def _workers(value: str | None, domains: tuple[str, ...]) -> int:
     if value is None:
         return 1
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ConfigError(f"WORKERS must be a whole number of at least 1, not {value!r}")
     if int(value) > 1 and domains:
         # Each worker would order the same certificates: one process must own ACME (not built yet).
-        raise ConfigError("WORKERS above 1 does not work with TLS_DOMAIN yet: run one worker")
+        raise ConfigError(
+            "WORKERS above 1 does not work with TLS_DOMAIN yet: set THRUSTER_WORKERS=1"
+            " (it wins over a WORKERS meant for the app)"
+        )
     return int(value)
 
 

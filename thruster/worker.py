@@ -1,7 +1,9 @@
 """One of pythrust's extra workers: `python -m thruster.worker FD NUMBER app|serve DIR`, started by
 thruster/workers.py only. It serves what pythrust serves, on the socket FD pythrust bound, with the
-configuration of the same environment, until its stdin closes (pythrust is stopping, or gone) or it is
-sent SIGTERM; then it finishes what it serves and exits.
+configuration of the same environment, until its stdin closes (pythrust is stopping, or gone); then it
+finishes what it serves and exits. Signals are pythrust's to act on: it relays them to the app and stops
+its workers when the app has exited, so a signal sent to the whole process group (Ctrl-C, `kill -- -PGID`)
+stops nothing early.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ async def serve(fd: int, number: int, mode: list[str]) -> int:
     await front.adopt(socket.socket(fileno=fd))
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_reader(sys.stdin.fileno(), stopping.set)  # readable only at its end: pythrust wrote nothing
     log.info("Worker started", worker=number, pid=os.getpid())
     await stopping.wait()
@@ -42,8 +43,8 @@ async def serve(fd: int, number: int, mode: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    # Ctrl-C reaches the whole process group: pythrust relays it to the app and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # pythrust's to act on: see above
+        signal.signal(signum, signal.SIG_IGN)
     fd, number, *mode = argv
     try:
         import uvloop

@@ -5,7 +5,8 @@ plane has no state to hand over (one target, the configuration from the environm
 worker), so a worker needs only the socket, inherited: one accept queue, and a replacement takes the
 connections a dead worker left queued. A worker's stdin is a pipe from pythrust: when it closes
 (pythrust stops, or died) the worker finishes what it serves and exits. A worker that dies is replaced
-at once; one whose replacement also dies as it starts, after a pause (a crash loop, slowed down).
+at once; one whose replacement also dies as it starts, or that cannot be started (no processes or memory
+left), after a pause (a crash loop, slowed down).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from proxy.log import JsonLog
 
@@ -32,7 +35,7 @@ class ExtraWorkers:
         self.log = log
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = False
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         for number in range(2, self.count + 2):
@@ -50,32 +53,60 @@ class ExtraWorkers:
             for process in running:
                 if process.returncode is None:
                     process.kill()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        for task in self._tasks:  # watchers of exited workers, or a pause before a retry
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _spawn(self, number: int, replaces: bool) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "thruster.worker",
-            str(self.fd),
-            str(number),
-            *self.mode,
-            pass_fds=(self.fd,),
-            stdin=asyncio.subprocess.PIPE,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-P",  # not the working directory (the app's) first on sys.path: a module there is not ours
+                "-m",
+                "thruster.worker",
+                str(self.fd),
+                str(number),
+                *self.mode,
+                pass_fds=(self.fd,),
+                stdin=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            self.log.error("Could not start a worker: trying again", worker=number, error=str(exc))
+            self._keep(self._spawn_later(number))
+            return
+        if self._stopping:  # started while pythrust began to stop: it stops at once
+            process.stdin.close()
         self.processes[number] = process
-        watcher = asyncio.ensure_future(self._watch(number, process, replaces))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._keep(self._watch(number, process, replaces))
+
+    async def _spawn_later(self, number: int) -> None:
+        await asyncio.sleep(CRASH_WINDOW)
+        if not self._stopping:
+            await self._spawn(number, replaces=True)
 
     async def _watch(self, number: int, process: asyncio.subprocess.Process, replaces: bool) -> None:
         started_at = time.monotonic()
         status = await process.wait()
         if self._stopping:
             return
-        cause = f"signal {signal.Signals(-status).name}" if status < 0 else f"status {status}"
+        cause = _cause(status)
         self.log.error("Worker exited: starting another", worker=number, pid=process.pid, cause=cause)
         if replaces and time.monotonic() - started_at < CRASH_WINDOW:
             await asyncio.sleep(CRASH_WINDOW)
         if not self._stopping:
             await self._spawn(number, replaces=True)
+
+    def _keep(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside pythrust, referenced until done (the loop keeps only weak references)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _cause(status: int) -> str:
+    if status >= 0:
+        return f"status {status}"
+    try:
+        return f"signal {signal.Signals(-status).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {-status}"
