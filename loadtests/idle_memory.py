@@ -259,8 +259,9 @@ def still_open(connections: list[Connection]) -> int:
 class Proxies:
     """Starts each proxy under test in front of the upstream, fresh for each protocol."""
 
-    def __init__(self, tmp: Path, upstream_port: int, tls: TlsFiles, cpus: str) -> None:
+    def __init__(self, tmp: Path, upstream_port: int, tls: TlsFiles, cpus: str, workers: int) -> None:
         self.tmp, self.upstream_port, self.tls, self.cpus = tmp, upstream_port, tls, cpus
+        self.workers = workers  # pyproxy's --workers, nginx's worker_processes, kamal-proxy's GOMAXPROCS
         self.runs = 0
 
     def workdir(self, name: str) -> Path:
@@ -283,7 +284,7 @@ class Proxies:
         port, tls_port = free_port(), free_port()
         cli = pyproxy_script()
         argv = [*cli, "run", "--http-port", str(port), "--https-port", str(tls_port), "--bind", "127.0.0.1",
-                f"--idle-timeout={IDLE_TIMEOUT}"]  # fmt: skip
+                f"--idle-timeout={IDLE_TIMEOUT}", f"--workers={self.workers}"]  # fmt: skip
         log = work / "pyproxy.log"
         proc = procs.start(argv, log, env=env, stdout=Path(os.devnull))
         wait_ready(port, proc, "pyproxy", log, extra=(work / "pyproxy.sock").exists)
@@ -295,7 +296,8 @@ class Proxies:
         work = self.workdir("nginx")
         text = Path(__file__).with_name("nginx-proxy.conf").read_text()
         for old, new in (("worker_connections 4096;", "worker_connections 65536;"),
-                         ("keepalive_timeout 75s;", f"keepalive_timeout {IDLE_TIMEOUT};")):  # fmt: skip
+                         ("keepalive_timeout 75s;", f"keepalive_timeout {IDLE_TIMEOUT};"),
+                         ("worker_processes 1;", f"worker_processes {self.workers};")):  # fmt: skip
             if old not in text:
                 raise BenchError(f"nginx-proxy.conf no longer says {old!r}: update idle_memory.py")
             text = text.replace(old, new)
@@ -312,7 +314,8 @@ class Proxies:
         """kamal-proxy listens on every address (it has no bind flag); the traffic stays on loopback."""
         work = self.workdir("kamal-proxy")
         sock = work / "kamal-proxy.sock"
-        env = {**os.environ, "KAMAL_PROXY_SOCKET": str(sock), "HOME": str(work)}  # state: ~/.config
+        env = {**os.environ, "KAMAL_PROXY_SOCKET": str(sock), "HOME": str(work),  # state: ~/.config
+               "GOMAXPROCS": str(self.workers)}  # fmt: skip
         port, tls_port = free_port(), free_port()
         argv = [str(KAMAL_PROXY), "run", f"--http-port={port}", f"--https-port={tls_port}"]
         log = work / "kamal-proxy.log"
@@ -350,7 +353,7 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
     try:
         tls = make_tls_files(tmp)
         _, upstream_port = start_upstream(procs, tmp, cpus, args.response_size)
-        proxies = Proxies(tmp, upstream_port, tls, cpus)
+        proxies = Proxies(tmp, upstream_port, tls, cpus, args.workers)
         starters: dict[str, Callable[[Processes, str], Proxy]] = {
             "pyproxy": proxies.pyproxy,
             "nginx": proxies.nginx,
@@ -624,6 +627,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=BODY_SIZE,
         help=f"bytes of the one answer each connection gets, e.g. 1M (default {BODY_SIZE})",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pyproxy's --workers, nginx's worker_processes and kamal-proxy's GOMAXPROCS (default 1)",
+    )
     ap.add_argument("--breakdown", action="store_true", help="pyproxy in this process, under tracemalloc")
     ap.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
     args = ap.parse_args(argv)
@@ -635,6 +644,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.connections = BREAKDOWN_CONNECTIONS if args.breakdown else DEFAULT_CONNECTIONS
     if args.connections < 1:
         ap.error("--connections must be positive")
+    if args.workers < 1:
+        ap.error("--workers must be positive")
     return args
 
 
