@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Load test: wrk against the upstream directly, nginx and pyproxy, in one run, over HTTP and HTTPS.
 
-Every proxy runs pinned to CPU 1; wrk and the upstream nginx share CPU 0. Results are printed as a table
-with each proxy's req/s and p99 latency and pyproxy's ratio to nginx measured in the same run.
-See loadtests/README.md.
+Every proxy runs with 1 worker pinned to CPU 1; wrk and the upstream nginx share CPU 0. With --workers N
+(N > 1) nothing is pinned: each proxy runs N workers (nginx worker_processes, pyproxy --workers,
+kamal-proxy GOMAXPROCS), the upstream N workers and wrk N threads, all sharing the machine's cores.
+Results are printed as a table with each proxy's req/s and p99 latency and pyproxy's ratio to nginx
+measured in the same run. See loadtests/README.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LOAD_CPU = "0"  # wrk and the upstream
 PROXY_CPU = "1"  # the proxy under test
-TOOLS = ("wrk", "nginx", "taskset")
+TOOLS = ("wrk", "nginx", "taskset")  # taskset only for the pinned (1-worker) runs
+NGINX_WORKERS_LINE = "worker_processes 1;"  # what both nginx templates say; --workers N replaces it
 INSTALL_HINT = "apt-get install -y wrk nginx"
 BODY_PATTERN = b"Hello, world\n"  # 13 bytes: the smallest body is exactly this
 PYPROXY_CMD_ENV = "BENCH_PYPROXY_CMD"
@@ -44,7 +47,8 @@ DEPLOY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy", "kamal-proxy")
 # The original pyproxy replaces, built from its sources (../shared/anchors/README.md): a baseline column when
-# the binary is there, skipped (saying where it looked) when not. GOMAXPROCS=1: one core, as the others.
+# the binary is there, skipped (saying where it looked) when not. GOMAXPROCS=1: one core, as the others
+# (GOMAXPROCS=N with --workers N).
 KAMAL_PROXY = HERE.parent.parent / "shared" / "anchors" / "kamal-proxy"
 DEPLOYED = ("pyproxy", "kamal-proxy")  # deployed through their CLI: the buffered POST row has its own service
 # The HTTP/2 row: h2load (Debian package nghttp2-client) with this many connections, each keeping this
@@ -362,17 +366,46 @@ def render(template: str, **values: object) -> str:
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
+def pinned(cpu: str | None) -> list[str]:
+    """The prefix that pins a command to a CPU, or none (cpu None): the --workers N runs pin nothing, so
+    that the proxy's workers, wrk's threads and the upstream's workers share every core as on a host."""
+    return ["taskset", "-c", cpu] if cpu is not None else []
+
+
+def mode_cpu(cpu: str, workers: int) -> str | None:
+    """The CPU a process is pinned to in the 1-worker runs; None (not pinned) with more workers."""
+    return cpu if workers == 1 else None
+
+
+def nginx_workers(text: str, workers: int, template: str) -> str:
+    """A rendered nginx config with `worker_processes N`: the templates say 1, the pinned runs' one core."""
+    if workers == 1:
+        return text
+    if NGINX_WORKERS_LINE not in text:
+        raise BenchError(f"{template} no longer says {NGINX_WORKERS_LINE!r}: update bench.py")
+    return text.replace(NGINX_WORKERS_LINE, f"worker_processes {workers};")
+
+
 def start_nginx(
-    procs: Processes, tmp: Path, name: str, template: str, cpu: str, **values: object
+    procs: Processes,
+    tmp: Path,
+    name: str,
+    template: str,
+    cpu: str | None,
+    *,
+    workers: int = 1,
+    **values: object,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start an nginx master (daemon off) from a template, pinned to a CPU; return it and its port."""
+    """Start an nginx master (daemon off) from a template with `workers` worker processes, pinned to a CPU
+    (cpu None: not pinned); return it and its port."""
     port = free_port()
     conf = tmp / f"{name}.conf"
     temp = tmp / f"{name}-temp"
     temp.mkdir(mode=0o755)
-    conf.write_text(render(template, dir=tmp, temp=temp, port=port, **values))
+    text = render(template, dir=tmp, temp=temp, port=port, **values)
+    conf.write_text(nginx_workers(text, workers, template))
     log = tmp / f"{name}-error.log"
-    argv = ["taskset", "-c", cpu, "nginx", "-p", str(tmp), "-e", str(log), "-c", str(conf)]
+    argv = [*pinned(cpu), "nginx", "-p", str(tmp), "-e", str(log), "-c", str(conf)]
     proc = procs.start(argv, log)
     wait_ready(port, proc, name, log)
     return proc, port
@@ -385,10 +418,13 @@ def pyproxy_script() -> list[str]:
 
 
 def start_pyproxy(
-    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None
+    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], Endpoint, str, Callable[[], None] | None]:
     """Start pyproxy on CPU 1 and deploy the upstream (or run $BENCH_PYPROXY_CMD); return proc, ports, cmd
     and what deploys the buffered POST row's service (None for $BENCH_PYPROXY_CMD: it has no deploy step).
+
+    `--workers` is always given: pyproxy's default is every CPU it may use, and the pinned per-core figures
+    assume one process. With workers > 1 it is not pinned ($BENCH_PYPROXY_CMD may use {workers}).
 
     With tls, a second service `bench-tls` serves bench.test over HTTPS from the same upstream. Without,
     only the default service is deployed, as before the HTTPS rows existed: a named host makes pyproxy
@@ -406,10 +442,11 @@ def start_pyproxy(
                 tls_port=tls_port,
                 cert=tls.cert if tls else "",
                 key=tls.key if tls else "",
+                workers=workers,
             )
             for part in shlex.split(custom)
         ]
-        proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, stdout=Path(os.devnull))
+        proc = procs.start([*pinned(mode_cpu(PROXY_CPU, workers)), *argv], log, stdout=Path(os.devnull))
         wait_ready(port, proc, "pyproxy stand-in", log)
         serves_tls = tls is not None and "{tls_port}" in custom
         if serves_tls:
@@ -420,9 +457,10 @@ def start_pyproxy(
     socket_path = tmp / "pyproxy.sock"
     env = {**os.environ, "PYPROXY_SOCKET": str(socket_path), "XDG_CONFIG_HOME": str(tmp / "config")}
     cli = pyproxy_script()
-    argv = [*cli, "run", "--http-port", str(port), "--https-port", str(tls_port), "--bind", "127.0.0.1"]
+    argv = [*cli, "run", "--http-port", str(port), "--https-port", str(tls_port), "--bind", "127.0.0.1",
+            f"--workers={workers}"]  # fmt: skip
     # The access log (JSON lines on stdout) still costs pyproxy its formatting and write(), but no disk.
-    proc = procs.start(["taskset", "-c", PROXY_CPU, *argv], log, env=env, stdout=Path(os.devnull))
+    proc = procs.start([*pinned(mode_cpu(PROXY_CPU, workers)), *argv], log, env=env, stdout=Path(os.devnull))
     wait_ready(port, proc, "pyproxy", log, extra=socket_path.exists)
     deploy_buffered = deploy_bench_services(cli, env, upstream_port, tls, log)
     return proc, Endpoint(port, tls_port if tls else None, proc.pid), shlex.join(argv), deploy_buffered
@@ -455,9 +493,10 @@ def deploy_bench_services(
 
 
 def start_kamal_proxy(
-    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None
+    procs: Processes, tmp: Path, upstream_port: int, tls: TlsFiles | None, workers: int = 1
 ) -> tuple[Endpoint, Callable[[], None]]:
-    """kamal-proxy on CPU 1 with GOMAXPROCS=1, deployed as pyproxy is (its CLI takes the same flags).
+    """kamal-proxy on CPU 1 with GOMAXPROCS=1 (unpinned with GOMAXPROCS=workers when workers > 1: Go's
+    equivalent of N worker processes), deployed as pyproxy is (its CLI takes the same flags).
 
     It has no bind flag and listens on every address; the traffic stays on loopback. Its access log (a
     JSON line per request on stdout, which it cannot be told not to write) goes to /dev/null.
@@ -466,12 +505,11 @@ def start_kamal_proxy(
     socket_path = tmp / "kamal-proxy.sock"
     home = tmp / "kamal-home"  # its state goes to ~/.config/kamal-proxy/ (XDG_CONFIG_HOME is not read)
     home.mkdir()
-    env = {**os.environ, "KAMAL_PROXY_SOCKET": str(socket_path), "HOME": str(home), "GOMAXPROCS": "1"}
+    env = {**os.environ, "KAMAL_PROXY_SOCKET": str(socket_path), "HOME": str(home)}
+    env["GOMAXPROCS"] = str(workers)
     log = tmp / "kamal-proxy.log"
     argv = [
-        "taskset",
-        "-c",
-        PROXY_CPU,
+        *pinned(mode_cpu(PROXY_CPU, workers)),
         str(KAMAL_PROXY),
         "run",
         f"--http-port={port}",
@@ -520,20 +558,21 @@ def run_wrk(
     resolve_lua: Path,
     script: Path | None = None,
     path: str | None = None,
+    threads: int = 1,
+    cpu: str | None = LOAD_CPU,
 ) -> str:
-    """One wrk run on CPU 0, bounded in time; returns its output.
+    """One wrk run with `threads` threads on CPU 0 (cpu None: not pinned), bounded in time; returns its
+    output.
 
     HTTPS runs request https://bench.test:PORT/ so that wrk sends bench.test as SNI and Host (it sends the
     URL's host, even an IP address, as SNI); the resolve_lua script points that name at 127.0.0.1. A plain
     run may have a `script` of its own (thrust_bench.py's changing cookie, the POST body) and `path`.
     """
     argv = [
-        "taskset",
-        "-c",
-        LOAD_CPU,
+        *pinned(cpu),
         "wrk",
         "-t",
-        "1",
+        str(threads),
         "-c",
         str(connections),
         "-d",
@@ -559,32 +598,41 @@ def run_wrk(
 def measure(
     endpoint: Endpoint, scenario: Scenario, args: argparse.Namespace, resolve_lua: Path, target: str = ""
 ) -> Measurement:
-    """Warm up for a second, then one measured wrk run with the server's CPU time around it."""
+    """Warm up for a second, then one measured wrk run with the server's CPU time around it.
+
+    The CPU time is summed over the server's process group: every worker (and pyproxy's control process,
+    nginx's master), so that req/CPU-s stays a per-core figure with any number of workers.
+    """
     port = endpoint.tls_port if scenario.tls else endpoint.port
     if port is None:
         raise BenchError(f"no HTTPS port for {scenario.label}")
+    threads, cpu_set = args.workers, mode_cpu(LOAD_CPU, args.workers)
     if scenario.http2:
-        run_h2load(port, scenario, WARMUP_SECONDS)
+        run_h2load(port, scenario, WARMUP_SECONDS, threads, cpu_set)
         cpu_before = group_cpu_times(endpoint.pgid)
-        rps, requests, errors = parse_h2load(run_h2load(port, scenario, args.duration))
+        rps, requests, errors = parse_h2load(run_h2load(port, scenario, args.duration, threads, cpu_set))
         cpu = group_cpu_times(endpoint.pgid) - cpu_before
         return Measurement(rps, float("nan"), requests, errors, cpu)
     script = path = None
     if scenario.post:
         script = resolve_lua.with_name("wrk-post.lua")
         path = (BUFFERED_PREFIX if scenario.buffered and target in DEPLOYED else "") + POST_PATH
-    run_wrk(port, scenario, WARMUP_SECONDS, args.connections, resolve_lua, script, path)
+    load = (resolve_lua, script, path, threads, cpu_set)
+    run_wrk(port, scenario, WARMUP_SECONDS, args.connections, *load)
     cpu_before = group_cpu_times(endpoint.pgid)
-    output = run_wrk(port, scenario, args.duration, args.connections, resolve_lua, script, path)
+    output = run_wrk(port, scenario, args.duration, args.connections, *load)
     cpu = group_cpu_times(endpoint.pgid) - cpu_before
     rps, p99_ms, requests, errors = parse_wrk(output)
     return Measurement(rps, p99_ms, requests, errors, cpu)
 
 
-def run_h2load(port: int, scenario: Scenario, seconds: int) -> str:
-    """One h2load run on CPU 0 for `seconds`: HTTP/2 over TLS with SNI and :authority bench.test."""
+def run_h2load(
+    port: int, scenario: Scenario, seconds: int, threads: int = 1, cpu: str | None = LOAD_CPU
+) -> str:
+    """One h2load run on CPU 0 (cpu None: not pinned) for `seconds`: HTTP/2 over TLS with SNI and
+    :authority bench.test. At most one thread per connection: h2load refuses more."""
     argv = [
-        "taskset", "-c", LOAD_CPU, "h2load", "-t", "1",
+        *pinned(cpu), "h2load", "-t", str(min(threads, H2LOAD_CONNECTIONS)),
         "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
         f"--connect-to=127.0.0.1:{port}", f"https://{TLS_NAME}:{port}/{scenario.size}",
     ]  # fmt: skip
@@ -664,11 +712,15 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
     )
 
 
-def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool) -> str:
+def report(
+    results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenario], markdown: bool, workers: int = 1
+) -> str:
     """The throughput/latency table and the per-proxy-core table, pyproxy as a ratio to both nginx setups.
 
     HTTPS rows have no direct column ("-"): the upstream serves plain HTTP only. kamal-proxy's columns are
-    there when it was measured.
+    there when it was measured. With workers > 1 the req/s of the first table are wall-clock figures of
+    servers that share the cores with wrk and the upstream; the per-core table still counts CPU time, summed
+    over each proxy's processes.
     """
     main_rows, core_rows, split_rows = [], [], []
     with_kamal = any(target == "kamal-proxy" for _, target in results)
@@ -772,8 +824,9 @@ def report(results: dict[tuple[Scenario, str], Summary], scenarios: list[Scenari
         split_rows,
         markdown,
     )
+    summed = f", summed over its {workers} workers and its parent; CPU 100% = one core" if workers > 1 else ""
     return (
-        f"{main}\n\nPer proxy core (requests per CPU-second the proxy used):\n\n{core}\n\n"
+        f"{main}\n\nPer proxy core (requests per CPU-second the proxy used{summed}):\n\n{core}\n\n"
         "CPU per request, in the kernel and in the proxy's own code (last column: what pyproxy's own code\n"
         "may spend to equal nginx per core, given the kernel time pyproxy was measured with):\n\n"
         f"{split}"
@@ -796,14 +849,15 @@ def tool_version(argv: list[str]) -> str:
     return lines[0] if lines else "?"
 
 
-def preflight() -> str | None:
-    """Why this machine cannot run the benchmark, or None."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+def preflight(pinned_run: bool = True) -> str | None:
+    """Why this machine cannot run the benchmark, or None. Only a pinned run needs taskset, CPUs 0 and 1."""
+    tools = TOOLS if pinned_run else tuple(t for t in TOOLS if t != "taskset")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"missing {', '.join(missing)}; install with: {INSTALL_HINT}"
     if importlib.util.find_spec("trustme") is None:
         return f"missing trustme (in the test extra), for the HTTPS setup; install with: {TLS_INSTALL_HINT}"
-    if not {int(LOAD_CPU), int(PROXY_CPU)} <= os.sched_getaffinity(0):
+    if pinned_run and not {int(LOAD_CPU), int(PROXY_CPU)} <= os.sched_getaffinity(0):
         return f"needs CPUs {LOAD_CPU} and {PROXY_CPU} available (have {sorted(os.sched_getaffinity(0))})"
     return None
 
@@ -822,6 +876,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables")
     ap.add_argument("--no-tls", dest="tls", action="store_false", help="skip the HTTPS rows")
     ap.add_argument("--no-post", dest="post", action="store_false", help="skip the POST rows")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="1 (default): every proxy 1 worker on CPU 1, wrk + upstream on CPU 0; N > 1: nothing pinned, "
+        "N proxy workers (pyproxy --workers, nginx worker_processes, kamal-proxy GOMAXPROCS), an upstream "
+        "with N workers, wrk and h2load with N threads",
+    )
     args = ap.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -829,15 +892,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--sizes takes integers, e.g. 13,16384,1048576")
     if min(args.sizes) < 1 or args.duration < 1 or args.connections < 1 or args.rounds < 1:
         ap.error("sizes, duration, connections and rounds must be positive")
+    if args.workers < 1:
+        ap.error("--workers must be positive")
+    if args.connections < args.workers:
+        ap.error("--connections must be at least --workers (wrk gives each thread its own connections)")
     return args
 
 
 @contextlib.contextmanager
 def servers(
-    tmp: Path, sizes: list[int], tls: bool
+    tmp: Path, sizes: list[int], tls: bool, workers: int = 1
 ) -> Iterator[tuple[dict[str, Endpoint], str, Callable[[], None] | None]]:
-    """Start upstream, nginx proxies and pyproxy; yield {target: Endpoint}, pyproxy's command and what
-    deploys the buffered POST row's service on pyproxy (None when it cannot be deployed).
+    """Start upstream, nginx proxies and pyproxy, each with `workers` workers; yield {target: Endpoint},
+    pyproxy's command and what deploys the buffered POST row's service on pyproxy (None when it cannot be
+    deployed).
 
     The nginx proxies always listen for HTTPS too (the template has it); pyproxy does only if tls.
     """
@@ -851,7 +919,9 @@ def servers(
     tls_files = make_tls_files(tmp)
     procs = Processes()
     try:
-        upstream, up_port = start_nginx(procs, tmp, "upstream", "nginx-upstream.conf", LOAD_CPU)
+        upstream, up_port = start_nginx(
+            procs, tmp, "upstream", "nginx-upstream.conf", mode_cpu(LOAD_CPU, workers), workers=workers
+        )
         endpoints = {"direct": Endpoint(up_port, None, upstream.pid)}
         for name, buffering in NGINX_BUFFERING.items():
             tls_port = free_port()
@@ -860,7 +930,8 @@ def servers(
                 tmp,
                 name,
                 "nginx-proxy.conf",
-                PROXY_CPU,
+                mode_cpu(PROXY_CPU, workers),
+                workers=workers,
                 upstream_port=up_port,
                 buffering=buffering,
                 tls_port=tls_port,
@@ -869,12 +940,12 @@ def servers(
             )
             endpoints[name] = Endpoint(ngx_port, tls_port if tls else None, ngx.pid)
         _, endpoints["pyproxy"], pyp_cmd, deploy_buffered = start_pyproxy(
-            procs, tmp, up_port, tls_files if tls else None
+            procs, tmp, up_port, tls_files if tls else None, workers
         )
         deploy_kamal_buffered = None
         if KAMAL_PROXY.exists():
             endpoints["kamal-proxy"], deploy_kamal_buffered = start_kamal_proxy(
-                procs, tmp, up_port, tls_files if tls else None
+                procs, tmp, up_port, tls_files if tls else None, workers
             )
         for name, endpoint in endpoints.items():
             for size in sizes:
@@ -897,6 +968,37 @@ def servers(
         procs.stop_all()
 
 
+def mode_line(workers: int) -> str:
+    """Which placement ran, for the header: the two modes' figures are not comparable req/s for req/s."""
+    if workers == 1:
+        return f"mode: 1 worker, pinned: proxies on CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU}"
+    return (
+        f"mode: {workers} workers, unpinned: each proxy with {workers} workers (nginx worker_processes "
+        f"{workers}, pyproxy --workers={workers}, kamal-proxy GOMAXPROCS={workers}), the upstream with "
+        f"{workers} workers, wrk (and h2load) with {workers} threads, all sharing the cores"
+    )
+
+
+def header(args: argparse.Namespace, pyproxy_cmd: str) -> str:
+    """The lines above the tables: when, on what, in which mode, with which tools and commands."""
+    kamal = (
+        f"kamal-proxy: {KAMAL_PROXY} (GOMAXPROCS={args.workers})"
+        if KAMAL_PROXY.exists()
+        else f"kamal-proxy: not found at {KAMAL_PROXY}: no kamal-proxy columns"
+    )
+    return "\n".join(
+        [
+            f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            f"cpu: {cpu_model()} ({os.cpu_count()} cores)",
+            mode_line(args.workers),
+            f"wrk -t {args.workers} -c {args.connections} -d {args.duration}s, {args.rounds} round(s), "
+            f"medians; {tool_version(['nginx', '-v'])}",
+            f"pyproxy: {pyproxy_cmd}",
+            f"{kamal}\n",
+        ]
+    )
+
+
 def interrupt(signum: int, frame: object) -> None:
     """Turn SIGTERM into KeyboardInterrupt so that the servers are stopped on the way out."""
     raise KeyboardInterrupt
@@ -906,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run every scenario against every target and print the tables."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)
-    problem = preflight()
+    problem = preflight(pinned_run=args.workers == 1)
     if problem:
         print(f"bench.py: {problem}", file=sys.stderr)
         return 2
@@ -917,7 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         resolve_lua.write_text(WRK_RESOLVE_LUA)
         resolve_lua.with_name("wrk-post.lua").write_text(WRK_POST_LUA.format(size=POST_SIZE))
-        with servers(tmp, args.sizes, args.tls) as (endpoints, pyproxy_cmd, deploy_buffered):
+        with servers(tmp, args.sizes, args.tls, args.workers) as (endpoints, pyproxy_cmd, deploy_buffered):
             if args.tls and endpoints["pyproxy"].tls_port is None:
                 print(f"bench.py: {PYPROXY_CMD_ENV} has no {{tls_port}}: no HTTPS rows", file=sys.stderr)
             elif args.tls:
@@ -959,22 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     results = {key: summarise(ms, args.duration) for key, ms in runs.items()}
-    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    print(
-        f"cpu: {cpu_model()} ({os.cpu_count()} cores); proxies on CPU {PROXY_CPU}, wrk + upstream on "
-        f"CPU {LOAD_CPU}"
-    )
-    print(
-        f"wrk -t 1 -c {args.connections} -d {args.duration}s, {args.rounds} round(s), medians; "
-        f"{tool_version(['nginx', '-v'])}"
-    )
-    print(f"pyproxy: {pyproxy_cmd}")
-    print(
-        f"kamal-proxy: {KAMAL_PROXY} (GOMAXPROCS=1)\n"
-        if KAMAL_PROXY.exists()
-        else f"kamal-proxy: not found at {KAMAL_PROXY}: no kamal-proxy columns\n"
-    )
-    print(report(results, scenarios, args.markdown))
+    print(header(args, pyproxy_cmd))
+    print(report(results, scenarios, args.markdown, args.workers))
     failed = {key: s.errors for key, s in results.items() if s.errors}
     for (sc, target), count in failed.items():
         print(f"WARNING: {target} / {sc.label}: {count} socket errors or non-2xx responses", file=sys.stderr)
