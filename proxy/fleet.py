@@ -234,6 +234,8 @@ class WorkerFleet:
         settings = replace(self.settings, number=number)
         worker.channel.send("start", settings, self._table, self._served, dict(self._challenges))
         self._keep(self._listen(worker))
+        if self._stopping:  # a replacement started as the fleet began to stop: it has served nothing
+            worker.kill()  # and `shutdown` did not ask it to exit, so it must not be waited for
         return worker
 
     async def _listen(self, worker: Worker) -> None:
