@@ -18,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.admin import AdminApi
 from proxy.autocert import AutoCertificates
+from proxy.challenges import HTTP01, TLS_ALPN01
 from proxy.dataplane import DataPlane, LocalDataPlane
 from proxy.fleet import WorkerFleet
 from proxy.http.server import HttpLimits, HttpServer, listening_socket
@@ -26,7 +27,7 @@ from proxy.manager import ServiceManager
 from proxy.metrics import InFlight, Metrics, MetricsEndpoint, process_registry
 from proxy.paths import socket_path, state_path
 from proxy.state import StateStore
-from proxy.worker import HTTP01, TLS_ALPN01, WorkerSettings
+from proxy.worker import WorkerSettings
 
 SHUTDOWN_GRACE = 10.0
 

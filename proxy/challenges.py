@@ -2,14 +2,19 @@
 port, TLS-ALPN-01 certificates on the HTTPS port (proxy/tlsalpn.py makes those).
 
 Light to import: a worker process starts without the ACME client or cryptography, and loads the latter
-only when a TLS-ALPN-01 challenge first arrives. `on_change` tells the worker fleet (proxy/fleet.py) of
-every change, before the CA is told to validate, so whichever worker the CA reaches answers.
+only when a TLS-ALPN-01 challenge first arrives. `on_change` tells the worker processes (proxy/fleet.py,
+thruster/workers.py) of every change, before the CA is told to validate, so whichever worker the CA
+reaches answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+HTTP01 = "http-01"
+TLS_ALPN01 = "tls-alpn-01"
 
 
 class Http01Tokens:
@@ -59,3 +64,35 @@ class TlsAlpnChallenges:
 
 def unmirrored(key: str, value: bytes | None) -> None:
     """`on_change` of challenges only this process answers."""
+
+
+def apply_challenge(
+    tokens: Http01Tokens, alpn: TlsAlpnChallenges, kind: str, key: str, value: bytes | None
+) -> None:
+    """A worker takes one mirrored change: `kind` HTTP01 or TLS_ALPN01, `value` None to remove."""
+    challenges = alpn if kind == TLS_ALPN01 else tokens
+    if value is None:
+        challenges.remove(key)
+    else:
+        challenges.put(key, value)
+
+
+def mirrored(
+    kind: str,
+    everywhere: Callable[[str, str, bytes | None], Awaitable[None]],
+    loop: asyncio.AbstractEventLoop,
+    timeout: float,
+    warn: Callable[[str], None],
+) -> Callable[[str, bytes | None], None]:
+    """An `on_change` for the ACME issuer's thread that returns once `everywhere(kind, key, value)`, run
+    on `loop`, has given the change to every worker (or after `timeout`, warned): the CA, told next,
+    finds it on whichever worker it reaches."""
+
+    def changed(key: str, value: bytes | None) -> None:
+        done = asyncio.run_coroutine_threadsafe(everywhere(kind, key, value), loop)
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            warn(f"A worker did not take an ACME {kind} challenge in time")
+
+    return changed

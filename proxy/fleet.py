@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
+from proxy.challenges import mirrored
 from proxy.channel import Channel
 from proxy.dataplane import CertificateRequest, Drained, no_certificate
 from proxy.log import JsonLog
@@ -116,18 +117,9 @@ class WorkerFleet:
         self._broadcast("certificates", served)
 
     def challenge_mirror(self, kind: str) -> Callable[[str, bytes | None], None]:
-        """An `on_change` for Http01Tokens (HTTP01) or TlsAlpnChallenges (TLS_ALPN01). It runs in the ACME
-        issuer's thread and returns once every worker has the change, so the CA, told next, finds it on
-        whichever worker it reaches."""
-
-        def changed(key: str, value: bytes | None) -> None:
-            done = asyncio.run_coroutine_threadsafe(self._set_challenge(kind, key, value), self._loop)
-            try:
-                done.result(CHALLENGE_TIMEOUT)
-            except TimeoutError:
-                self.log.warn("A worker did not take an ACME challenge in time", challenge=kind)
-
-        return changed
+        """An `on_change` for Http01Tokens (HTTP01) or TlsAlpnChallenges (TLS_ALPN01), run in the ACME
+        issuer's thread: proxy/challenges.py `mirrored`."""
+        return mirrored(kind, self._set_challenge, self._loop, CHALLENGE_TIMEOUT, self.log.warn)
 
     async def _set_challenge(self, kind: str, key: str, value: bytes | None) -> None:
         if value is None:

@@ -20,15 +20,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.challenges import Http01Tokens, TlsAlpnChallenges
+from proxy.challenges import Http01Tokens, TlsAlpnChallenges, apply_challenge
 from proxy.channel import Channel
 from proxy.dataplane import LocalDataPlane
 from proxy.http.server import HttpLimits, HttpServer
 from proxy.log import JsonLog
 from proxy.metrics import Metrics
 
-HTTP01 = "http-01"
-TLS_ALPN01 = "tls-alpn-01"
 ORPHAN_GRACE = 1.0  # after the control process is gone: requests in progress get this long
 SIGNAL_GRACE = 10.0  # SIGTERM sent to the worker itself (systemd signals every process): as `run`'s
 
@@ -59,11 +57,7 @@ class ControlLink:
         plane.ask_certificate = self.ask_certificate
 
     def apply_challenge(self, kind: str, key: str, value: bytes | None) -> None:
-        challenges = self.plane.tls.alpn_challenges if kind == TLS_ALPN01 else self.plane.dispatcher.tokens
-        if value is None:
-            challenges.remove(key)
-        else:
-            challenges.put(key, value)
+        apply_challenge(self.plane.dispatcher.tokens, self.plane.tls.alpn_challenges, kind, key, value)
 
     def ask_certificate(self, server_name: str) -> Awaitable[None]:
         """A handshake for a name without a certificate waits for the control process to ready one (it
