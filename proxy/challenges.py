@@ -10,6 +10,7 @@ reaches answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -82,17 +83,20 @@ def mirrored(
     everywhere: Callable[[str, str, bytes | None], Awaitable[None]],
     loop: asyncio.AbstractEventLoop,
     timeout: float,
-    warn: Callable[[str], None],
+    warn: Callable[..., None],
 ) -> Callable[[str, bytes | None], None]:
     """An `on_change` for the ACME issuer's thread that returns once `everywhere(kind, key, value)`, run
-    on `loop`, has given the change to every worker (or after `timeout`, warned): the CA, told next,
-    finds it on whichever worker it reaches."""
+    on `loop`, has given the change to every worker (it waits at most `timeout` for them; past that,
+    plus a second, `warn` is called on `loop`, where the log is written): the CA, told next, finds it
+    on whichever worker it reaches."""
 
     def changed(key: str, value: bytes | None) -> None:
         done = asyncio.run_coroutine_threadsafe(everywhere(kind, key, value), loop)
         try:
-            done.result(timeout)
+            done.result(timeout + 1.0)
         except TimeoutError:
-            warn(f"A worker did not take an ACME {kind} challenge in time")
+            loop.call_soon_threadsafe(
+                functools.partial(warn, "A worker did not take an ACME challenge in time", challenge=kind)
+            )
 
     return changed
