@@ -1,5 +1,5 @@
 """`pythrust CMD...`: bind, start the app with PORT, proxy to it, and exit when it does
-(and `pythrust serve DIR`, with no app). With WORKERS=N, N-1 more processes accept on the same socket
+(and `pythrust serve DIR`, with no app). With WORKERS=N, N-1 more processes accept on the same sockets
 (thruster/workers.py).
 
 The HTTP engine is the proxy's own (proxy/http): the same parsing, limits,
@@ -56,14 +56,15 @@ async def serve(argv: list[str], config: ThrusterConfig) -> int:
     log = JsonLog(debug=config.debug, shared=config.workers > 1)
     loop = asyncio.get_running_loop()
     front, pool = app_front(config, log)
-    if not await front.start():
+    workers = ExtraWorkers(config.workers - 1, ["app"], log)
+    if not await front.start(workers):
         return 1
     # Handlers first: a signal that comes while the workers and the app are being started is held for
     # the app, not lost (nor does it kill pythrust and leave the app running alone).
     relay = SignalRelay(log)
     for signum in RELAYED_SIGNALS:
         loop.add_signal_handler(signum, relay.received, signum)
-    workers = await _start_workers(front, ["app"], config, log)
+    await workers.start(front.listening_fds())
     try:
         child = await ChildProcess.start(argv, config.target_port)
     except OSError as exc:
@@ -83,26 +84,19 @@ async def serve_directory(root: str, config: ThrusterConfig) -> int:
     """`pythrust serve DIR`: serve the files under `root` until SIGTERM or SIGINT."""
     log = JsonLog(debug=config.debug, shared=config.workers > 1)
     front = directory_front(root, config, log)
-    if not await front.start():
+    workers = ExtraWorkers(config.workers - 1, ["serve", root], log)
+    if not await front.start(workers):
         return 1
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    workers = await _start_workers(front, ["serve", root], config, log)
+    await workers.start(front.listening_fds())
     await stopping.wait()
     log.info("Server stopping")
     await asyncio.gather(front.stop(), workers.stop(SHUTDOWN_GRACE))
     log.info("Server stopped")
     return 0
-
-
-async def _start_workers(
-    front: FrontServers, mode: list[str], config: ThrusterConfig, log: JsonLog
-) -> ExtraWorkers:
-    workers = ExtraWorkers(config.workers - 1, front.listening_fd(), mode, log)
-    await workers.start()
-    return workers
 
 
 class SignalRelay:

@@ -113,21 +113,15 @@ def load(env: Mapping[str, str] | None = None) -> ThrusterConfig:
         serve_dotfiles=boolean("SERVE_DOTFILES", defaults.serve_dotfiles),
         log_requests=boolean("LOG_REQUESTS", defaults.log_requests),
         debug=boolean("DEBUG", defaults.debug),
-        workers=_workers(lookup(env, "WORKERS"), domains),
+        workers=_workers(lookup(env, "WORKERS")),
     )
 
 
-def _workers(value: str | None, domains: tuple[str, ...]) -> int:
+def _workers(value: str | None) -> int:
     if value is None:
         return 1
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ConfigError(f"WORKERS must be a whole number of at least 1, not {value!r}")
-    if int(value) > 1 and domains:
-        # Each worker would order the same certificates: one process must own ACME (not built yet).
-        raise ConfigError(
-            "WORKERS above 1 does not work with TLS_DOMAIN yet: set THRUSTER_WORKERS=1"
-            " (it wins over a WORKERS meant for the app)"
-        )
     return int(value)
 
 

@@ -1,5 +1,6 @@
 """pythrust's listeners: the HTTP port, or with TLS_DOMAIN the HTTPS port for the app and the HTTP
-port for ACME challenges and redirects. Shared by app mode and `pythrust serve`."""
+port for ACME challenges and redirects. Shared by app mode and `pythrust serve`, by pythrust (which binds
+them and orders the certificates) and by its workers (which inherit them and are sent the certificates)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from proxy.http.request import Dispatcher
 from proxy.http.server import HttpLimits, HttpServer
 from proxy.log import JsonLog
 from thruster.config import ThrusterConfig
-from thruster.tls import DomainCertificates, RedirectDispatcher
+from thruster.tls import AcmeCertificates, DomainCertificates, RedirectDispatcher
+from thruster.workers import ExtraWorkers
 
 SHUTDOWN_GRACE = 5.0
 
@@ -40,45 +42,59 @@ class FrontServers:
             replay_answers=True,
         )
         self.servers = [self.main]
-        self.certificates = DomainCertificates(config, log) if config.tls_domains else None
+        self.certificates: DomainCertificates | None = None
 
-    async def start(self) -> bool:
-        """Bind every port (before the app starts); False, logged, when one cannot be bound."""
+    async def start(self, workers: ExtraWorkers) -> bool:
+        """Bind every port (before the app starts) and order the certificates, which `workers` are sent;
+        False, logged, when a port cannot be bound."""
         config = self.config
         try:
-            if self.certificates is None:
+            if not config.tls_domains:
                 plain = await self.main.listen(
                     None, config.http_port, report_port=config.http_port, h2c=config.h2c_enabled
                 )
                 addresses = {"http": _address(plain)}
             else:
-                redirects = HttpServer(
-                    RedirectDispatcher(self.certificates),
-                    self.log,
-                    self.limits,
-                    log_requests=config.log_requests,
+                certificates = AcmeCertificates(config, self.log)
+                plain = await self._redirects(certificates).listen(
+                    None, config.http_port, report_port=config.http_port
                 )
-                self.servers.append(redirects)
-                plain = await redirects.listen(None, config.http_port, report_port=config.http_port)
                 secure = await self.main.listen(
-                    None, config.https_port, self.certificates.terminator, config.https_port
+                    None, config.https_port, certificates.terminator, config.https_port
                 )
                 addresses = {"http": _address(plain), "https": _address(secure)}
         except OSError as exc:
             self.log.error("Could not start", error=str(exc))
             return False
-        if self.certificates is not None:
-            self.certificates.start()
+        if config.tls_domains:
+            self.certificates = certificates
+            workers.mirror(certificates)
+            certificates.start()
         self.log.info("Server started", **addresses, tls_domain=",".join(config.tls_domains))
         return True
 
-    async def adopt(self, sock: socket.socket) -> None:
-        """Accept on a listening socket inherited from pythrust (a worker: thruster/workers.py)."""
-        await self.main.serve(sock, None, self.config.http_port, h2c=self.config.h2c_enabled)
+    async def adopt(self, sockets: list[socket.socket], certificates: DomainCertificates | None) -> None:
+        """Accept on the listening sockets inherited from pythrust (a worker: thruster/workers.py), with
+        TLS_DOMAIN serving `certificates`, which pythrust fills."""
+        if certificates is None:
+            await self.main.serve(sockets[0], None, self.config.http_port, h2c=self.config.h2c_enabled)
+            return
+        self.certificates = certificates
+        await self._redirects(certificates).serve(sockets[0], None, self.config.http_port)
+        await self.main.serve(sockets[1], certificates.terminator, self.config.https_port)
 
-    def listening_fd(self) -> int:
-        """The plain listener's socket, for workers to inherit (no TLS_DOMAIN with workers: config.py)."""
-        return self.main.servers[0].sockets[0].fileno()
+    def listening_fds(self) -> list[int]:
+        """The listening sockets, for workers to inherit: the plain one, then any HTTPS one."""
+        servers = self.servers[1:] + self.servers[:1]  # with TLS_DOMAIN the main server is the HTTPS one
+        return [server.servers[0].sockets[0].fileno() for server in servers]
+
+    def _redirects(self, certificates: DomainCertificates) -> HttpServer:
+        """The plain port's server with TLS_DOMAIN: ACME HTTP-01 answers and redirects."""
+        redirects = HttpServer(
+            RedirectDispatcher(certificates), self.log, self.limits, log_requests=self.config.log_requests
+        )
+        self.servers.append(redirects)
+        return redirects
 
     async def stop(self) -> None:
         """Let requests in progress finish (within SHUTDOWN_GRACE), then close everything."""

@@ -11,7 +11,10 @@ offers HTTP/2 and HTTP/1.1 by ALPN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from proxy.autocert import AutoCertificates
+from proxy.challenges import Http01Tokens, TlsAlpnChallenges
 from proxy.http.request import Request
 from proxy.http.responses import redirect_response, text_response
 from proxy.log import JsonLog
@@ -24,12 +27,38 @@ _CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 
 
 class DomainCertificates:
-    """The HTTPS listener's certificates: one per TLS_DOMAIN entry, from ACME."""
+    """The HTTPS listener's certificates, one per TLS_DOMAIN entry, and the ACME challenges answered.
+
+    As such, a worker's (thruster/workers.py): pythrust sends it what AcmeCertificates obtains."""
+
+    def __init__(
+        self,
+        config: ThrusterConfig,
+        log: JsonLog,
+        tokens: Http01Tokens | None = None,
+        alpn_challenges: TlsAlpnChallenges | None = None,
+    ) -> None:
+        self.domains = tuple(ascii_host(domain) for domain in config.tls_domains)
+        self.log = log
+        self.tokens = Http01Tokens() if tokens is None else tokens
+        self.alpn_challenges = TlsAlpnChallenges() if alpn_challenges is None else alpn_challenges
+        self.terminator = TlsTerminator(self.alpn_challenges)
+
+    def install(self, served: ServedCertificates) -> None:
+        for domain in self.terminator.install(served):
+            self.log.error("Certificate could not be loaded", host=domain)
+
+    async def close(self) -> None:
+        """Nothing to stop here: the certificates come from pythrust."""
+
+
+class AcmeCertificates(DomainCertificates):
+    """pythrust's own: ordered from the ACME CA and renewed; `on_served` passes each change on to the
+    workers, and the challenges' `on_change` too (thruster/workers.py)."""
 
     def __init__(self, config: ThrusterConfig, log: JsonLog) -> None:
-        self.domains = tuple(ascii_host(domain) for domain in config.tls_domains)
         self.auto = AutoCertificates(log)
-        self.terminator = TlsTerminator(self.auto.alpn_challenges)
+        super().__init__(config, log, self.auto.tokens, self.auto.alpn_challenges)
         self.options = TlsOptions(
             enabled=True,
             acme_directory=config.acme_directory,
@@ -37,6 +66,7 @@ class DomainCertificates:
             acme_eab_kid=config.eab_kid,
             acme_eab_hmac_key=config.eab_hmac_key,
         )
+        self.on_served: Callable[[ServedCertificates], None] = lambda served: None
         self.auto.on_change = self._publish
 
     def start(self) -> None:
@@ -49,9 +79,11 @@ class DomainCertificates:
 
     def _publish(self) -> None:
         files = self.auto.files
-        listed = tuple((domain, files[domain]) for domain in self.domains if domain in files)
-        for domain in self.terminator.install(ServedCertificates(listed)):
-            self.auto.log.error("Certificate could not be loaded", host=domain)
+        served = ServedCertificates(
+            tuple((domain, files[domain]) for domain in self.domains if domain in files)
+        )
+        self.install(served)
+        self.on_served(served)
 
 
 class RedirectDispatcher:
@@ -59,7 +91,7 @@ class RedirectDispatcher:
     domain and 421 Misdirected Request for any other host (as thruster)."""
 
     def __init__(self, certificates: DomainCertificates) -> None:
-        self.tokens = certificates.auto.tokens
+        self.tokens = certificates.tokens
         self.domains = frozenset(certificates.domains)
 
     def route(self, request: Request) -> int | bytes:
