@@ -25,6 +25,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import hpack.exceptions
 import httptools
@@ -109,6 +110,18 @@ class _CompactSettings(h2.settings.Settings):
             self._settings[key] = _SettingValues(values)
 
 
+class _EagerFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, checking a frame's declared length as soon as its 9-byte header is in, not once
+    the whole frame is: a client that declares a 16 MiB frame gets GOAWAY FRAME_SIZE_ERROR before more
+    than one read of its payload is held (h2 would keep all of it). Reaches into h2's private `_data`."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9:
+            self._validate_frame_length(int.from_bytes(data[:3], "big"))
+        return super().__next__()
+
+
 class _ServerConnection(h2.connection.H2Connection):
     """h2's connection, answering a malformed request head with the stream error RFC 9113 8.1.1
     names (RST_STREAM PROTOCOL_ERROR) instead of ending the connection and every stream on it.
@@ -120,6 +133,9 @@ class _ServerConnection(h2.connection.H2Connection):
 
     def __init__(self, config: h2.config.H2Configuration, local: dict[h2.settings.SettingCodes, int]) -> None:
         super().__init__(config)
+        eager = _EagerFrameBuffer(server=True)
+        eager.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = eager
         self.local_settings = _CompactSettings(client=False, initial_values=local)
         self.remote_settings = _CompactSettings(client=True)
 
