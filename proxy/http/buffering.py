@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from proxy.http.filesender import FileSender
 from proxy.http.request import BufferPolicy
-from proxy.http.upstream import WRITE_HIGH_WATER
+from proxy.http.upstream import READ_BUFFER_SIZE, WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
     from proxy.http.accesslog import EngineLog
@@ -521,6 +521,8 @@ class ResponseBuffer(Spill):
     has been sent.
     """
 
+    read_size = READ_BUFFER_SIZE
+
     __slots__ = ("answered", "downstream", "head_size", "limit", "log", "phase", "request")
 
     write_paused = False  # it pauses the target itself while the disk is behind
@@ -641,6 +643,7 @@ class ResponseBuffer(Spill):
         self.phase = _STEPPED_ASIDE
         upstream = self.request.upstream
         upstream.client = self.downstream
+        upstream.read_size = self.downstream.read_size
         self.downstream.transport.write(data)
 
     def _over_limit(self) -> None:

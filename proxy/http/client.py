@@ -33,7 +33,7 @@ from proxy.http.request import Request
 from proxy.http.responses import error_response
 from proxy.http.tlslistener import ACME_TLS_ALPN
 from proxy.http.tlswrites import WRITE_HIGH_WATER as TLS_WRITE_HIGH_WATER
-from proxy.http.upstream import WRITE_HIGH_WATER
+from proxy.http.upstream import READ_BUFFER_SIZE, WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
     from proxy.http.contracts import ServerContext
@@ -76,6 +76,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
 
     Over TLS, a client that chose HTTP/2 by ALPN is handed to an `Http2Connection` at once.
     """
+
+    read_size = READ_BUFFER_SIZE
 
     __slots__ = (
         "client_ip",

@@ -55,6 +55,8 @@ MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 256 * 1024  # request body bytes a stream may send before the target has taken them
 CONNECTION_WINDOW = 1024 * 1024  # the same, for all streams of a connection together
 PENDING_HIGH = 256 * 1024  # response bytes held for a client's window before the target is paused
+# What a stream reads from its target at a time: a stream past PENDING_HIGH holds at most this more.
+STREAM_READ_SIZE = 64 * 1024
 
 # Rapid-reset protection (CVE-2023-44487): streams a client may cancel while their
 # requests are in progress, per RESET_PERIOD seconds, before the connection is closed.
@@ -623,6 +625,7 @@ class Http2Stream:
 
     closing = False
     protocol = b"HTTP/2.0"
+    read_size = STREAM_READ_SIZE
     replays = None  # requests arrive as frames, not reads: none is answered again (proxy/http/replay.py)
     downstream = None  # what a ResponseBuffer has instead: it stands between a target and its client
 

@@ -176,6 +176,7 @@ class Downstream(Protocol):
     deadline: float  # the loop time the connection's timer expires (0.0: none); a response clears it
     protocol: bytes  # as the access log names it
     log_fields: bytes  # the access-log fields of the connection (accesslog.AccessLog.connection_fields)
+    read_size: int  # the most response bytes it takes from the target in one read
 
     def pause_reading_for_upstream(self) -> None:
         """The target is not taking the request body: stop reading it from the client."""

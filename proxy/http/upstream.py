@@ -228,6 +228,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "paused",
         "pool",
         "read_buffer",
+        "read_size",
         "read_view",
         "request",
         "response_done",
@@ -254,6 +255,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.lax_parser: httptools.HttpResponseParser | None = None  # see _bare_lf_head
         self.read_buffer: mmap.mmap | None = None  # only while an exchange runs: see _take_read_buffer
         self.read_view: memoryview | None = None
+        self.read_size = READ_BUFFER_SIZE  # the client's: see get_buffer
         self.tls_client = False  # the client's transport is TLS: body bytes go to it a record at a time
         self.unsent: memoryview | None = None  # what a client pause left of the last read
         self.held_loss: tuple[Exception | None] | None = None  # this connection ended while `unsent` waited
@@ -301,6 +303,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.client = client
         self.reused = reused
         self.attached = True
+        self.read_size = client.read_size
         self.tls_client = request.scheme == b"https" and writes_tls(client.transport)
         request.upstream = self
         body = request.body
@@ -325,6 +328,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if not self.paused and not self.closed:
             self.paused = True
             self.transport.pause_reading()
+            # A client that stops reading may hold this target for long: it keeps no read buffer meanwhile
+            # (unless a head is being parsed from it: a 103 written to a full client pauses mid-head).
+            if not self.in_head:
+                self._let_go_of_read_buffer()
 
     def resume(self) -> None:
         if self.unsent is not None and not self._send_unsent():
@@ -354,9 +361,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- reading the response ---------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.read_view is None:
-            self.read_buffer, self.read_view = _take_read_buffer()
-        return self.read_view
+        view = self.read_view
+        if view is None:
+            self.read_buffer, view = _take_read_buffer()
+            self.read_view = view
+        return view if self.read_size == READ_BUFFER_SIZE else view[: self.read_size]
 
     def buffer_updated(self, nbytes: int) -> None:
         data = self.read_view[:nbytes]
@@ -397,6 +406,18 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if out.get_write_buffer_size():
             # The transport still holds a view of our buffer: leave it that one.
             self.read_buffer = self.read_view = None
+
+    def _let_go_of_read_buffer(self, client: Downstream | None = None) -> None:
+        """Drop the read buffer: a spare again, unless a view of it may still be held (by the client's
+        transport, or as `unsent`), which then keeps it until written."""
+        view = self.read_view
+        if view is None:
+            return
+        peer = client or self.tunnel or self.client
+        held = self.unsent is not None or (peer is not None and peer.transport.get_write_buffer_size())
+        if not held and len(_spare_read_buffers) < SPARE_READ_BUFFERS:
+            _spare_read_buffers.append((self.read_buffer, view))
+        self.read_buffer = self.read_view = None
 
     def _write_records(self, peer: Downstream | TunnelClient, data: memoryview) -> None:
         """Write body bytes to a TLS client a record at a time; keep what a pause leaves, stop reading."""
@@ -572,12 +593,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.attached = False
         self._reset()
         # Between exchanges a connection holds no read buffer (a pool of idle connections would keep
-        # 256 KiB each): it is a spare again, unless the client's transport may still hold a view of it.
-        view = self.read_view
-        if view is not None:
-            if not client.transport.get_write_buffer_size() and len(_spare_read_buffers) < SPARE_READ_BUFFERS:
-                _spare_read_buffers.append((self.read_buffer, view))
-            self.read_buffer = self.read_view = None
+        # 256 KiB each).
+        self._let_go_of_read_buffer(client)
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
