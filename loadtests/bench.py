@@ -51,10 +51,12 @@ TARGETS = ("direct", "nginx", "nginx-tuned", "pyproxy", "kamal-proxy")
 # (GOMAXPROCS=N with --workers N).
 KAMAL_PROXY = HERE.parent.parent / "shared" / "anchors" / "kamal-proxy"
 DEPLOYED = ("pyproxy", "kamal-proxy")  # deployed through their CLI: the buffered POST row has its own service
-# The HTTP/2 row: h2load (Debian package nghttp2-client) with this many connections, each keeping this
-# many streams in flight, over TLS to the proxies' HTTPS ports. Skipped when h2load is not installed.
+# The HTTP/2 rows: h2load (Debian package nghttp2-client) with this many connections, each keeping 1, 10
+# or 100 streams in flight (the smallest size; 10 at H2_SIZE too, when it is one of the sizes), over TLS
+# to the proxies' HTTPS ports. Skipped when h2load is not installed.
 H2LOAD_CONNECTIONS = 16
-H2LOAD_STREAMS = 10
+H2LOAD_STREAMS = (1, 10, 100)
+H2_SIZE = 16384
 # The baseline is nginx as the issue defines it: 1 worker, upstream keep-alive, default proxy buffering.
 # "nginx-tuned" streams through one 256 KiB buffer with no spooling to disk, as pyproxy does: with the
 # default 8 x 4 KiB buffers nginx proxies 1 MiB bodies at about half that rate per CPU-second.
@@ -98,6 +100,7 @@ class Scenario:
     close: bool
     tls: bool = False
     http2: bool = False  # measured with h2load instead of wrk (implies tls)
+    streams: int = 10  # (http2) streams in flight on each connection
     post: bool = False  # POST bodies of `size` bytes to POST_PATH instead of GETs of that size
     buffered: bool = False  # (POST) pyproxy buffers each request body whole before sending it on
 
@@ -108,7 +111,7 @@ class Scenario:
         if self.post:
             return f"POST {text}, {'request buffering' if self.buffered else 'streamed'}"
         if self.http2:
-            return f"HTTP/2 (h2load, {H2LOAD_STREAMS} streams x {H2LOAD_CONNECTIONS} conns) {text}"
+            return f"HTTP/2 (h2load, {self.streams} streams x {H2LOAD_CONNECTIONS} conns) {text}"
         if self.close:
             text = f"new connection per request {text}"
         elif self.tls:
@@ -633,7 +636,7 @@ def run_h2load(
     :authority bench.test. At most one thread per connection: h2load refuses more."""
     argv = [
         *pinned(cpu), "h2load", "-t", str(min(threads, H2LOAD_CONNECTIONS)),
-        "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
+        "-c", str(H2LOAD_CONNECTIONS), "-m", str(scenario.streams), "-D", str(seconds),
         f"--connect-to=127.0.0.1:{port}", f"https://{TLS_NAME}:{port}/{scenario.size}",
     ]  # fmt: skip
     try:
@@ -1025,9 +1028,11 @@ def main(argv: list[str] | None = None) -> int:
             elif args.tls:
                 scenarios += [Scenario(smallest, close=close, tls=True) for close in (False, True)]
                 if shutil.which("h2load"):
-                    scenarios.append(Scenario(smallest, close=False, tls=True, http2=True))
+                    h2 = [(smallest, streams) for streams in H2LOAD_STREAMS]
+                    h2 += [(H2_SIZE, 10)] if H2_SIZE in args.sizes and smallest != H2_SIZE else []
+                    scenarios += [Scenario(size, False, True, http2=True, streams=n) for size, n in h2]
                 else:
-                    print("bench.py: no h2load (apt install nghttp2-client): no HTTP/2 row", file=sys.stderr)
+                    print("bench.py: no h2load (apt install nghttp2-client): no HTTP/2 rows", file=sys.stderr)
             if args.post:
                 scenarios.append(Scenario(POST_SIZE, close=False, post=True))
                 if deploy_buffered is None:
