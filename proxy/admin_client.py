@@ -11,12 +11,18 @@ import contextlib
 import io
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from proxy.paths import program_name, socket_path
 
 _MAX_LINE = 64 * 1024
+# How long a command waits for a `run` that is starting (no socket yet, or nobody listening on it): Kamal
+# starts the proxy's container and deploys to it moments later, and `run` opens its socket only once its
+# workers accept. A command with no proxy at all says so after this long.
+STARTING_GRACE = 5.0
+_RETRY_EVERY = 0.05
 
 
 class AdminError(Exception):
@@ -85,21 +91,44 @@ def _send(method: str, path: str, payload: Any = None) -> tuple[socket.socket, _
         f"{method} {path} HTTP/1.1\r\nHost: pyproxy\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.connect(str(socket_path()))
+        connection = _connect()
+    except OSError as exc:
+        raise _unreachable(exc) from None
+    try:
         connection.sendall(head.encode() + body)
     except OSError as exc:
         connection.close()
-        raise AdminError(
-            f"cannot reach pyproxy at {socket_path()} (is `{program_name()} run` running?): {exc}"
-        ) from None
+        raise _unreachable(exc) from None
     try:
         with _unreadable_is_an_error():
             return connection, _Response(connection.makefile("rb"))
     except AdminError:
         connection.close()
         raise
+
+
+def _connect() -> socket.socket:
+    """The admin socket, once a `run` that is starting listens on it (within STARTING_GRACE)."""
+    deadline = time.monotonic() + STARTING_GRACE
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(str(socket_path()))
+        except (FileNotFoundError, ConnectionRefusedError):
+            connection.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_RETRY_EVERY)
+        except OSError:
+            connection.close()
+            raise
+        else:
+            return connection
+
+
+def _unreachable(exc: OSError) -> AdminError:
+    return AdminError(f"cannot reach pyproxy at {socket_path()} (is `{program_name()} run` running?): {exc}")
 
 
 def _raise_for_error(response: _Response) -> None:

@@ -12,7 +12,7 @@ import sys
 import aiohttp
 import pytest
 
-from tests.conftest import PYPROXY, proxy_env
+from tests.conftest import PYPROXY, ProxyProcess, proxy_env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -69,6 +69,21 @@ def test_help_lists_commands_and_flags():
     assert status == 0
     assert "--drain-timeout" in stdout
     assert "(default 30s)" in stdout
+
+
+async def test_a_command_sent_while_run_is_starting_waits_for_it(tmp_path):
+    """As Kamal does: the proxy's container is started and a deploy follows before it listens."""
+    env = proxy_env(tmp_path)
+    listing = await asyncio.create_subprocess_exec(
+        *PYPROXY, "list", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    running = ProxyProcess(tmp_path, env, ["--workers=1"])
+    await running.start()
+    try:
+        _, stderr = await asyncio.wait_for(listing.communicate(), 10)
+        assert listing.returncode == 0, stderr
+    finally:
+        await running.stop()
 
 
 def test_cli_without_a_running_proxy_says_so(tmp_path):
