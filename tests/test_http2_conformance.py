@@ -7,7 +7,9 @@ where it says "connection error", a GOAWAY with the code is required, and then t
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from tests.h2frames import PREFACE, Closed, H2RawClient, Header, error_name, raw
 from tests.test_tls import client_context, deploy_tls
 
 HOST = "h2.test"
+H2SPEC = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "h2spec"
+H2SPEC_CASES = 146
 DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_WINDOW = 2**31 - 1
 DATA_TYPE, SETTINGS_TYPE, PING_TYPE, WINDOW_UPDATE_TYPE = 0x0, 0x4, 0x6, 0x8
@@ -108,6 +112,31 @@ async def expect_only_the_stream_reset(client: H2RawClient, stream_id: int) -> N
 
 def post_headers(client: H2RawClient, path: str = "/echo", *extra: Header) -> list[Header]:
     return [*client.request_headers(path, "POST"), *extra]
+
+
+# h2spec: every case of the conformance tester, as a client would run it
+
+
+@pytest.mark.skipif(not H2SPEC.exists(), reason=f"h2spec is not at {H2SPEC} (../shared/anchors/)")
+async def test_h2spec_passes_every_case(proxy, upstreams, ca):
+    await deploy_tls(proxy, ca, upstreams[0].address, "127.0.0.1")  # h2spec's :authority, without SNI
+    run = await asyncio.create_subprocess_exec(
+        str(H2SPEC),
+        "--tls",
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(proxy.https_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await asyncio.wait_for(run.communicate(), 120))[0].decode(errors="replace")
+    summary = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", output)
+    assert summary, output[-3000:]
+    total, passed, skipped, failed = map(int, summary.groups())
+    failures = "\n".join(line for line in output.splitlines() if "\u00d7" in line or "Expected" in line)
+    assert (total, passed, skipped, failed) == (H2SPEC_CASES, H2SPEC_CASES, 0, 0), failures or output[-3000:]
 
 
 # 3.4 HTTP/2 connection preface
