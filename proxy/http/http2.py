@@ -8,30 +8,18 @@ client does not open its window, the stream pauses its target connection
 instead of buffering the response; request bodies are acknowledged (window
 updates) only once the target connection has taken them.
 
-The `h2` library keeps the protocol state and checks every frame against
-RFC 9113; its connection errors become a GOAWAY and a close.
+The frames themselves, stream states and flow control are h2wire.py's; its
+connection errors become a GOAWAY and a close.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.frame_buffer
-import h2.settings
-import hpack.exceptions
 import httptools
-import hyperframe.exceptions
-from h2.errors import ErrorCodes
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from proxy.http import headers as h
 from proxy.http.buffering import (
@@ -42,6 +30,14 @@ from proxy.http.buffering import (
     take_expect_continue,
 )
 from proxy.http.forwarding import Reject, RequestForwarding
+from proxy.http.h2wire import (
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    FrameLayer,
+    Http2ConnectionError,
+)
 from proxy.http.request import Request
 from proxy.http.tlswrites import WRITE_HIGH_WATER as TLS_WRITE_HIGH_WATER
 from proxy.http.tlswrites import write_records
@@ -63,17 +59,6 @@ STREAM_READ_SIZE = 64 * 1024
 MAX_RESETS = 200
 RESET_PERIOD = 10.0
 
-# The client preface is 24 bytes of magic, then a SETTINGS frame (type 4) whose type byte is at 24 + 3.
-_PREFACE_SETTINGS_TYPE_AT = 27
-_SETTINGS_TYPE = 4
-# Length (8: no debug data) and type (7) of the GOAWAY frames h2 writes.
-_GOAWAY_HEAD = b"\x00\x00\x08\x07"
-
-# A field name (lower-case token, pseudo-headers with their colon) and what no value may hold: a CR or
-# LF would start a header line of its own in the HTTP/1.1 request to the target.
-_FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
-_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
-
 # Bytes a :path may not contain (the request line to the target is space-separated), and
 # the characters of a method token (RFC 9110 5.6.2).
 _PATH_FORBIDDEN = bytes(range(0x21)) + b"\x7f"
@@ -85,74 +70,6 @@ _RESPONSE_DROP = frozenset(
 )
 
 
-class _SettingValues(list):
-    """One setting's values, the current one first and any not yet acknowledged after it: what h2
-    keeps in a deque, which costs 760 B even for one value (h2 keeps 16 of them per connection)."""
-
-    __slots__ = ()
-
-    def popleft(self) -> int:
-        return self.pop(0)
-
-
-class _CompactSettings(h2.settings.Settings):
-    """h2's settings with each setting's values in a small list (an idle connection's two settings
-    objects hold about 1.5 KB instead of 12 KB). It reaches into h2's private `_settings` (h2 4.x)."""
-
-    def __init__(
-        self, client: bool, initial_values: dict[h2.settings.SettingCodes, int] | None = None
-    ) -> None:
-        super().__init__(client=client, initial_values=initial_values)
-        self._settings = {key: _SettingValues(values) for key, values in self._settings.items()}
-
-    def __setitem__(self, key: h2.settings.SettingCodes | int, value: int) -> None:
-        super().__setitem__(key, value)  # a setting it did not hold yet gets a deque: replaced
-        values = self._settings[key]
-        if values.__class__ is not _SettingValues:
-            self._settings[key] = _SettingValues(values)
-
-
-class _EagerFrameBuffer(h2.frame_buffer.FrameBuffer):
-    """h2's frame buffer, checking a frame's declared length as soon as its 9-byte header is in, not once
-    the whole frame is: a client that declares a 16 MiB frame gets GOAWAY FRAME_SIZE_ERROR before more
-    than one read of its payload is held (h2 would keep all of it). Reaches into h2's private `_data`."""
-
-    def __next__(self) -> Frame:
-        data = self._data
-        if len(data) >= 9:
-            self._validate_frame_length(int.from_bytes(data[:3], "big"))
-        return super().__next__()
-
-
-class _ServerConnection(h2.connection.H2Connection):
-    """h2's connection, answering a malformed request head with the stream error RFC 9113 8.1.1
-    names (RST_STREAM PROTOCOL_ERROR) instead of ending the connection and every stream on it.
-
-    It wraps a private h2 method (hence the pin to h2 4.x): the header block has been decoded
-    (HPACK state stays in step) and the stream opened before the fields are checked, so such an
-    error leaves a new stream behind, which is reset.
-    """
-
-    def __init__(self, config: h2.config.H2Configuration, local: dict[h2.settings.SettingCodes, int]) -> None:
-        super().__init__(config)
-        eager = _EagerFrameBuffer(server=True)
-        eager.max_frame_size = self.incoming_buffer.max_frame_size
-        self.incoming_buffer = eager
-        self.local_settings = _CompactSettings(client=False, initial_values=local)
-        self.remote_settings = _CompactSettings(client=True)
-
-    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
-        new = frame.stream_id not in self.streams
-        try:
-            return super()._receive_headers_frame(frame)
-        except h2.exceptions.ProtocolError as exc:
-            # Subclasses (too many streams, oversized header list, closed stream) are connection errors.
-            if not new or frame.stream_id not in self.streams or type(exc) is not h2.exceptions.ProtocolError:
-                raise
-            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
-            return [], []
-
-
 class Http2Connection(RequestForwarding, asyncio.Protocol):
     """One HTTP/2 client connection: frames in and out, and its streams."""
 
@@ -160,16 +77,14 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         "client_ip",
         "closed",
         "closing",
-        "conn",
         "flush_scheduled",
         "forwarded_plain",
+        "frames",
         "idle_deadline",
         "last_host",
         "last_host_line",
         "log_fields",
         "port",
-        "preface_left",
-        "preface_seen",
         "reset_count",
         "reset_period_end",
         "scheme",
@@ -192,7 +107,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.write_paused = False
-        self.unsent: memoryview | None = None  # what a pause left of the frames last taken from h2
+        self.unsent: memoryview | None = None  # what a pause left of the frames last taken
         self.write_deadline = 0.0
         self.write_mark = 0
         self.written = 0
@@ -202,26 +117,13 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.idle_deadline = 0.0
         self.reset_count = 0
         self.reset_period_end = 0.0
-        self.preface_left = True
-        self.preface_seen = b""
-        # Outbound headers are the target's, already lower-cased and filtered by Http2Stream:
-        # h2's second pass over them would only cost time.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
+        self.frames = FrameLayer(
+            self,
+            max_streams=MAX_CONCURRENT_STREAMS,
+            max_header_list=server.max_head_bytes,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
         )
-        self.conn = _ServerConnection(
-            config,
-            {
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: server.max_head_bytes,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        self.conn.decoder.max_header_list_size = server.max_head_bytes
 
     # -- connection events --------------------------------------------------------
 
@@ -231,8 +133,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             high=TLS_WRITE_HIGH_WATER if self.scheme == b"https" else WRITE_HIGH_WATER
         )
         self._identify_client(transport, self.port)
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
+        self.frames.start()
         self.flush()
         self.server.connections.add(self)
         # Until the first request, the connection is held to the time limit for a request head.
@@ -241,56 +142,13 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self.preface_left:
-            data = self._check_preface(data)
-            if data is None:
-                return
         try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self._protocol_error(exc)
+            self.frames.receive(data)
+        except Http2ConnectionError as error:
+            self.fail(error.code)
             return
-        for event in events:
-            if self.closed:
-                break  # failed midway (e.g. a reset flood): the rest of the batch starts nothing
-            handler = _HANDLERS.get(event.__class__)
-            if handler is not None:
-                handler(self, event)
         if not self.closed:
             self.flush()
-
-    def _check_preface(self, data: bytes) -> bytes | None:
-        """RFC 9113 3.4: the client's first frame after the magic must be SETTINGS (h2 does not check)."""
-        seen = self.preface_seen + data
-        if len(seen) < _PREFACE_SETTINGS_TYPE_AT + 1:
-            self.preface_seen = seen
-            return data
-        self.preface_left = False
-        self.preface_seen = b""
-        if seen[_PREFACE_SETTINGS_TYPE_AT] != _SETTINGS_TYPE:
-            self.fail(ErrorCodes.PROTOCOL_ERROR)
-            return None
-        return data
-
-    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
-        """Send the GOAWAY h2 queued for the client's error, with the code RFC 9113 names, and close.
-
-        h2 reports an undecodable header block (4.3) and a SETTINGS ack with a
-        payload (6.5) as PROTOCOL_ERROR, and sends no GOAWAY for a bad preface.
-        """
-        self.closed = True
-        data = self.conn.data_to_send()
-        if data[-17:-13] == _GOAWAY_HEAD:  # the GOAWAY (no debug data) is the last frame queued
-            cause = exc.__cause__
-            if isinstance(cause, hpack.exceptions.HPACKError):
-                data = data[:-4] + ErrorCodes.COMPRESSION_ERROR.to_bytes(4, "big")
-            elif isinstance(cause, hyperframe.exceptions.InvalidDataError) and "ack" in str(cause).lower():
-                data = data[:-4] + ErrorCodes.FRAME_SIZE_ERROR.to_bytes(4, "big")
-        else:
-            data += GoAwayFrame(0, error_code=ErrorCodes.PROTOCOL_ERROR).serialize()
-        self._write_all(data)
-        self.transport.close()
-        self._drop_streams()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -298,7 +156,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self._drop_streams()
 
     def _drop_streams(self) -> None:
-        """The connection is over (h2 sends nothing more): stop every exchange still going."""
+        """The connection is over (nothing more is sent): stop every exchange still going."""
         for stream in list(self.streams.values()):
             stream.client_gone(499)
         self.streams.clear()
@@ -328,11 +186,11 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        """Write the frames h2 has queued; while the client's socket is full, h2 keeps them."""
+        """Write the frames queued; while the client's socket is full, they stay queued."""
         self.flush_scheduled = False
         if self.write_paused and self.scheme == b"https":  # h2c: the transport buffers, as before
             return
-        data = self.conn.data_to_send()
+        data = self.frames.take()
         if data and not self.transport.is_closing():
             self._write(data)
 
@@ -366,41 +224,35 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
 
     # -- frames from the client ---------------------------------------------------
 
-    def _request_received(self, event: h2.events.RequestReceived) -> None:
-        stream_id = event.stream_id
-        if self.closed:
-            return
+    def on_request(
+        self, stream_id: int, method: bytes, path: bytes, authority: bytes, fields: list, ended: bool
+    ) -> None:
         if self.closing:
-            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.frames.reset_stream(stream_id, REFUSED_STREAM)
             return
         request = Request(time.time(), self.scheme)
         stream = Http2Stream(self, stream_id, request)
         self.streams[stream_id] = stream
         self.idle_deadline = 0.0
-        request.complete = event.stream_ended is not None
+        request.complete = ended
+        request.method = method
+        request.url = path
         try:
-            self._read_head(request, event.headers)
+            self._read_head(request, authority, fields)
         except Reject as reject:
             stream.respond_error(reject.status)
             return
         stream.start()
 
-    def _read_head(self, request: Request, headers: list[tuple[bytes, bytes]]) -> None:
-        """Fill `request` from a header list h2 has already checked (RFC 9113 8.2, 8.3)."""
-        authority = host = b""
+    def _read_head(self, request: Request, authority: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        """Fill `request` from a head h2wire.py found well-formed (RFC 9113 8.2, 8.3)."""
+        host = b""
         cookies = []
         special = h.REQUEST_SPECIAL
         lengths = h.REQUEST_SPECIAL_LENGTHS
         lines = request.headers
-        for name, value in headers:
-            if name[0] == 58:  # b":"
-                if name == b":method":
-                    request.method = value
-                elif name == b":path":
-                    request.url = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
+        for name, value in fields:
+            if name == b"cookie":
                 cookies.append(value)  # HTTP/2 may split cookies; HTTP/1.1 wants one line (8.2.3)
             elif len(name) in lengths and name in special:
                 kind = special[name]
@@ -412,11 +264,6 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
                 lines.append(b"%s: %s\r\n" % (name, value))
         request.host = authority or host
         if not request.host:
-            raise Reject(400)
-        # h2 4.3+ checks these too; the target's HTTP/1.1 head must never depend on that.
-        if not all(map(_FIELD_NAME.fullmatch, (name for name, _ in headers))) or _FORBIDDEN_IN_VALUE.search(
-            b"".join(value for _, value in headers)
-        ):
             raise Reject(400)
         lines.append(b"host: %s\r\n" % request.host)
         if cookies:
@@ -436,21 +283,21 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         if not request.complete and request.content_length is None:
             request.chunked = True  # a body of unknown length: chunked to the target
 
-    def _data_received(self, event: h2.events.DataReceived) -> None:
-        stream = self.streams.get(event.stream_id)
+    def on_data(self, stream_id: int, data: memoryview, flow_length: int) -> None:
+        stream = self.streams.get(stream_id)
         if stream is None:
             # A stream already answered: its window must still be given back.
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.frames.acknowledge(stream_id, flow_length)
             return
-        stream.body_received(event.data, event.flow_controlled_length)
+        stream.body_received(data, flow_length)
 
-    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
-        stream = self.streams.get(event.stream_id)
+    def on_stream_end(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
         if stream is not None:
             stream.request_ended()
 
-    def _stream_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self.streams.get(event.stream_id)
+    def on_reset(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
         if stream is None:
             return
         stream.client_gone(499)
@@ -460,25 +307,28 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             self.reset_count = 0
         self.reset_count += 1
         if self.reset_count > MAX_RESETS:
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ENHANCE_YOUR_CALM)
 
-    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id:
-            stream = self.streams.get(event.stream_id)
+    def on_stream_error(self, stream_id: int) -> None:
+        """h2wire.py reset a stream for the client's protocol error in it: its exchange ends."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.client_gone(400)
+
+    def on_window(self, stream_id: int) -> None:
+        """The client opened a stream's window, or (0) the connection's or every stream's."""
+        if stream_id:
+            stream = self.streams.get(stream_id)
             if stream is not None:
                 stream.send_pending()
         else:
             self._send_all_pending()
 
-    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
-        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            self._send_all_pending()
-
-    def _client_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # h2 sends nothing more after a GOAWAY from the client: streams in flight end with the connection,
+    def on_goaway(self) -> None:
+        # Nothing more is sent after a GOAWAY from the client: streams in flight end with the connection,
         # after what was already framed for it (never a frame cut in half).
         self.closed = True
-        self._write_all(self.conn.data_to_send())
+        self._write_all(self.frames.take())
         self.transport.close()
         self._drop_streams()
 
@@ -487,20 +337,7 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
             if stream.pending:
                 stream.send_pending()
 
-    # -- frames to the client -----------------------------------------------------
-
-    def send_within_window(self, stream_id: int, data: bytes) -> int:
-        """Send as much of `data` as the client's windows allow; return how much that was."""
-        conn = self.conn
-        window = conn.local_flow_control_window(stream_id)
-        frame_size = conn.max_outbound_frame_size
-        sent = 0
-        while sent < len(data) and window > 0:
-            size = min(window, frame_size, len(data) - sent)
-            conn.send_data(stream_id, data[sent : sent + size])
-            sent += size
-            window -= size
-        return sent
+    # -- streams ---------------------------------------------------------------------
 
     def stream_done(self, stream: Http2Stream) -> None:
         if self.streams.pop(stream.stream_id, None) is None:
@@ -519,10 +356,8 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         if self.closed or self.closing:
             return
         self.closing = True
-        self.flush()
-        # Written directly so that h2 still lets the streams in flight finish.
-        goaway = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id, error_code=0)
-        self._write_all(goaway.serialize())
+        self.frames.goaway(NO_ERROR)  # the streams in flight still finish; new ones are refused
+        self._write_all(self.frames.take())
         if not self.streams:
             self.close()
 
@@ -530,18 +365,17 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         """A GOAWAY without error, then close once buffered frames are sent."""
         if self.closed:
             return
-        self.fail(ErrorCodes.NO_ERROR)
+        self.fail(NO_ERROR)
 
-    def fail(self, error_code: ErrorCodes) -> None:
+    def fail(self, error_code: int) -> None:
         """GOAWAY with `error_code` (the client's misbehaviour, or none), then close."""
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
+        self.frames.goaway(error_code)
         self.flush_scheduled = False
         if not self.transport.is_closing():
-            self._write_all(self.conn.data_to_send())
+            self._write_all(self.frames.take())
         self.transport.close()
         self._drop_streams()
 
@@ -707,7 +541,7 @@ class Http2Stream:
         if not self.closed:
             self.start()
 
-    def body_received(self, data: bytes, flow_length: int) -> None:
+    def body_received(self, data: memoryview, flow_length: int) -> None:
         request = self.request
         if self.deadline and not request.response_started:
             server = self.connection.server
@@ -715,14 +549,14 @@ class Http2Stream:
         if self.ending or not data:
             # Answered already, or an empty DATA frame (often the one carrying END_STREAM): as a
             # chunk it would read "0\r\n\r\n", the end of the body, and the real end would follow it.
-            self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+            self.connection.frames.acknowledge(self.stream_id, flow_length)
             return
         request.had_body = True
         limit = self.connection.server.max_body_bytes
         if limit:
             request.body_received += len(data)
             if request.body_received > limit:
-                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.connection.frames.acknowledge(self.stream_id, flow_length)
                 self.too_large()
                 return
         upstream = request.upstream
@@ -731,21 +565,20 @@ class Http2Stream:
             if self.upload_paused:
                 self.acked_later += flow_length
             else:
-                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.connection.frames.acknowledge(self.stream_id, flow_length)
             return
         spool = request.body
         if spool.__class__ is RequestSpool:
             if spool.write(data):
-                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.connection.frames.acknowledge(self.stream_id, flow_length)
                 self.too_large()  # over the service's limit: the target never sees it
             elif self.upload_paused:
                 self.acked_later += flow_length  # the disk is behind: given back once it catches up
             else:
-                self.connection.conn.acknowledge_received_data(flow_length, self.stream_id)
+                self.connection.frames.acknowledge(self.stream_id, flow_length)
             return
-        if request.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        # The target connection is not ready: hold the bytes, and their window, until it is.
+        # The target connection is not ready: hold the bytes (a copy: `data` is a view), and their window.
+        data = b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else bytes(data)
         if request.body is None:
             request.body = [data]
         else:
@@ -777,10 +610,10 @@ class Http2Stream:
             self.deadline = 0.0
 
     def _give_back_window(self) -> None:
-        """Acknowledge held request-body bytes; also when the stream has ended, as h2 then still
-        credits the connection's window, which all streams share."""
+        """Acknowledge held request-body bytes; also when the stream has ended, as the connection's
+        window, which all streams share, is then still credited."""
         if self.acked_later and not self.connection.closed:
-            self.connection.conn.acknowledge_received_data(self.acked_later, self.stream_id)
+            self.connection.frames.acknowledge(self.stream_id, self.acked_later)
             self.connection.flush_soon()
         self.acked_later = 0
 
@@ -839,7 +672,7 @@ class Http2Stream:
             return
         self.request.status = self.request.status or 502
         self.connection.server.log_request(self, self.request)
-        self._reset(ErrorCodes.INTERNAL_ERROR)
+        self._reset(INTERNAL_ERROR)
 
     def timed_out(self) -> None:
         """The request body stalled (408), or the target did not answer in time (504)."""
@@ -920,12 +753,8 @@ class Http2Stream:
         self._send_headers(headers)
 
     def _send_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        if self.closed:
-            return
-        try:
-            self.connection.conn.send_headers(self.stream_id, headers)
-        except h2.exceptions.ProtocolError:
-            self.abort()  # a header HTTP/2 cannot carry
+        if not self.closed:
+            self.connection.frames.send_headers(self.stream_id, headers)
 
     def on_body(self, body: bytes) -> None:
         if self.closed:
@@ -935,7 +764,7 @@ class Http2Stream:
             self.pending_bytes += len(body)
             self.update_target_flow()
             return
-        sent = self.connection.send_within_window(self.stream_id, body)
+        sent = self.connection.frames.send_data(self.stream_id, body)
         if sent < len(body):
             rest = body[sent:]
             self.pending.append(rest)
@@ -949,7 +778,7 @@ class Http2Stream:
         connection = self.connection
         while pending and not self.closed and not connection.write_paused:
             chunk = pending[0]
-            sent = self.connection.send_within_window(self.stream_id, chunk)
+            sent = self.connection.frames.send_data(self.stream_id, chunk)
             self.pending_bytes -= sent
             if sent < len(chunk):
                 pending[0] = chunk[sent:]
@@ -972,38 +801,23 @@ class Http2Stream:
         if not self.ending or self.pending or self.closed:
             return
         self.closed = True
-        conn = self.connection.conn
-        try:
-            if self.headers_sent:
-                conn.end_stream(self.stream_id)
-            else:
-                conn.reset_stream(self.stream_id, ErrorCodes.INTERNAL_ERROR)
-            if not self.request.complete:
-                # Answered before the client finished sending: ask it to stop (RFC 9113 8.1).
-                conn.reset_stream(self.stream_id, ErrorCodes.NO_ERROR)
-        except h2.exceptions.ProtocolError:
-            pass  # the client reset it meanwhile, or the connection ended
+        frames = self.connection.frames
+        if self.headers_sent:
+            frames.end_stream(self.stream_id)
+        else:
+            frames.reset_stream(self.stream_id, INTERNAL_ERROR)
+        if not self.request.complete:
+            # Answered before the client finished sending: ask it to stop (RFC 9113 8.1).
+            frames.reset_stream(self.stream_id, NO_ERROR)
         self._give_back_window()
         self.connection.flush_soon()
         self.connection.stream_done(self)
 
-    def _reset(self, error_code: ErrorCodes) -> None:
+    def _reset(self, error_code: int) -> None:
         self.closed = True
         self.ending = True
         self._stop_exchange()
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.connection.conn.reset_stream(self.stream_id, error_code)
+        self.connection.frames.reset_stream(self.stream_id, error_code)
         self._give_back_window()
         self.connection.flush_soon()
         self.connection.stream_done(self)
-
-
-_HANDLERS = {
-    h2.events.RequestReceived: Http2Connection._request_received,
-    h2.events.DataReceived: Http2Connection._data_received,
-    h2.events.StreamEnded: Http2Connection._stream_ended,
-    h2.events.StreamReset: Http2Connection._stream_reset,
-    h2.events.WindowUpdated: Http2Connection._window_updated,
-    h2.events.RemoteSettingsChanged: Http2Connection._settings_changed,
-    h2.events.ConnectionTerminated: Http2Connection._client_goaway,
-}
