@@ -30,6 +30,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from proxy.http.http2 import MAX_RESETS
 from tests.h2frames import PREFACE, Closed, H2RawClient, Header, error_name, raw_frame
 from tests.test_tls import client_context, deploy_tls
 
@@ -38,7 +39,7 @@ H2SPEC = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "h2spec"
 H2SPEC_CASES = 146
 DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_WINDOW = 2**31 - 1
-DATA_TYPE, SETTINGS_TYPE, PING_TYPE, WINDOW_UPDATE_TYPE = 0x0, 0x4, 0x6, 0x8
+DATA_TYPE, PRIORITY_TYPE, SETTINGS_TYPE, PING_TYPE, WINDOW_UPDATE_TYPE = 0x0, 0x2, 0x4, 0x6, 0x8
 ACK = 0x1
 
 Connect = Callable[..., Awaitable[H2RawClient]]
@@ -558,3 +559,36 @@ async def test_a_ping_and_settings_flood_is_answered_and_others_go_on(connect: C
         settings_acks += isinstance(frame, SettingsFrame) and "ACK" in frame.flags
     flooder.received.clear()  # 50,000 frames: not for a failure message
     await served(flooder, 1)
+
+
+async def test_a_body_over_the_limit_in_its_last_frame_gets_413_and_the_connection_goes_on(
+    proxy, upstreams, ca
+):
+    """The 413 is answered while the frame that carries END_STREAM is still being read."""
+    await deploy_tls(
+        proxy, ca, upstreams[0].address, HOST, args=("--buffer-requests", "--max-request-body=10")
+    )
+    client = await H2RawClient.connect(proxy.https_port, HOST, client_context(ca))
+    try:
+        client.send_headers(1, post_headers(client), end_stream=False)
+        client.send(DataFrame(1, b"x" * 100, flags=["END_STREAM"]))
+        headers, _ = await client.read_response(1)
+        assert (":status", "413") in headers, client.summary()
+        client.send_headers(3, client.request_headers("/next"))
+        frame = await client.wait_for(HeadersFrame, lambda f: f.stream_id == 3)
+        assert isinstance(frame, HeadersFrame), client.summary()
+        assert (":status", "200") in client.header_blocks[3][0], client.summary()
+    finally:
+        await client.close()
+
+
+async def test_streams_the_client_breaks_count_toward_the_rapid_reset_limit(h2: H2RawClient):
+    """A request started and then cancelled by a frame that breaks the rules (here a PRIORITY that makes the
+    stream depend on itself: a stream error) is a reset like the client's own RST_STREAM."""
+    for index in range(MAX_RESETS + 50):
+        stream_id = 2 * index + 1
+        h2.send_headers(stream_id, h2.request_headers("/slow?s=5"))
+        h2.send_raw(raw_frame(PRIORITY_TYPE, 0, stream_id, stream_id.to_bytes(4, "big") + b"\x10"))
+    frame = await h2.wait_for(GoAwayFrame, timeout=10)
+    assert isinstance(frame, GoAwayFrame), h2.summary()
+    assert frame.error_code == ErrorCodes.ENHANCE_YOUR_CALM, h2.summary()

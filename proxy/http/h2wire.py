@@ -5,8 +5,7 @@ state machine, which cost about half of the CPU of an HTTP/2 request through pyp
 is read in place from the bytes a read brought (a DATA payload is handed on as a memoryview, no copy),
 a stream's state is a few integers, and what a frame means is told straight to the connection
 (`FrameHandler`, http2.py). What is sent is queued and taken whole (`take`), so a response's HEADERS
-and DATA leave in one write. HPACK decoding is the `hpack` package's; responses are encoded here
-without the dynamic table (a few bytes more per response, no state to keep in step).
+and DATA leave in one write. HPACK is hpackcodec.py's.
 
 Every error the RFC names is raised as `Http2ConnectionError` (the connection then sends GOAWAY with its
 code and closes) or answered here with RST_STREAM; h2spec's 146 cases check them.
@@ -17,9 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-import hpack
-import hpack.exceptions
-from hpack.table import HeaderTable
+from proxy.http.hpackcodec import HeaderDecoder, HeaderListTooLarge, HpackError, encode_response_head
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -55,8 +52,11 @@ MAX_WINDOW = 2**31 - 1
 DEFAULT_FRAME_SIZE = 16_384  # what we accept: we never announce more
 MAX_FRAME_SIZE_LIMIT = 2**24 - 1
 
-# Closed streams remembered, to tell a frame on a stream that was open from one on a stream never used.
-REMEMBERED_CLOSED = 256
+# Streams we reset, remembered so that what the client had already sent on them is ignored; ranges of
+# stream ids the client skipped, remembered to tell a frame on a stream never opened from a closed one.
+REMEMBERED_RESETS = 128
+REMEMBERED_SKIPS = 16
+MAX_CONTINUATIONS = 64  # CONTINUATION frames per header block (a few carry any real head)
 
 _HEAD = struct.Struct(">BHBBL")  # length (high byte, low 16 bits), type, flags, stream id
 _SETTING = struct.Struct(">HL")
@@ -89,7 +89,7 @@ class FrameHandler(Protocol):
     def on_reset(self, stream_id: int) -> None: ...
     def on_stream_error(self, stream_id: int) -> None: ...
     def on_window(self, stream_id: int) -> None: ...
-    def on_goaway(self) -> None: ...
+    def on_goaway(self, error_code: int) -> None: ...
 
 
 class _Stream:
@@ -110,13 +110,14 @@ class _Stream:
 class _HeaderBlock:
     """A header block whose CONTINUATION frames are still to come."""
 
-    __slots__ = ("flags", "fragments", "self_dependent", "stream_id")
+    __slots__ = ("continuations", "flags", "fragments", "self_dependent", "stream_id")
 
     def __init__(self, stream_id: int, flags: int, fragment: bytes, self_dependent: bool) -> None:
         self.stream_id = stream_id
         self.flags = flags
         self.fragments = bytearray(fragment)
         self.self_dependent = self_dependent
+        self.continuations = 0
 
 
 class FrameLayer:
@@ -135,12 +136,13 @@ class FrameLayer:
         "max_streams",
         "out",
         "preface_left",
-        "recent",
         "recv_unacked",
         "recv_window",
+        "resets",
         "rest",
         "send_window",
         "settings",
+        "skipped",
         "stream_window",
         "streams",
         "tail",
@@ -165,7 +167,7 @@ class FrameLayer:
             (INITIAL_WINDOW_SIZE, stream_window),
             (ENABLE_PUSH, 0),
         )
-        self.decoder = hpack.Decoder(max_header_list_size=max_header_list)
+        self.decoder = HeaderDecoder(max_header_list)
         # A compressed block bigger than the decoded list may be is refused before it is decoded.
         self.block_limit = max_header_list + DEFAULT_FRAME_SIZE
         self.out: list[bytes | memoryview] = []
@@ -175,9 +177,8 @@ class FrameLayer:
         self.awaiting_settings = True  # the client's first frame must be SETTINGS (3.4)
         self.block: _HeaderBlock | None = None
         self.streams: dict[int, _Stream] = {}
-        self.recent: dict[
-            int, bool
-        ] = {}  # closed stream -> whether we reset it (its frames are then ignored)
+        self.resets: dict[int, None] = {}  # streams we reset, oldest first
+        self.skipped: list[tuple[int, int]] = []  # (lowest, highest) ids the client passed over
         self.highest = 0
         self.send_window = DEFAULT_WINDOW
         self.recv_window = connection_window
@@ -210,12 +211,12 @@ class FrameLayer:
             return 0
         return min(stream.send_window, self.send_window)
 
-    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """A response head (`:status` first), in HEADERS and as many CONTINUATION frames as it needs."""
+    def send_headers(self, stream_id: int, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """A response head, in HEADERS and as many CONTINUATION frames as it needs."""
         stream = self.streams.get(stream_id)
         if stream is None or not stream.local_open:
             return
-        block = encode_headers(headers)
+        block = encode_response_head(status, fields)
         frame_size = self.max_send_frame
         if len(block) <= frame_size:
             self._queue(HEADERS, END_HEADERS, stream_id, block)
@@ -302,16 +303,23 @@ class FrameLayer:
             out.append(payload)
 
     def _forget(self, stream_id: int, reset_by_us: bool) -> None:
-        """The stream is closed: remember it a while, so later frames on it get the answer 5.1 asks."""
-        del self.streams[stream_id]
-        recent = self.recent
-        recent[stream_id] = reset_by_us
-        if len(recent) > REMEMBERED_CLOSED:
-            del recent[next(iter(recent))]
+        """The stream is closed (a callback may have closed it already)."""
+        if self.streams.pop(stream_id, None) is not None and reset_by_us:
+            self._remember_reset(stream_id)
+
+    def _remember_reset(self, stream_id: int) -> None:
+        resets = self.resets
+        resets[stream_id] = None
+        if len(resets) > REMEMBERED_RESETS:
+            del resets[next(iter(resets))]
 
     def _idle(self, stream_id: int) -> bool:
         """Never opened by the client (even ids are the server's, which pushes nothing)."""
         return stream_id > self.highest or not stream_id & 1
+
+    def _passed_over(self, stream_id: int) -> bool:
+        """Below the highest stream id yet never opened: the client skipped it."""
+        return any(low <= stream_id <= high for low, high in self.skipped)
 
     def _stream_error(self, stream_id: int, code: int) -> None:
         """RST_STREAM for the client's error on a stream; an exchange going on for it is told."""
@@ -384,7 +392,7 @@ class FrameLayer:
         if stream is None or not stream.remote_open:
             if self._idle(stream_id):
                 raise Http2ConnectionError(PROTOCOL_ERROR)
-            if stream is not None or not self.recent.get(stream_id, False):
+            if stream is not None or stream_id not in self.resets:
                 self._stream_error(stream_id, STREAM_CLOSED)
             self.acknowledge(stream_id, length)  # the bytes are dropped: the connection's window comes back
             return
@@ -399,7 +407,9 @@ class FrameLayer:
             self._stream_error(stream_id, PROTOCOL_ERROR)  # the body is not its content-length (8.1.1)
         else:
             self.handler.on_data(stream_id, view[start:stop], length)
-            if flags & END_STREAM:
+            if (
+                flags & END_STREAM and self.streams.get(stream_id) is stream
+            ):  # not answered and reset meanwhile
                 self._remote_ended(stream_id, stream)
             return
         self.acknowledge(stream_id, length)
@@ -436,7 +446,8 @@ class FrameLayer:
         if block is None or block.stream_id != stream_id:
             raise Http2ConnectionError(PROTOCOL_ERROR)
         block.fragments += view[start:stop]
-        if len(block.fragments) > self.block_limit:
+        block.continuations += 1
+        if len(block.fragments) > self.block_limit or block.continuations > MAX_CONTINUATIONS:
             raise Http2ConnectionError(
                 ENHANCE_YOUR_CALM
             )  # a CONTINUATION flood, or a head far over the limit
@@ -450,11 +461,14 @@ class FrameLayer:
             self._trailers(stream_id, stream, flags, self._decode(block), self_dependent)
             return
         if stream_id <= self.highest:
-            reset_by_us = self.recent.get(stream_id)
-            if reset_by_us:
+            if stream_id in self.resets:
                 self._decode(block)  # trailers of a stream we reset: ignored, HPACK kept in step
                 return
-            raise Http2ConnectionError(STREAM_CLOSED if reset_by_us is not None else PROTOCOL_ERROR)
+            raise Http2ConnectionError(PROTOCOL_ERROR if self._passed_over(stream_id) else STREAM_CLOSED)
+        if stream_id > self.highest + 2:
+            self.skipped.append((self.highest + 1, stream_id - 1))
+            if len(self.skipped) > REMEMBERED_SKIPS:
+                del self.skipped[0]
         self.highest = stream_id
         headers = self._decode(block)
         if self_dependent:
@@ -491,23 +505,20 @@ class FrameLayer:
     def _refuse(self, stream_id: int, code: int) -> None:
         """A stream refused as it opens: its request never starts."""
         self._queue(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
-        recent = self.recent
-        recent[stream_id] = True
-        if len(recent) > REMEMBERED_CLOSED:
-            del recent[next(iter(recent))]
+        self._remember_reset(stream_id)
 
-    def _decode(self, block: bytes) -> list:
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         try:
-            return self.decoder.decode(block, raw=True)
-        except hpack.exceptions.OversizedHeaderListError:
+            return self.decoder.decode(block)
+        except HeaderListTooLarge:
             raise Http2ConnectionError(ENHANCE_YOUR_CALM) from None
-        except (hpack.exceptions.HPACKError, IndexError, ValueError):
+        except HpackError:
             raise Http2ConnectionError(COMPRESSION_ERROR) from None
 
     def _remote_ended(self, stream_id: int, stream: _Stream) -> None:
         stream.remote_open = False
         if not stream.local_open:
-            self._forget(stream_id, False)
+            self._forget(stream_id, reset_by_us=False)
         self.handler.on_stream_end(stream_id)
 
     def _priority(
@@ -588,7 +599,7 @@ class FrameLayer:
             raise Http2ConnectionError(PROTOCOL_ERROR)
         if stop - start < 8:
             raise Http2ConnectionError(FRAME_SIZE_ERROR)
-        self.handler.on_goaway()
+        self.handler.on_goaway(int.from_bytes(data[start + 4 : start + 8], "big"))
 
     def _window_update(
         self, data: bytes, view: memoryview, start: int, stop: int, flags: int, stream_id: int
@@ -666,53 +677,14 @@ def _request_head(headers: list) -> tuple[bytes, bytes, bytes, list, int] | None
         names.append(name)
         values.append(value)
         fields.append((name, value))
-    if method == b"CONNECT" and authority and scheme is None and path is None:
-        return method, b"", authority, fields, expected  # well-formed (8.5); the proxy answers 405
-    if method is None or scheme is None or not path:
+    if not method:
+        return None
+    connect = method == b"CONNECT" and authority and scheme is None and path is None  # 8.5: answered 405
+    if not connect and (scheme is None or not path):
         return None
     joined = b"".join(values)
     if b"\r" in joined or b"\n" in joined or b"\x00" in joined:
         return None  # a CR or LF would start a header line of its own in the request to the target
     if not all(names) or b"".join(names).translate(None, _NAME_CHARS):
         return None  # an empty name, an upper-case letter, or a character no token has
-    return method, path, authority or b"", fields, expected
-
-
-# -- HPACK for responses: static-table names where there is one, values as plain literals --------------
-
-_STATUS = {200: 8, 204: 9, 206: 10, 304: 11, 400: 12, 404: 13, 500: 14}
-_STATIC_NAMES: dict[bytes, bytes] = {}
-for _index, (_name, _) in enumerate(HeaderTable.STATIC_TABLE, start=1):
-    if _index >= 15 and _name not in _STATIC_NAMES:
-        _STATIC_NAMES[_name] = bytes((0x0F, _index - 15))  # literal, not indexed, name index (4-bit prefix)
-_INDEXED_STATUS = {b"%d" % status: bytes((0x80 | index,)) for status, index in _STATUS.items()}
-
-
-def _string(value: bytes) -> bytes:
-    """An HPACK string literal, not Huffman-coded: its length (7-bit prefix integer), then its bytes."""
-    size = len(value)
-    if size < 0x7F:
-        return bytes((size,)) + value
-    size -= 0x7F
-    prefix = bytearray((0x7F,))
-    while size >= 0x80:
-        prefix.append(size & 0x7F | 0x80)
-        size >>= 7
-    prefix.append(size)
-    return bytes(prefix) + value
-
-
-def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A response's header block; `:status` first. No entry goes into the client's dynamic table."""
-    parts = []
-    static = _STATIC_NAMES
-    for name, value in headers:
-        if name == b":status":
-            indexed = _INDEXED_STATUS.get(value)
-            parts.append(indexed if indexed is not None else b"\x08" + _string(value))
-            continue
-        prefix = static.get(name)
-        parts.append(
-            prefix + _string(value) if prefix is not None else b"\x00" + _string(name) + _string(value)
-        )
-    return b"".join(parts)
+    return method, path or b"", authority or b"", fields, expected

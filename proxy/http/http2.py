@@ -301,6 +301,17 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         if stream is None:
             return
         stream.client_gone(499)
+        self._count_reset()
+
+    def on_stream_error(self, stream_id: int) -> None:
+        """h2wire.py reset a stream for the client's protocol error in it: its exchange ends, and counts as
+        a cancel (a frame that breaks the rules must not be a way around the rapid-reset limit)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.client_gone(400)
+            self._count_reset()
+
+    def _count_reset(self) -> None:
         now = self.server.loop.time()
         if now > self.reset_period_end:
             self.reset_period_end = now + RESET_PERIOD
@@ -308,12 +319,6 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         self.reset_count += 1
         if self.reset_count > MAX_RESETS:
             self.fail(ENHANCE_YOUR_CALM)
-
-    def on_stream_error(self, stream_id: int) -> None:
-        """h2wire.py reset a stream for the client's protocol error in it: its exchange ends."""
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            stream.client_gone(400)
 
     def on_window(self, stream_id: int) -> None:
         """The client opened a stream's window, or (0) the connection's or every stream's."""
@@ -324,9 +329,12 @@ class Http2Connection(RequestForwarding, asyncio.Protocol):
         else:
             self._send_all_pending()
 
-    def on_goaway(self) -> None:
-        # Nothing more is sent after a GOAWAY from the client: streams in flight end with the connection,
-        # after what was already framed for it (never a frame cut in half).
+    def on_goaway(self, error_code: int) -> None:
+        """A client going away without error lets its streams in flight finish, as ours does; with an
+        error they end with the connection, after what was already framed (never a frame cut in half)."""
+        if error_code == NO_ERROR and self.streams:
+            self.closing = True  # closed once the last stream is done (stream_done)
+            return
         self.closed = True
         self._write_all(self.frames.take())
         self.transport.close()
@@ -532,7 +540,7 @@ class Http2Stream:
             spool.finish()
             return
         if take_expect_continue(request):
-            self._send_headers([(b":status", b"100")])
+            self._send_headers(100, [])
             self.connection.flush_soon()
         self.deadline = server.loop.time() + server.header_timeout
 
@@ -561,7 +569,12 @@ class Http2Stream:
                 return
         upstream = request.upstream
         if upstream is not None and upstream.attached and upstream.request is request:
-            upstream.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else data)
+            transport = upstream.transport
+            if request.chunked:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            elif transport.get_write_buffer_size():
+                data = bytes(data)  # a view kept in the write buffer would keep the whole read it is part of
+            transport.write(data)
             if self.upload_paused:
                 self.acked_later += flow_length
             else:
@@ -741,20 +754,20 @@ class Http2Stream:
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        headers = [(b":status", b"%d" % status), *self.response_headers]
+        fields = self.response_headers
         self.response_headers = []
         if status < 200:
             if status == 101:
                 self.abort()  # no protocol switch on an HTTP/2 stream
                 return
-            self._send_headers(headers)  # 100 Continue, 103 Early Hints
+            self._send_headers(status, fields)  # 100 Continue, 103 Early Hints
             return
         self.headers_sent = True
-        self._send_headers(headers)
+        self._send_headers(status, fields)
 
-    def _send_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _send_headers(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         if not self.closed:
-            self.connection.frames.send_headers(self.stream_id, headers)
+            self.connection.frames.send_headers(self.stream_id, status, fields)
 
     def on_body(self, body: bytes) -> None:
         if self.closed:
