@@ -4,7 +4,7 @@ port, TLS-ALPN-01 certificates on the HTTPS port (proxy/tlsalpn.py makes those).
 Light to import: a worker process starts without the ACME client or cryptography, and loads the latter
 only when a TLS-ALPN-01 challenge first arrives. `on_change` tells the worker processes (proxy/fleet.py,
 thruster/workers.py) of every change, before the CA is told to validate, so whichever worker the CA
-reaches answers.
+reaches answers; `MirroredChallenges` keeps the current ones for the workers that start later.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 HTTP01 = "http-01"
 TLS_ALPN01 = "tls-alpn-01"
+CHALLENGE_TIMEOUT = 5.0  # for every worker to take an ACME challenge
 
 
 class Http01Tokens:
@@ -82,21 +83,40 @@ def mirrored(
     kind: str,
     everywhere: Callable[[str, str, bytes | None], Awaitable[None]],
     loop: asyncio.AbstractEventLoop,
-    timeout: float,
     warn: Callable[..., None],
 ) -> Callable[[str, bytes | None], None]:
     """An `on_change` for the ACME issuer's thread that returns once `everywhere(kind, key, value)`, run
-    on `loop`, has given the change to every worker (it waits at most `timeout` for them; past that,
-    plus a second, `warn` is called on `loop`, where the log is written): the CA, told next, finds it
-    on whichever worker it reaches."""
+    on `loop`, has given the change to every worker (it waits at most CHALLENGE_TIMEOUT for them; past
+    that, plus a second, `warn` is called on `loop`, where the log is written): the CA, told next, finds
+    it on whichever worker it reaches."""
 
     def changed(key: str, value: bytes | None) -> None:
         done = asyncio.run_coroutine_threadsafe(everywhere(kind, key, value), loop)
         try:
-            done.result(timeout + 1.0)
+            done.result(CHALLENGE_TIMEOUT + 1.0)
         except TimeoutError:
             loop.call_soon_threadsafe(
                 functools.partial(warn, "A worker did not take an ACME challenge in time", challenge=kind)
             )
 
     return changed
+
+
+class MirroredChallenges:
+    """The challenges every worker must answer now, kept by the process that supervises them: a worker
+    started while an order is pending (a replacement) is sent them in its start message, as it missed
+    the changes. Changed on the supervisor's loop only (in the `everywhere` it gives `mirrored`)."""
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[str, str], bytes] = {}
+
+    def set(self, kind: str, key: str, value: bytes | None) -> None:
+        """Note a change (`value` None to remove) before it is sent to the live workers."""
+        if value is None:
+            self._current.pop((kind, key), None)
+        else:
+            self._current[(kind, key)] = value
+
+    def snapshot(self) -> list[tuple[str, str, bytes]]:
+        """The current challenges as `apply_challenge` arguments (kind, key, value), in the order added."""
+        return [(kind, key, value) for (kind, key), value in self._current.items()]

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from proxy.challenges import mirrored
+from proxy.challenges import CHALLENGE_TIMEOUT, MirroredChallenges, mirrored
 from proxy.channel import Channel
 from proxy.dataplane import CertificateRequest, Drained, no_certificate
 from proxy.log import JsonLog
@@ -40,7 +40,6 @@ from proxy.worker import WorkerSettings
 START_TIMEOUT = 30.0  # for a worker to report ready
 CONFIRM_GRACE = 0.5  # beyond a drain's timeout, how long a worker has to report it
 ANSWER_TIMEOUT = 0.5  # for a question (in flight, held): a healthy worker answers in a millisecond
-CHALLENGE_TIMEOUT = 5.0  # for every worker to take an ACME challenge
 CRASH_WINDOW = 1.0  # a replacement that dies this soon after it started is replaced after this long
 EXIT_GRACE = 2.0  # beyond the shutdown grace, before a worker that has not exited is killed
 
@@ -90,7 +89,7 @@ class WorkerFleet:
         self.workers: dict[int, Worker] = {}  # by number, 1..N: the live ones
         self._table = RoutingTable.build(())
         self._served = ServedCertificates()
-        self._challenges: dict[tuple[str, str], bytes] = {}
+        self._challenges = MirroredChallenges()
         self._calls = itertools.count()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,13 +118,10 @@ class WorkerFleet:
     def challenge_mirror(self, kind: str) -> Callable[[str, bytes | None], None]:
         """An `on_change` for Http01Tokens (HTTP01) or TlsAlpnChallenges (TLS_ALPN01), run in the ACME
         issuer's thread: proxy/challenges.py `mirrored`."""
-        return mirrored(kind, self._set_challenge, self._loop, CHALLENGE_TIMEOUT, self.log.warn)
+        return mirrored(kind, self._set_challenge, self._loop, self.log.warn)
 
     async def _set_challenge(self, kind: str, key: str, value: bytes | None) -> None:
-        if value is None:
-            self._challenges.pop((kind, key), None)
-        else:
-            self._challenges[(kind, key)] = value
+        self._challenges.set(kind, key, value)
         await self._ask_all(CHALLENGE_TIMEOUT, "challenge", kind, key, value)
 
     # -- what it asks ---------------------------------------------------------------------------
@@ -224,7 +220,7 @@ class WorkerFleet:
         worker = Worker(number, process, await Channel.open(parent), replaces)
         self.workers[number] = worker
         settings = replace(self.settings, number=number)
-        worker.channel.send("start", settings, self._table, self._served, dict(self._challenges))
+        worker.channel.send("start", settings, self._table, self._served, self._challenges.snapshot())
         self._keep(self._listen(worker))
         if self._stopping:  # a replacement started as the fleet began to stop: it has served nothing
             worker.kill()  # and `shutdown` did not ask it to exit, so it must not be waited for

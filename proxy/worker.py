@@ -125,8 +125,8 @@ async def serve(control_fd: int, http_fd: int, https_fd: int) -> int:
     metrics = Metrics() if settings.metrics else None
     plane.dispatcher.metrics = metrics
     link = ControlLink(channel, plane, metrics)
-    for (kind, key), value in challenges.items():
-        link.apply_challenge(kind, key, value)
+    for challenge in challenges:
+        link.apply_challenge(*challenge)
     plane.publish(table)
     plane.publish_certificates(served)
     http = HttpServer(plane.dispatcher, log, settings.limits, metrics=metrics)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from proxy.challenges import HTTP01, TLS_ALPN01, mirrored
+from proxy.challenges import CHALLENGE_TIMEOUT, HTTP01, TLS_ALPN01, MirroredChallenges, mirrored
 from proxy.channel import Channel
 from proxy.log import JsonLog
 from proxy.tls import ServedCertificates
@@ -30,7 +30,6 @@ from thruster.tls import AcmeCertificates
 
 CRASH_WINDOW = 1.0  # a replacement that dies this soon after it started is replaced after this long
 EXIT_GRACE = 2.0  # beyond the shutdown grace, before a worker that has not exited is killed
-CHALLENGE_TIMEOUT = 5.0  # for every worker to take an ACME challenge
 
 
 class _Worker:
@@ -51,7 +50,7 @@ class ExtraWorkers:
         self.workers: dict[int, _Worker] = {}
         self.fds: list[int] = []
         self._served = ServedCertificates()
-        self._challenges: dict[tuple[str, str], bytes] = {}
+        self._challenges = MirroredChallenges()
         self._calls = itertools.count()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,9 +60,7 @@ class ExtraWorkers:
         """Send every worker the certificates and ACME challenges of pythrust's orders (TLS_DOMAIN)."""
         certificates.on_served = self._publish_certificates
         for kind, challenges in ((HTTP01, certificates.tokens), (TLS_ALPN01, certificates.alpn_challenges)):
-            challenges.on_change = mirrored(
-                kind, self._set_challenge, self._loop, CHALLENGE_TIMEOUT, self.log.warn
-            )
+            challenges.on_change = mirrored(kind, self._set_challenge, self._loop, self.log.warn)
 
     async def start(self, fds: list[int]) -> None:
         """Start the workers, accepting on `fds` (the plain listener, then any HTTPS one)."""
@@ -94,10 +91,7 @@ class ExtraWorkers:
 
     async def _set_challenge(self, kind: str, key: str, value: bytes | None) -> None:
         """Every live worker has the change once this returns (or CHALLENGE_TIMEOUT has passed)."""
-        if value is None:
-            self._challenges.pop((kind, key), None)
-        else:
-            self._challenges[(kind, key)] = value
+        self._challenges.set(kind, key, value)
         taken: dict[int, tuple[_Worker, int, asyncio.Future[None]]] = {}
         for number, worker in self.workers.items():
             call = next(self._calls)
@@ -142,8 +136,7 @@ class ExtraWorkers:
         if self._stopping:  # started while pythrust began to stop: it stops at once
             worker.channel.close()
         else:
-            challenges = [(kind, key, value) for (kind, key), value in self._challenges.items()]
-            worker.channel.send("start", self._served, challenges)
+            worker.channel.send("start", self._served, self._challenges.snapshot())
         self.workers[number] = worker
         self._keep(self._watch(number, worker, replaces))
 
