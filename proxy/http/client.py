@@ -312,11 +312,12 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.server.max_head_bytes:
             raise Reject(431)
-        if len(name) in h.REQUEST_SPECIAL_LENGTHS:
-            kind = h.REQUEST_SPECIAL.get(name.lower())
-            if kind is not None:
-                self._special_header(request, kind, name, value)
-                return
+        kind = h.REQUEST_KIND_BY_SPELLING.get(name)
+        if kind is None:
+            kind = h.learn_request_header(name)
+        if kind:
+            self._special_header(request, kind, name, value)
+            return
         request.headers.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:

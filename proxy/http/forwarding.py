@@ -98,11 +98,15 @@ class RequestForwarding:
                 % (xff, request.xfp or self.scheme, request.xfh or request.host)
             )
         else:
+            host = request.host
+            if host != self.last_host:  # a connection's requests nearly always share one Host
+                self.last_host = host
+                self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
             headers.append(self.forwarded_plain)
-            headers.append(self._forwarded_host(request.host))
+            headers.append(self.last_host_line)
         if request.request_id is None:
             request.request_id = self.server.new_request_id()
-            headers.append(b"X-Request-ID: " + request.request_id + b"\r\n")
+            headers.append(b"X-Request-ID: %s\r\n" % request.request_id)
         if not request.request_start:
             headers.append(b"X-Request-Start: t=%d\r\n" % int(request.started_at * 1000))
         if request.upgrade is not None:
@@ -113,13 +117,6 @@ class RequestForwarding:
             headers.append(b"Transfer-Encoding: chunked\r\n")
         headers.append(b"\r\n")
         return b"".join(headers)
-
-    def _forwarded_host(self, host: bytes) -> bytes:
-        """The X-Forwarded-Host line; a connection's requests nearly always share one Host."""
-        if host != self.last_host:
-            self.last_host = host
-            self.last_host_line = b"X-Forwarded-Host: " + host + b"\r\n"
-        return self.last_host_line
 
     def _identify_client(self, transport: asyncio.BaseTransport, port: int) -> None:
         """Note who the client is, once per connection: its address for X-Forwarded-For, and the

@@ -41,6 +41,21 @@ REQUEST_SPECIAL = {
 }
 REQUEST_SPECIAL_LENGTHS = frozenset(len(name) for name in REQUEST_SPECIAL)
 
+# Request header names as clients spell them, each with its REQUEST_SPECIAL kind (0: none), learnt as
+# they arrive: a spelling seen before costs one dict lookup, not a length check and a lower-cased copy.
+# Bounded: once a client inventing names has filled it, new spellings take the long way every time.
+REQUEST_KIND_BY_SPELLING: dict[bytes, int] = {}
+_MAX_SPELLINGS = 2048
+
+
+def learn_request_header(name: bytes) -> int:
+    """The REQUEST_SPECIAL kind of a name not in REQUEST_KIND_BY_SPELLING (0: none), noted there."""
+    kind = REQUEST_SPECIAL.get(name.lower(), 0) if len(name) in REQUEST_SPECIAL_LENGTHS else 0
+    if len(REQUEST_KIND_BY_SPELLING) < _MAX_SPELLINGS:
+        REQUEST_KIND_BY_SPELLING[name] = kind
+    return kind
+
+
 # Response headers never relayed; Transfer-Encoding stays because the body is
 # relayed with its framing unchanged.
 RESPONSE_DROP = (b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"upgrade")
