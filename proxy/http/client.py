@@ -286,7 +286,8 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         self._pause(_PAUSE_UPSTREAM)
 
     def resume_reading_for_upstream(self) -> None:
-        self._resume(_PAUSE_UPSTREAM)
+        if self.pause_reasons & _PAUSE_UPSTREAM:  # (called at the end of every exchange)
+            self._resume(_PAUSE_UPSTREAM)
 
     def body_flushed(self) -> None:
         self._resume(_PAUSE_BODY)
@@ -431,7 +432,13 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
                     upstream.transport.write(b"0\r\n\r\n")
                 else:
                     self._buffer_body(request, b"0\r\n\r\n")
-        if self.queue and self.queue[0] is request and not request.response_started and request.pool:
+        if (
+            self.deadline_kind != RESPONSE  # (set by _start for a request complete at its head)
+            and self.queue
+            and self.queue[0] is request
+            and not request.response_started
+            and request.pool
+        ):
             self._set_deadline(RESPONSE, request.target_timeout)
 
     # -- dispatching ----------------------------------------------------------------

@@ -137,7 +137,8 @@ class UpstreamPool:
             self.idle.append(upstream)
         elif not upstream.closed:
             upstream.transport.close()
-        self._check_drained()
+        if self.drained is not None:  # (only while draining: not a call per exchange)
+            self._check_drained()
 
     def forget(self, upstream: UpstreamConnection) -> None:
         """A connection closed: it serves nothing any more."""
