@@ -325,13 +325,19 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
         request = self.reading
         parser = self.parser
         self.in_head = False
-        version = parser.get_http_version()
-        if version == "1.1":
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and request.connection is None and not request.proxy_connection:
+            # llhttp takes HTTP/0.9, 1.0, 1.1 and 2.0 only, and keeps a request with neither header alive
+            # only on 1.1: that spares get_http_version, which formats a str.
             request.http10 = False
-        elif version == "1.0":
-            request.http10 = True
         else:
-            raise Reject(400)
+            version = parser.get_http_version()
+            if version == "1.1":
+                request.http10 = False
+            elif version == "1.0":
+                request.http10 = True
+            else:
+                raise Reject(400)
         if not request.host and not request.http10:
             raise Reject(400)
         if request.http10 and request.chunked:
@@ -345,7 +351,7 @@ class ClientConnection(RequestForwarding, asyncio.Protocol):
             raise Reject(413)
         request.method = method
         request.is_head = method == b"HEAD"
-        request.keep_alive = parser.should_keep_alive()
+        request.keep_alive = keep_alive
         if not request.chunked and (request.content_length is None or not int(request.content_length)):
             # No body to wait for: a response made at once (pythrust's cache, files) keeps the connection.
             request.complete = True

@@ -60,6 +60,9 @@ class RequestForwarding:
         elif kind == h.UPGRADE:
             request.upgrade = value
             return
+        elif kind == h.PROXY_CONNECTION:
+            request.proxy_connection = True
+            return
         elif kind == h.TRANSFER_ENCODING:
             if value.strip().lower() != b"chunked":
                 raise Reject(501)

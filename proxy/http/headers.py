@@ -18,12 +18,13 @@ REQUEST_START = 10
 USER_AGENT = 11
 CONTENT_LENGTH = 12
 KAMAL_TARGET = 13
+PROXY_CONNECTION = 14  # dropped, but noted: llhttp reads it as a Connection header
 
 REQUEST_SPECIAL = {
     b"host": HOST,
     b"connection": CONNECTION,
     b"keep-alive": DROP,
-    b"proxy-connection": DROP,
+    b"proxy-connection": PROXY_CONNECTION,
     b"proxy-authorization": DROP,
     b"te": DROP,
     b"trailer": DROP,

@@ -58,6 +58,7 @@ class Request:
         "pages",
         "path",
         "pool",
+        "proxy_connection",
         "request_id",
         "request_start",
         "response_bytes",
@@ -89,6 +90,7 @@ class Request:
         self.is_head = False
         self.keep_alive = False
         self.connection: bytes | None = None
+        self.proxy_connection = False  # a Proxy-Connection header came (not forwarded)
         self.content_length: bytes | None = None
         self.headers: list[bytes] = [b""]  # [0] is the request line, filled in when forwarding
         self.host = b""
