@@ -204,13 +204,6 @@ class FrameLayer:
         self.tail = -1
         return data
 
-    def window(self, stream_id: int) -> int:
-        """What may be sent on the stream now: the smaller of its window and the connection's."""
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return 0
-        return min(stream.send_window, self.send_window)
-
     def send_headers(self, stream_id: int, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """A response head, in HEADERS and as many CONTINUATION frames as it needs."""
         stream = self.streams.get(stream_id)
@@ -350,10 +343,8 @@ class FrameLayer:
         while end - pos >= 9:
             high, low, kind, flags, stream_id = unpack(data, pos)
             length = high << 16 | low
-            if length > DEFAULT_FRAME_SIZE:
-                raise Http2ConnectionError(
-                    FRAME_SIZE_ERROR
-                )  # told at its 9-byte header, its payload never held
+            if length > DEFAULT_FRAME_SIZE:  # told at its 9-byte header: its payload is never held
+                raise Http2ConnectionError(FRAME_SIZE_ERROR)
             start = pos + 9
             stop = start + length
             if stop > end:
@@ -407,9 +398,8 @@ class FrameLayer:
             self._stream_error(stream_id, PROTOCOL_ERROR)  # the body is not its content-length (8.1.1)
         else:
             self.handler.on_data(stream_id, view[start:stop], length)
-            if (
-                flags & END_STREAM and self.streams.get(stream_id) is stream
-            ):  # not answered and reset meanwhile
+            # (unless on_data answered the stream and reset it: a body over a limit)
+            if flags & END_STREAM and self.streams.get(stream_id) is stream:
                 self._remote_ended(stream_id, stream)
             return
         self.acknowledge(stream_id, length)
@@ -448,9 +438,7 @@ class FrameLayer:
         block.fragments += view[start:stop]
         block.continuations += 1
         if len(block.fragments) > self.block_limit or block.continuations > MAX_CONTINUATIONS:
-            raise Http2ConnectionError(
-                ENHANCE_YOUR_CALM
-            )  # a CONTINUATION flood, or a head far over the limit
+            raise Http2ConnectionError(ENHANCE_YOUR_CALM)  # a CONTINUATION flood, or a head far too big
         if flags & END_HEADERS:
             self.block = None
             self._header_block(stream_id, block.flags, bytes(block.fragments), block.self_dependent)
