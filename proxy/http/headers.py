@@ -47,12 +47,13 @@ REQUEST_SPECIAL_LENGTHS = frozenset(len(name) for name in REQUEST_SPECIAL)
 # Bounded: once a client inventing names has filled it, new spellings take the long way every time.
 REQUEST_KIND_BY_SPELLING: dict[bytes, int] = {}
 _MAX_SPELLINGS = 2048
+_MAX_SPELLING_LENGTH = 64  # longer names are never kept: 2048 of 64 KiB each would hold 128 MiB
 
 
 def learn_request_header(name: bytes) -> int:
     """The REQUEST_SPECIAL kind of a name not in REQUEST_KIND_BY_SPELLING (0: none), noted there."""
     kind = REQUEST_SPECIAL.get(name.lower(), 0) if len(name) in REQUEST_SPECIAL_LENGTHS else 0
-    if len(REQUEST_KIND_BY_SPELLING) < _MAX_SPELLINGS:
+    if len(name) <= _MAX_SPELLING_LENGTH and len(REQUEST_KIND_BY_SPELLING) < _MAX_SPELLINGS:
         REQUEST_KIND_BY_SPELLING[name] = kind
     return kind
 
