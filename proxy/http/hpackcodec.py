@@ -83,8 +83,6 @@ class HeaderDecoder:
             if listed > limit:
                 raise HeaderListTooLarge(listed)
             append(field)
-        if self.size > self.max_size:
-            raise HpackError("table over its size")
         return fields
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
@@ -176,6 +174,7 @@ def _static_name_prefixes() -> dict[bytes, bytes]:
 # them (a few hundred kept: targets send few distinct names).
 _NAME_PREFIXES = _static_name_prefixes()
 _NAME_PREFIXES_KEPT = len(_NAME_PREFIXES) + 512
+_KEPT_NAME_LENGTH = 64
 
 
 def encode_string(value: bytes) -> bytes:
@@ -203,7 +202,7 @@ def encode_response_head(status: int, fields: list[tuple[bytes, bytes]]) -> byte
         prefix = names.get(name)
         if prefix is None:
             prefix = b"\x00" + encode_string(name)
-            if len(names) < _NAME_PREFIXES_KEPT:
+            if len(name) <= _KEPT_NAME_LENGTH and len(names) < _NAME_PREFIXES_KEPT:
                 names[name] = prefix
         append(prefix)
         append(lengths[len(value)] + value if len(value) < 0x7F else encode_string(value))
