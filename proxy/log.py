@@ -32,7 +32,7 @@ class JsonLog:
         self.buffered = 0
         self._millis = -1
         self._millis_text = b""
-        self._second = -1
+        self._second: int | None = None
         self._second_text = b""
 
     def timestamp(self, now: float) -> bytes:
