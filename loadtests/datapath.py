@@ -41,6 +41,7 @@ from proxy.balancer import LoadBalancer
 from proxy.challenges import Http01Tokens
 from proxy.dispatcher import ServiceDispatcher
 from proxy.http.client import ClientConnection
+from proxy.http.h2wire import PREFACE
 from proxy.http.http2 import Http2Connection
 from proxy.http.server import HttpServer
 from proxy.http.upstream import UpstreamPool
@@ -140,7 +141,6 @@ async def run_requests(count: int, access_log: bool, pythrust: bool) -> float:
     return elapsed / count
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 STREAMS = 10  # per read, as h2load -m 10 sends them
 _FRAME_HEAD = struct.Struct(">BHBBL")
 _H2_REQUEST = [

@@ -13,12 +13,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from proxy.http.client import ClientConnection
+from proxy.http.h2wire import PREFACE
 from proxy.http.http2 import Http2Connection
 
 if TYPE_CHECKING:
     from proxy.http.contracts import ServerContext
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class CleartextProtocolChooser(asyncio.Protocol):

@@ -41,11 +41,11 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 
 # Settings (RFC 9113 6.5.2).
-ENABLE_PUSH = 0x2
-MAX_CONCURRENT_STREAMS = 0x3
-INITIAL_WINDOW_SIZE = 0x4
-MAX_FRAME_SIZE = 0x5
-MAX_HEADER_LIST_SIZE = 0x6
+SETTINGS_ENABLE_PUSH = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE = 0x4
+SETTINGS_MAX_FRAME_SIZE = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
@@ -162,10 +162,10 @@ class FrameLayer:
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.settings = (
-            (MAX_CONCURRENT_STREAMS, max_streams),
-            (MAX_HEADER_LIST_SIZE, max_header_list),
-            (INITIAL_WINDOW_SIZE, stream_window),
-            (ENABLE_PUSH, 0),
+            (SETTINGS_MAX_CONCURRENT_STREAMS, max_streams),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list),
+            (SETTINGS_INITIAL_WINDOW_SIZE, stream_window),
+            (SETTINGS_ENABLE_PUSH, 0),
         )
         self.decoder = HeaderDecoder(max_header_list)
         # A compressed block bigger than the decoded list may be is refused before it is decoded.
@@ -547,7 +547,7 @@ class FrameLayer:
         window_changed = False
         for at in range(start, stop, 6):
             ident, value = _SETTING.unpack_from(data, at)
-            if ident == INITIAL_WINDOW_SIZE:
+            if ident == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise Http2ConnectionError(FLOW_CONTROL_ERROR)
                 delta = value - self.initial_send_window
@@ -557,11 +557,11 @@ class FrameLayer:
                     if stream.send_window > MAX_WINDOW:
                         raise Http2ConnectionError(FLOW_CONTROL_ERROR)
                 window_changed = True
-            elif ident == MAX_FRAME_SIZE:
+            elif ident == SETTINGS_MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
                     raise Http2ConnectionError(PROTOCOL_ERROR)
                 self.max_send_frame = value
-            elif ident == ENABLE_PUSH and value > 1:
+            elif ident == SETTINGS_ENABLE_PUSH and value > 1:
                 raise Http2ConnectionError(PROTOCOL_ERROR)
         self._queue(SETTINGS, ACK, 0, b"")
         if window_changed:
